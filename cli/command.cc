@@ -1,0 +1,124 @@
+#include "cli/command.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "common/logging.h"
+#include "common/metrics.h"
+#include "common/runtime.h"
+
+namespace rlhf::cli {
+
+namespace fs = std::filesystem;
+
+const config::Section<RunConfig>& RunConfig::Spec() {
+  static const auto* s = [] {
+    auto* s = new config::Section<RunConfig>("run");
+    s->Add("dir", &RunConfig::dir, "run directory (resolved config, log, outputs); \"\" = runs/<command>-<UTC time>");
+    s->Add("log_level", &RunConfig::log_level, "trace, debug, info, warn, error or off (RLHF_LOG_LEVEL overrides)",
+           config::OneOf({"trace", "debug", "info", "warn", "error", "off"}));
+    s->Add("threads", &RunConfig::threads, "LibTorch intra-op threads; 0 = all cores", config::AtLeast(0));
+    s->Add("seed", &RunConfig::seed, "seed of every random stream of the run", config::AtLeast(0));
+    return s;
+  }();
+  return *s;
+}
+
+namespace {
+
+std::string DefaultRunDir(const std::string& command) {
+  auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return (fs::path("runs") / (command + "-" + buf)).string();
+}
+
+absl::Status Execute(const Command& cmd, const std::string& file, const std::vector<std::string>& overrides) {
+  config::Schema schema;
+  RunConfig::Spec().Register(schema);
+  MetricsConfig::Spec().Register(schema);
+  if (cmd.add_sections) cmd.add_sections(schema);
+  ASSIGN_OR_RETURN(auto cfg, config::Config::Load(schema, file, overrides));
+  Context ctx{cmd.name, cfg, RunConfig::Spec().Read(cfg), ""};
+  InitLogging(ctx.run.log_level);
+  ctx.run_dir = ctx.run.dir.empty() ? DefaultRunDir(cmd.name) : ctx.run.dir;
+  std::error_code ec;
+  fs::create_directories(ctx.run_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create run directory '", ctx.run_dir, "': ", ec.message(), "; set run.dir"));
+  }
+  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / "log.txt").string()));
+  const std::string resolved = cfg.ToYaml();
+  {
+    std::ofstream out(fs::path(ctx.run_dir) / "config.yaml");
+    out << "# resolved config of `rlhf " << cmd.name << "`\n" << resolved;
+    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", ctx.run_dir, "/config.yaml"));
+  }
+  spdlog::info("rlhf {}: run dir {}; resolved config:\n{}", cmd.name, ctx.run_dir, resolved);
+  ConfigureRuntime(static_cast<int>(ctx.run.threads));
+  auto metrics = MetricsConfig::Spec().Read(cfg);
+  ASSIGN_OR_RETURN(int port, Metrics::Process().Serve(metrics));
+  if (port != 0) spdlog::info("metrics on http://{}:{}/metrics", metrics.bind, port);
+  return GuardExceptions(cmd.name, [&] { return cmd.body(ctx); });
+}
+
+}  // namespace
+
+CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
+  CLI::App* sub = app.add_subcommand(cmd.name, cmd.help);
+  struct State {
+    std::string file, run_dir;
+    std::vector<std::string> sets;
+    std::vector<std::string> flag_values;
+  };
+  auto st = std::make_shared<State>();
+  st->flag_values.resize(cmd.flags.size());
+  sub->add_option("--config", st->file, "YAML config file");
+  sub->add_option("--set", st->sets, "override a config key: key=value (repeatable)");
+  sub->add_option("--run-dir", st->run_dir, "run directory (same as --set run.dir=DIR)");
+  auto switch_values = std::make_shared<std::vector<char>>(cmd.flags.size(), 0);
+  for (size_t i = 0; i < cmd.flags.size(); ++i) {
+    const auto& f = cmd.flags[i];
+    std::string help = f.help + " [" + f.key + "]";
+    if (f.is_switch) {
+      sub->add_flag_callback("--" + f.flag, [switch_values, i] { (*switch_values)[i] = 1; }, help);
+    } else {
+      sub->add_option("--" + f.flag, st->flag_values[i], help);
+    }
+  }
+  sub->callback([cmd, st, switch_values, exit_code] {
+    std::vector<std::string> overrides;
+    for (size_t i = 0; i < cmd.flags.size(); ++i) {
+      if (cmd.flags[i].is_switch) {
+        if ((*switch_values)[i]) overrides.push_back(cmd.flags[i].key + "=true");
+      } else if (!st->flag_values[i].empty()) {
+        const std::string& v = st->flag_values[i];
+        bool wrap = cmd.flags[i].is_list && v.front() != '[';
+        overrides.push_back(cmd.flags[i].key + "=" + (wrap ? "[" + v + "]" : v));
+      }
+    }
+    if (!st->run_dir.empty()) overrides.push_back("run.dir=" + st->run_dir);
+    overrides.insert(overrides.end(), st->sets.begin(), st->sets.end());  // --set wins over flags
+    absl::Status s = Execute(cmd, st->file, overrides);
+    if (!s.ok()) {
+      std::cerr << "rlhf " << cmd.name << ": error: " << s.message() << std::endl;
+      *exit_code = s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    } else {
+      *exit_code = 0;
+    }
+  });
+  return sub;
+}
+
+std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand()}; }
+
+}  // namespace rlhf::cli

@@ -1,0 +1,57 @@
+// What every `rlhf` command shares: --config FILE, --set key=value, --run-dir DIR; the resolved config
+// is validated, logged and saved to the run directory; failures print one line and exit non-zero.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/config/config.h"
+#include "common/status.h"
+
+namespace rlhf::cli {
+
+struct RunConfig {
+  std::string dir;                // run directory; "" = runs/<command>-<UTC time>
+  std::string log_level = "info"; // trace | debug | info | warn | error | off (RLHF_LOG_LEVEL wins)
+  int64_t threads = 0;            // LibTorch intra-op threads; 0 = all cores
+  int64_t seed = 0;               // seed of every random stream of the run
+  static const config::Section<RunConfig>& Spec();
+};
+
+struct Context {
+  std::string command;
+  config::Config config;
+  RunConfig run;
+  std::string run_dir;  // resolved, created
+};
+
+// A command: `add_sections` declares the config keys it reads; `flags` are convenience options that become
+// overrides ("--hidden-size 64" -> "model.hidden_size=64"); `body` does the work.
+struct Command {
+  std::string name;
+  std::string help;
+  std::function<void(config::Schema&)> add_sections;
+  // flag name (without --), config key, help
+  struct Flag {
+    std::string flag, key, help;
+    bool is_switch = false;  // a switch sets the key to true
+    bool is_list = false;    // "1,2,3" becomes the YAML list [1,2,3]
+  };
+  std::vector<Flag> flags;
+  std::function<absl::Status(const Context&)> body;
+};
+
+// Registers `cmd` as a subcommand of `app`. Returns the subcommand.
+CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code);
+
+// Every command of the binary (for `rlhf config-keys`).
+std::vector<Command> AllCommands();
+
+// The commands, each in its own file.
+Command InitModelCommand();
+Command LogitsCommand();
+
+}  // namespace rlhf::cli

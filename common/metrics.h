@@ -1,0 +1,75 @@
+// One metrics registry per process, exposed for Prometheus on one port.
+//
+// Naming rules (DESIGN.md), enforced at registration: names match rlhf_[a-z0-9_]+, base units as suffix
+// (_seconds, _bytes), counters end in _total and nothing else does; label names come from a small fixed
+// set (kAllowedLabels) so that no high-cardinality label (prompt ids, request ids) can be created.
+// A violation is a programming error: the call throws std::invalid_argument.
+//
+// Thread-safety: every method is safe to call from any thread. Returned metric references live as long
+// as the process.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/config/config.h"
+#include "common/status.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace rlhf {
+
+struct MetricsConfig {
+  int64_t port = 0;              // port of the /metrics HTTP endpoint; 0 = not exposed
+  std::string bind = "0.0.0.0";  // address the endpoint listens on
+  static const config::Section<MetricsConfig>& Spec();
+};
+
+inline const std::vector<std::string> kAllowedLabels = {"role", "source", "stage", "kind", "rank",
+                                                         "reason", "method", "code", "dtype", "split"};
+
+using Labels = std::map<std::string, std::string>;
+
+class Metrics {
+ public:
+  // The registry of this process.
+  static Metrics& Process();
+
+  prometheus::Counter& Counter(const std::string& name, const std::string& help, const Labels& labels = {});
+  prometheus::Gauge& Gauge(const std::string& name, const std::string& help, const Labels& labels = {});
+  prometheus::Histogram& Histogram(const std::string& name, const std::string& help,
+                                   const std::vector<double>& buckets, const Labels& labels = {});
+
+  // Starts the HTTP endpoint on "host:port" (port 0 picks a free one). Returns the port it listens on.
+  // FAILED_PRECONDITION when already serving; UNAVAILABLE when the port cannot be bound.
+  absl::StatusOr<int> Serve(const std::string& address);
+  // Serve() from config; does nothing when config.port == 0 (returns 0).
+  absl::StatusOr<int> Serve(const MetricsConfig& config);
+  // The metrics in Prometheus text format (what /metrics returns).
+  std::string Text() const;
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+ private:
+  Metrics();
+  ~Metrics();
+  std::shared_ptr<prometheus::Registry> registry_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::string> kinds_;  // name -> "counter" | "gauge" | "histogram"
+  std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+// Throws std::invalid_argument unless `name` and `labels` follow the naming rules for a metric of `kind`.
+void CheckMetricName(const std::string& name, const std::string& kind, const Labels& labels);
+
+}  // namespace rlhf

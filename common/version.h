@@ -1,0 +1,5 @@
+#pragma once
+namespace rlhf {
+// Version of the rlhf binary and libraries.
+const char* BuildVersion();
+}  // namespace rlhf
