@@ -19,8 +19,8 @@ endfunction()
 # One GoogleTest executable per module; every test case is registered with CTest.
 function(rlhf_add_test)
   cmake_parse_arguments(T "TORCH" "NAME" "SOURCES;LIBS" ${ARGN})
-  add_executable(${T_NAME} ${T_SOURCES})
-  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main Threads::Threads)
+  add_executable(${T_NAME} ${T_SOURCES} ${PROJECT_SOURCE_DIR}/tests/test_main.cc)
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} rlhf_common GTest::gtest Threads::Threads)
   target_include_directories(${T_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
   target_compile_definitions(${T_NAME} PRIVATE
     RLHF_SOURCE_DIR="${PROJECT_SOURCE_DIR}"

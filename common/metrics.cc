@@ -1,9 +1,21 @@
 #include "common/metrics.h"
 
-#include <prometheus/exposer.h>
+#include <poll.h>
 #include <prometheus/text_serializer.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/numbers.h"
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -43,7 +55,7 @@ Metrics& Metrics::Process() {
 }
 
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {}
-Metrics::~Metrics() = default;
+Metrics::~Metrics() = default;  // never runs: the process registry lives until exit
 
 prometheus::Counter& Metrics::Counter(const std::string& name, const std::string& help, const Labels& labels) {
   CheckMetricName(name, "counter", labels);
@@ -70,18 +82,114 @@ prometheus::Histogram& Metrics::Histogram(const std::string& name, const std::st
   return prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_).Add(labels, buckets);
 }
 
+// The HTTP endpoint. prometheus-cpp's own Exposer (civetweb) cannot start its worker threads in a process
+// that has LibTorch loaded (pthread_create fails with the small fixed stack it asks for), so /metrics is
+// served here: one thread, one request per connection, HTTP/1.1 with Connection: close.
+class MetricsHttpServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& address,
+                                                                 std::function<std::string()> body) {
+    auto colon = address.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "' must be host:port"));
+    }
+    std::string host = address.substr(0, colon);
+    int port = 0;
+    if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "': bad port"));
+    }
+    if (host.empty() || host == "*") host = "0.0.0.0";
+    if (host == "localhost") host = "127.0.0.1";
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "': host must be an IPv4 address"));
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 16) != 0) {
+      std::string err = std::strerror(errno);
+      if (fd >= 0) close(fd);
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", err,
+                                                 " (is the port in use? set metrics.port)"));
+    }
+    socklen_t len = sizeof addr;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    std::unique_ptr<MetricsHttpServer> s(new MetricsHttpServer());
+    s->fd_ = fd;
+    s->port_ = ntohs(addr.sin_port);
+    s->body_ = std::move(body);
+    s->thread_ = std::thread([p = s.get()] { p->Loop(); });
+    return s;
+  }
+  ~MetricsHttpServer() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  MetricsHttpServer() = default;
+  void Loop() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 200) <= 0) continue;
+      int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      timeval tv{2, 0};
+      setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      Handle(c);
+      close(c);
+    }
+  }
+  void Handle(int c) {
+    std::string req;
+    char buf[2048];
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
+      ssize_t n = recv(c, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      req.append(buf, static_cast<size_t>(n));
+    }
+    std::string line = req.substr(0, req.find("\r\n"));
+    std::string status = "200 OK", type = "text/plain; version=0.0.4; charset=utf-8", body;
+    if (line.rfind("GET ", 0) != 0) {
+      status = "405 Method Not Allowed";
+      body = "only GET\n";
+    } else {
+      std::string path = line.substr(4, line.find(' ', 4) - 4);
+      if (path == "/metrics" || path.rfind("/metrics?", 0) == 0) {
+        body = body_();
+      } else {
+        status = "404 Not Found";
+        body = "metrics are at /metrics\n";
+      }
+    }
+    std::string head = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,
+                                    "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n");
+    std::string all = head + body;
+    size_t off = 0;
+    while (off < all.size()) {
+      ssize_t n = send(c, all.data() + off, all.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+  }
+  int fd_ = -1;
+  int port_ = 0;
+  std::function<std::string()> body_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 absl::StatusOr<int> Metrics::Serve(const std::string& address) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (exposer_) return absl::FailedPreconditionError("metrics endpoint already serving");
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/1);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", e.what(),
-                                               " (is the port in use? set metrics.port)"));
-  }
-  exposer_->RegisterCollectable(registry_);
-  auto ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
+  if (server_) return absl::FailedPreconditionError("metrics endpoint already serving");
+  ASSIGN_OR_RETURN(server_, MetricsHttpServer::Start(address, [this] { return Text(); }));
+  return server_->port();
 }
 
 absl::StatusOr<int> Metrics::Serve(const MetricsConfig& config) {

@@ -23,11 +23,9 @@
 #include "common/config/config.h"
 #include "common/status.h"
 
-namespace prometheus {
-class Exposer;
-}
-
 namespace rlhf {
+
+class MetricsHttpServer;
 
 struct MetricsConfig {
   int64_t port = 0;              // port of the /metrics HTTP endpoint; 0 = not exposed
@@ -50,7 +48,8 @@ class Metrics {
   prometheus::Histogram& Histogram(const std::string& name, const std::string& help,
                                    const std::vector<double>& buckets, const Labels& labels = {});
 
-  // Starts the HTTP endpoint on "host:port" (port 0 picks a free one). Returns the port it listens on.
+  // Starts the HTTP endpoint (GET /metrics) on "host:port" (IPv4; port 0 picks a free one). Returns the
+  // port it listens on.
   // FAILED_PRECONDITION when already serving; UNAVAILABLE when the port cannot be bound.
   absl::StatusOr<int> Serve(const std::string& address);
   // Serve() from config; does nothing when config.port == 0 (returns 0).
@@ -66,7 +65,7 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   mutable std::mutex mu_;
   std::map<std::string, std::string> kinds_;  // name -> "counter" | "gauge" | "histogram"
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> server_;
 };
 
 // Throws std::invalid_argument unless `name` and `labels` follow the naming rules for a metric of `kind`.

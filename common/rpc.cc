@@ -103,6 +103,8 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(const RpcConfig& con
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
                              static_cast<int>(config.keepalive_seconds * 500));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently share its traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(s->health_.get());
   for (auto* svc : services) builder.RegisterService(svc);
   s->server_ = builder.BuildAndStart();

@@ -33,7 +33,8 @@ const config::Section<ModelInitConfig>& ModelInitConfig::Spec() {
     s->Add("bos_token_id", &M::bos_token_id, "beginning-of-sequence id; -1 = none", config::AtLeast(-1));
     s->Add("eos_token_id", &M::eos_token_id, "end-of-sequence id; -1 = none", config::AtLeast(-1));
     s->Add("pad_token_id", &M::pad_token_id, "padding id; -1 = none", config::AtLeast(-1));
-    s->Add("dtype", &M::dtype, "dtype of the saved weights: float32 or bfloat16", config::OneOf({"float32", "bfloat16"}));
+    s->Add("dtype", &M::dtype, "dtype of the saved weights: float32 (f32) or bfloat16 (bf16)",
+           config::OneOf({"float32", "bfloat16", "f32", "bf16"}));
     s->Add("tokenizer", &M::tokenizer, "folder (or tokenizer.json) whose tokenizer files are copied along; \"\" = none");
     s->Add("out", &M::out, "output folder for the new model (must not exist or be empty)");
     return s;
@@ -62,7 +63,8 @@ absl::StatusOr<HfConfig> ModelInitConfig::ToHfConfig() const {
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_id >= 0) j["eos_token_id"] = eos_token_id;
   if (pad_token_id >= 0) j["pad_token_id"] = pad_token_id;
-  j["torch_dtype"] = dtype;
+  ASSIGN_OR_RETURN(auto torch_dtype, ParseTorchDtype(dtype));
+  j["torch_dtype"] = TorchDtypeName(torch_dtype);
   for (int64_t id : {bos_token_id, eos_token_id, pad_token_id}) {
     if (id >= vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("config key 'model.vocab_size' (", vocab_size,
@@ -120,11 +122,12 @@ absl::Status InitModelFolder(const ModelInitConfig& init, uint64_t seed) {
   Transformer model(config);
   model->InitWeights(seed);
   ASSIGN_OR_RETURN(save.dtype, ParseTorchDtype(init.dtype));
+  model->to(*save.dtype);
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
   RETURN_IF_ERROR(SaveModel(*model, init.out, save));
   spdlog::info("init-model: {} with {:.3f}M parameters ({}), seed {}, written to {}",
-               ArchitectureString(config.arch, config.head), params / 1e6, init.dtype, seed, init.out);
+               ArchitectureString(config.arch, config.head), params / 1e6, config.torch_dtype, seed, init.out);
   return absl::OkStatus();
 }
 

@@ -1,0 +1,67 @@
+#include "common/metrics.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+namespace rlhf {
+namespace {
+
+// A plain HTTP/1.0 GET on loopback; returns the whole response.
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return "";
+  }
+  std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
+TEST(Metrics, NamingRulesAreEnforced) {
+  auto& m = Metrics::Process();
+  EXPECT_THROW(m.Counter("tokens_total", "no prefix"), std::invalid_argument);
+  EXPECT_THROW(m.Counter("rlhf_tokens", "counter without _total"), std::invalid_argument);
+  EXPECT_THROW(m.Gauge("rlhf_things_total", "gauge with _total"), std::invalid_argument);
+  EXPECT_THROW(m.Gauge("rlhf_Bad_Case", "upper case"), std::invalid_argument);
+  EXPECT_THROW(m.Counter("rlhf_x_total", "id label", {{"prompt_id", "17"}}), std::invalid_argument);
+  EXPECT_NO_THROW(m.Counter("rlhf_test_events_total", "fine", {{"role", "test"}}));
+  EXPECT_THROW(m.Gauge("rlhf_test_events_total", "same name, other kind"), std::invalid_argument);
+}
+
+TEST(Metrics, ServedOverHttpInPrometheusFormat) {
+  auto& m = Metrics::Process();
+  m.Counter("rlhf_test_requests_total", "requests seen by the test", {{"role", "test"}}).Increment(3);
+  m.Gauge("rlhf_test_policy_version", "a gauge").Set(7);
+  m.Histogram("rlhf_test_step_duration_seconds", "a histogram", {0.1, 1.0}).Observe(0.5);
+  auto port = m.Serve("127.0.0.1:0");
+  ASSERT_TRUE(port.ok()) << port.status();
+  ASSERT_GT(*port, 0);
+  std::string body = HttpGet(*port, "/metrics");
+  EXPECT_NE(body.find("200 OK"), std::string::npos) << body;
+  EXPECT_NE(body.find("# TYPE rlhf_test_requests_total counter"), std::string::npos) << body;
+  EXPECT_NE(body.find("rlhf_test_requests_total{role=\"test\"} 3"), std::string::npos) << body;
+  EXPECT_NE(body.find("rlhf_test_policy_version 7"), std::string::npos) << body;
+  EXPECT_NE(body.find("rlhf_test_step_duration_seconds_bucket{le=\"1\"} 1"), std::string::npos) << body;
+  EXPECT_EQ(m.Serve("127.0.0.1:0").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(m.Text().find("rlhf_test_policy_version"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rlhf
