@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +40,30 @@ const char* TorchDtypeName(torch::ScalarType t) {
     case torch::kFloat16: return "float16";
     default: return "unsupported";
   }
+}
+
+torch::ScalarType ComputeDtypeFor(torch::ScalarType weights) {
+  if (weights != torch::kBFloat16) return torch::kFloat32;
+  static const torch::ScalarType chosen = [] {
+    torch::NoGradGuard ng;
+    auto rate = [](torch::ScalarType dt) {
+      auto a = torch::randn({512, 512}).to(dt), b = torch::randn({512, 512}).to(dt);
+      (void)torch::matmul(a, b);
+      double best = 1e30;
+      for (int i = 0; i < 3; ++i) {
+        auto t = std::chrono::steady_clock::now();
+        (void)torch::matmul(a, b);
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+      }
+      return 2.0 * 512 * 512 * 512 / best / 1e9;
+    };
+    double f32 = rate(torch::kFloat32), bf16 = rate(torch::kBFloat16);
+    auto pick = bf16 > 1.1 * f32 ? torch::kBFloat16 : torch::kFloat32;
+    spdlog::info("compute dtype for bf16 weights: {} (GEMM f32 {:.0f} vs bf16 {:.0f} GFLOP/s)",
+                 pick == torch::kBFloat16 ? "bfloat16" : "float32", f32, bf16);
+    return pick;
+  }();
+  return chosen;
 }
 
 namespace {
@@ -122,7 +147,7 @@ absl::StatusOr<Transformer> LoadModel(const std::string& dir, const LoadOptions&
   if (options.dtype) {
     dtype = *options.dtype;
   } else if (config.torch_dtype == "bfloat16") {
-    dtype = torch::kBFloat16;
+    dtype = ComputeDtypeFor(torch::kBFloat16);
   }
   if (dtype != torch::kFloat32 && dtype != torch::kBFloat16) {
     return absl::InvalidArgumentError("models compute in float32 or bfloat16");

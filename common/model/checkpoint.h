@@ -16,7 +16,8 @@ namespace rlhf::model {
 extern const char* const kTokenizerFiles[];
 
 struct LoadOptions {
-  // Compute dtype of the loaded model (f32 or bf16); default: the file's torch_dtype (float16 -> f32).
+  // Compute dtype of the loaded model (f32 or bf16). Default: f32 for f32/f16 files; for bf16 files,
+  // ComputeDtypeFor(bf16), i.e. bf16 only where this machine multiplies bf16 faster than f32.
   std::optional<torch::ScalarType> dtype;
   // Load the backbone under another head (e.g. a value head initialised for a critic from a policy);
   // parameters of the new head that the files lack are initialised with normal(0, 0.02) from `init_seed`.
@@ -42,6 +43,11 @@ struct SaveOptions {
 // Writes a model folder through a temporary folder renamed into place. FAILED_PRECONDITION when `dir`
 // exists and is not empty (unless overwrite); UNAVAILABLE / DATA_LOSS on I/O errors.
 absl::Status SaveModel(TransformerImpl& model, const std::string& dir, const SaveOptions& options = {});
+
+// The dtype to compute in for weights stored as `weights`: bf16 weights compute in bf16 only when a bf16
+// matrix product is measured faster than an f32 one on this machine (measured once per process, ~10 ms);
+// else in f32 (e.g. CPUs without AMX, where OpenBLAS's f32 GEMM beats oneDNN's bf16 one).
+torch::ScalarType ComputeDtypeFor(torch::ScalarType weights);
 
 // "float32" / "bfloat16" / "float16" <-> torch dtypes.
 absl::StatusOr<torch::ScalarType> ParseTorchDtype(const std::string& name);

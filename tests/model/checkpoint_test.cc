@@ -81,9 +81,14 @@ TEST(Checkpoint, ShardedBf16WithIndex) {
   int64_t total = 0;
   for (const auto& p : m->parameters()) total += p.numel() * 2;
   EXPECT_EQ(index["metadata"]["total_size"].get<int64_t>(), total);
-  auto back = LoadModel(dir);
+  LoadOptions bf16;
+  bf16.dtype = torch::kBFloat16;
+  auto back = LoadModel(dir, bf16);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ((*back)->dtype(), torch::kBFloat16);
+  auto automatic = LoadModel(dir);
+  ASSERT_TRUE(automatic.ok());
+  EXPECT_EQ((*automatic)->dtype(), ComputeDtypeFor(torch::kBFloat16));
   m->to(torch::kBFloat16);
   ExpectSameWeights(*m, **back);
   LoadOptions f32;
