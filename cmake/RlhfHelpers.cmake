@@ -7,7 +7,9 @@ function(rlhf_use_torch_pch target)
     return()
   endif()
   if(NOT TARGET rlhf_torch_pch)
-    file(WRITE ${CMAKE_BINARY_DIR}/rlhf_torch_pch.cc "// translation unit that owns the torch precompiled header\n")
+    # file(CONFIGURE) rewrites only when the content changes, so a re-configure does not rebuild the PCH.
+    file(CONFIGURE OUTPUT ${CMAKE_BINARY_DIR}/rlhf_torch_pch.cc
+         CONTENT "// translation unit that owns the torch precompiled header\n")
     add_library(rlhf_torch_pch OBJECT ${CMAKE_BINARY_DIR}/rlhf_torch_pch.cc)
     target_link_libraries(rlhf_torch_pch PUBLIC torch Threads::Threads)
     target_precompile_headers(rlhf_torch_pch PRIVATE <torch/torch.h>)

@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace rlhf {
@@ -61,6 +63,39 @@ TEST(Metrics, ServedOverHttpInPrometheusFormat) {
   EXPECT_NE(body.find("rlhf_test_step_duration_seconds_bucket{le=\"1\"} 1"), std::string::npos) << body;
   EXPECT_EQ(m.Serve("127.0.0.1:0").status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(m.Text().find("rlhf_test_policy_version"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rlhf
+
+namespace rlhf {
+namespace {
+
+// The exposition passes Prometheus's own checker (promtool, from Debian's prometheus package).
+TEST(Metrics, PromtoolAcceptsTheExposition) {
+  if (std::system("command -v promtool > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (scripts/setup.sh installs the prometheus package)";
+  }
+  auto& m = Metrics::Process();
+  m.Counter("rlhf_test_promtool_samples_total", "samples seen", {{"role", "test"}}).Increment();
+  m.Gauge("rlhf_test_promtool_queue_bytes", "bytes queued").Set(10);
+  std::string path = ::testing::TempDir() + "/metrics.prom";
+  {
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string text = m.Text();
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  std::string cmd = "promtool check metrics < " + path + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[512];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = pclose(p);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out.find("rlhf_test_promtool"), std::string::npos) << "promtool complains: " << out;
 }
 
 }  // namespace

@@ -83,6 +83,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"qwen3_untied", "--arch qwen3", "", 1e-4},
                       Variant{"qwen3_tied_headdim", "--arch qwen3 --tie --head-dim 32", "", 1e-4},
                       Variant{"qwen3_bf16_as_f32", "--arch qwen3 --dtype bf16", "float32", 1e-4},
+                      Variant{"qwen2_f16", "--arch qwen2 --dtype f16", "", 1e-4},
                       Variant{"llama_bf16_sharded_as_f32", "--arch llama --dtype bf16 --shards 2", "float32", 1e-4},
                       // bf16 compute: matmuls round to 8 bits of mantissa; logits are O(10).
                       Variant{"qwen2_bf16_compute", "--arch qwen2 --dtype bf16", "bfloat16", 0.25}),

@@ -180,7 +180,7 @@ def gen(args):
         "rope_theta": args.rope_theta,
         "max_position_embeddings": 4096,
         "tie_word_embeddings": args.tie,
-        "torch_dtype": "bfloat16" if args.dtype == "bf16" else "float32",
+        "torch_dtype": {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[args.dtype],
         "bos_token_id": 1,
         "eos_token_id": 2,
         "initializer_range": 0.02,
@@ -199,7 +199,7 @@ def gen(args):
     else:
         cfg.update({"attention_bias": args.bias, "head_dim": D, "use_sliding_window": False, "sliding_window": None,
                     "max_window_layers": L})
-    dt = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[args.dtype]
     # Scaled so that logits are O(1) and differences are meaningful.
     def w(*shape, std=0.2):
         return (torch.randn(*shape, dtype=torch.float64) * std).to(dt)
@@ -341,7 +341,7 @@ def main():
     g.add_argument("--vocab-size", type=int, default=120)
     g.add_argument("--head-dim", type=int, default=0)
     g.add_argument("--rope-theta", type=float, default=10000.0)
-    g.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    g.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
     g.add_argument("--tie", action="store_true")
     g.add_argument("--bias", action="store_true")
     g.add_argument("--llama3-rope", action="store_true")
