@@ -56,16 +56,7 @@ int main(int argc, char** argv) {
   InitLogging("info");
   ConfigureRuntime(static_cast<int>(threads));
 
-  model::ModelInitConfig m;
-  m.arch = "llama";
-  m.hidden_size = 768;
-  m.num_hidden_layers = 12;
-  m.num_attention_heads = 12;
-  m.num_key_value_heads = 4;
-  m.intermediate_size = 2048;
-  m.vocab_size = 32000;
-  m.max_position_embeddings = 4096;
-  auto cfg = m.ToHfConfig().value();
+  auto cfg = model::ModelInitConfig::Small().ToHfConfig().value();
   const auto info = DescribeRuntime();
   std::printf("machine: %d threads, BLAS %s (core %s), oneDNN cap %s\n", info.threads, info.blas_library.c_str(),
               info.openblas_core.c_str(), info.onednn_max_isa.empty() ? "none" : info.onednn_max_isa.c_str());

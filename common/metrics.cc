@@ -57,28 +57,28 @@ Metrics& Metrics::Process() {
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {}
 Metrics::~Metrics() = default;  // never runs: the process registry lives until exit
 
+void Metrics::Claim(const std::string& name, const std::string& kind, const Labels& labels) {
+  CheckMetricName(name, kind, labels);
+  auto [it, fresh] = kinds_.emplace(name, kind);
+  if (!fresh && it->second != kind) throw std::invalid_argument("metric '" + name + "' is a " + it->second);
+}
+
 prometheus::Counter& Metrics::Counter(const std::string& name, const std::string& help, const Labels& labels) {
-  CheckMetricName(name, "counter", labels);
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, fresh] = kinds_.emplace(name, "counter");
-  if (!fresh && it->second != "counter") throw std::invalid_argument("metric '" + name + "' is a " + it->second);
+  Claim(name, "counter", labels);
   return prometheus::BuildCounter().Name(name).Help(help).Register(*registry_).Add(labels);
 }
 
 prometheus::Gauge& Metrics::Gauge(const std::string& name, const std::string& help, const Labels& labels) {
-  CheckMetricName(name, "gauge", labels);
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, fresh] = kinds_.emplace(name, "gauge");
-  if (!fresh && it->second != "gauge") throw std::invalid_argument("metric '" + name + "' is a " + it->second);
+  Claim(name, "gauge", labels);
   return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add(labels);
 }
 
 prometheus::Histogram& Metrics::Histogram(const std::string& name, const std::string& help,
                                           const std::vector<double>& buckets, const Labels& labels) {
-  CheckMetricName(name, "histogram", labels);
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, fresh] = kinds_.emplace(name, "histogram");
-  if (!fresh && it->second != "histogram") throw std::invalid_argument("metric '" + name + "' is a " + it->second);
+  Claim(name, "histogram", labels);
   return prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_).Add(labels, buckets);
 }
 

@@ -62,6 +62,8 @@ class Metrics {
  private:
   Metrics();
   ~Metrics();
+  // Checks the naming rules and that `name` is not registered as another kind. Caller holds mu_.
+  void Claim(const std::string& name, const std::string& kind, const Labels& labels);
   std::shared_ptr<prometheus::Registry> registry_;
   mutable std::mutex mu_;
   std::map<std::string, std::string> kinds_;  // name -> "counter" | "gauge" | "histogram"

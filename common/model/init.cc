@@ -42,6 +42,19 @@ const config::Section<ModelInitConfig>& ModelInitConfig::Spec() {
   return *s;
 }
 
+ModelInitConfig ModelInitConfig::Small() {
+  ModelInitConfig m;
+  m.arch = "llama";
+  m.hidden_size = 768;
+  m.num_hidden_layers = 12;
+  m.num_attention_heads = 12;
+  m.num_key_value_heads = 4;
+  m.intermediate_size = 2048;
+  m.vocab_size = 32000;
+  m.max_position_embeddings = 4096;
+  return m;
+}
+
 absl::StatusOr<HfConfig> ModelInitConfig::ToHfConfig() const {
   // Built as config.json text and parsed, so that a new model passes exactly the checks a loaded one does.
   nlohmann::json j;

@@ -31,6 +31,9 @@ struct ModelInitConfig {
   std::string tokenizer;                   // folder (or tokenizer.json) whose tokenizer files are copied along
   std::string out;                         // output folder (must not exist or be empty)
   static const config::Section<ModelInitConfig>& Spec();
+  // The "small" config of the benchmarks: Llama, hidden 768, 12 layers, 12 heads, 4 KV heads,
+  // intermediate 2048, vocab 32000 (125M parameters).
+  static ModelInitConfig Small();
   // The HF config it describes; INVALID_ARGUMENT naming the key when inconsistent.
   absl::StatusOr<HfConfig> ToHfConfig() const;
 };

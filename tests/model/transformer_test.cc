@@ -23,6 +23,21 @@ torch::Tensor Full(Transformer& m, const std::vector<int64_t>& ids) {
   return m->Logits(m->Hidden(Ids(ids))).squeeze(0);
 }
 
+// Left-pads sequences into ids / mask [B, T].
+std::pair<torch::Tensor, torch::Tensor> LeftPad(const std::vector<std::vector<int64_t>>& seqs, int64_t T) {
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  auto ids = torch::zeros({B, T}, torch::kInt64);
+  auto mask = torch::zeros({B, T}, torch::kInt64);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t off = T - static_cast<int64_t>(seqs[b].size());
+    for (size_t t = 0; t < seqs[b].size(); ++t) {
+      ids[b][off + static_cast<int64_t>(t)] = seqs[b][t];
+      mask[b][off + static_cast<int64_t>(t)] = 1;
+    }
+  }
+  return {ids, mask};
+}
+
 class PerArch : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PerArch, LeftPaddedBatchEqualsSingleSequences) {
@@ -30,15 +45,7 @@ TEST_P(PerArch, LeftPaddedBatchEqualsSingleSequences) {
   auto m = MakeModel(GetParam());
   std::vector<std::vector<int64_t>> seqs = {{5, 6, 7}, {9, 10, 11, 12, 13}, {3, 4, 8, 20, 21, 22, 23}};
   const int64_t T = 7;
-  auto ids = torch::zeros({3, T}, torch::kInt64);
-  auto mask = torch::zeros({3, T}, torch::kInt64);
-  for (int b = 0; b < 3; ++b) {
-    int64_t off = T - static_cast<int64_t>(seqs[b].size());
-    for (size_t t = 0; t < seqs[b].size(); ++t) {
-      ids[b][off + t] = seqs[b][t];
-      mask[b][off + t] = 1;
-    }
-  }
+  auto [ids, mask] = LeftPad(seqs, T);
   ForwardOptions o;
   o.attention_mask = mask;
   auto logits = m->Logits(m->Hidden(ids, o));
@@ -69,15 +76,7 @@ TEST_P(PerArch, KvCacheDecodeEqualsFullForward) {
   // Prompts of different lengths, left-padded into one prefill, then 4 decode steps.
   std::vector<std::vector<int64_t>> seqs = {{5, 6, 7}, {9, 10, 11, 12, 13}, {30}};
   const int64_t P = 5;
-  auto ids = torch::zeros({3, P}, torch::kInt64);
-  auto mask = torch::zeros({3, P}, torch::kInt64);
-  for (int b = 0; b < 3; ++b) {
-    int64_t off = P - static_cast<int64_t>(seqs[b].size());
-    for (size_t t = 0; t < seqs[b].size(); ++t) {
-      ids[b][off + t] = seqs[b][t];
-      mask[b][off + t] = 1;
-    }
-  }
+  auto [ids, mask] = LeftPad(seqs, P);
   KVCache cache(c, 3, 16, m->dtype());
   ForwardOptions o;
   o.attention_mask = mask;
