@@ -102,8 +102,22 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
         if ((*switch_values)[i]) overrides.push_back(cmd.flags[i].key + "=true");
       } else if (!st->flag_values[i].empty()) {
         const std::string& v = st->flag_values[i];
-        bool wrap = cmd.flags[i].is_list && v.front() != '[';
-        overrides.push_back(cmd.flags[i].key + "=" + (wrap ? "[" + v + "]" : v));
+        std::string value = v;
+        if (cmd.flags[i].is_string_list) {
+          value = "[";
+          size_t start = 0;
+          while (start <= v.size()) {
+            size_t end = v.find(';', start);
+            if (end == std::string::npos) end = v.size();
+            std::string item = v.substr(start, end - start);
+            if (!item.empty()) value += (value.size() > 1 ? ", \"" : "\"") + item + "\"";
+            start = end + 1;
+          }
+          value += "]";
+        } else if (cmd.flags[i].is_list && v.front() != '[') {
+          value = "[" + v + "]";
+        }
+        overrides.push_back(cmd.flags[i].key + "=" + value);
       }
     }
     if (!st->run_dir.empty()) overrides.push_back("run.dir=" + st->run_dir);
@@ -119,6 +133,6 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
   return sub;
 }
 
-std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand()}; }
+std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(), GridWorldCommand()}; }
 
 }  // namespace rlhf::cli

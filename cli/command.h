@@ -39,6 +39,7 @@ struct Command {
     std::string flag, key, help;
     bool is_switch = false;  // a switch sets the key to true
     bool is_list = false;    // "1,2,3" becomes the YAML list [1,2,3]
+    bool is_string_list = false;  // "a;b" becomes the YAML list of strings ["a", "b"]
   };
   std::vector<Flag> flags;
   std::function<absl::Status(const Context&)> body;
@@ -53,5 +54,6 @@ std::vector<Command> AllCommands();
 // The commands, each in its own file.
 Command InitModelCommand();
 Command LogitsCommand();
+Command GridWorldCommand();
 
 }  // namespace rlhf::cli

@@ -1,6 +1,8 @@
 #include "common/config/config.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -22,6 +24,18 @@ const char* KindName(Kind kind) {
     case Kind::kAny: return "yaml";
   }
   return "?";
+}
+
+std::string ShortestDouble(double v) {
+  char buf[40];
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s = buf;
+  // Keep it a float in YAML ("1" would read back as an int, which is fine, but "1.0" says what it is).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
 }
 
 Check AtLeast(double min) {
@@ -70,6 +84,7 @@ namespace {
 
 std::string Flow(const YAML::Node& n) {
   YAML::Emitter e;
+  e.SetDoublePrecision(15);
   e.SetMapFormat(YAML::Flow);
   e.SetSeqFormat(YAML::Flow);
   e << n;
@@ -286,6 +301,7 @@ YAML::Node Config::Get<YAML::Node>(const std::string& key) const {
 
 std::string Config::ToYaml() const {
   YAML::Emitter e;
+  e.SetDoublePrecision(15);
   e << root_;
   return std::string(e.c_str()) + "\n";
 }

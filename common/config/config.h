@@ -28,6 +28,8 @@ const char* KindName(Kind kind);
 // wrong (e.g. "must be >= 1").
 using Check = std::function<std::string(const YAML::Node&)>;
 Check AtLeast(double min);
+// The shortest decimal text that reads back as exactly `v`.
+std::string ShortestDouble(double v);
 Check InRange(double min, double max);
 Check OneOf(std::vector<std::string> choices);
 
@@ -97,7 +99,7 @@ class Section {
     KeySpec spec;
     spec.key = prefix_.empty() ? name : prefix_ + "." + name;
     spec.kind = KindOf<V>();
-    spec.default_value = YAML::Node(defaults.*member);
+    spec.default_value = ToNode(defaults.*member);
     spec.doc = std::move(doc);
     spec.check = std::move(check);
     std::string key = spec.key;
@@ -128,6 +130,15 @@ class Section {
     else if constexpr (std::is_same_v<V, std::vector<double>>) return Kind::kFloatList;
     else if constexpr (std::is_same_v<V, YAML::Node>) return Kind::kAny;
     else static_assert(sizeof(V) == 0, "unsupported config field type");
+  }
+
+  template <typename V>
+  static YAML::Node ToNode(const V& v) {
+    if constexpr (std::is_floating_point_v<V>) {
+      return YAML::Node(ShortestDouble(static_cast<double>(v)));  // 0.003, not 0.0030000000000000001
+    } else {
+      return YAML::Node(v);
+    }
   }
 
   std::string prefix_;
