@@ -41,6 +41,14 @@ else
   echo "setup: all ${#PACKAGES[@]} packages present"
 fi
 
+# Node.js and npm run the reference tokenizer (npm `tokenizers`) in the tests; Debian's when none is installed.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+
 # LibTorch must use OpenBLAS (OpenMP build), not the reference BLAS: ~30x slower matmuls otherwise.
 arch_lib="/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
 want="${arch_lib}/openblas-openmp/libblas.so.3"

@@ -4,5 +4,6 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/build.sh"
 build="${BUILD_DIR:-$root/build}"
+bash "$root/scripts/npm_refs.sh" "$build/npm"
 cd "$build"
 ctest --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900 "$@"
