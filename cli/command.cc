@@ -99,7 +99,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
     std::vector<std::string> overrides;
     for (size_t i = 0; i < cmd.flags.size(); ++i) {
       if (cmd.flags[i].is_switch) {
-        if ((*switch_values)[i]) overrides.push_back(cmd.flags[i].key + "=true");
+        if ((*switch_values)[i]) overrides.push_back(cmd.flags[i].key + "=" + cmd.flags[i].switch_value);
       } else if (!st->flag_values[i].empty()) {
         const std::string& v = st->flag_values[i];
         std::string value = v;
@@ -133,6 +133,6 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
   return sub;
 }
 
-std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(), GridWorldCommand()}; }
+std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(), TokenizeCommand(), GridWorldCommand()}; }
 
 }  // namespace rlhf::cli

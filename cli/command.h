@@ -40,6 +40,7 @@ struct Command {
     bool is_switch = false;  // a switch sets the key to true
     bool is_list = false;    // "1,2,3" becomes the YAML list [1,2,3]
     bool is_string_list = false;  // "a;b" becomes the YAML list of strings ["a", "b"]
+    std::string switch_value = "true";  // what a switch sets the key to
   };
   std::vector<Flag> flags;
   std::function<absl::Status(const Context&)> body;
@@ -55,5 +56,6 @@ std::vector<Command> AllCommands();
 Command InitModelCommand();
 Command LogitsCommand();
 Command GridWorldCommand();
+Command TokenizeCommand();
 
 }  // namespace rlhf::cli

@@ -258,12 +258,16 @@ absl::StatusOr<Config> Config::FromYaml(const Schema& schema, const std::string&
                                                      hint.empty() ? "" : absl::StrCat(" (did you mean '", hint, "'?)")));
     }
     YAML::Node v;
-    try {
-      v = YAML::Load(o.substr(eq + 1));
-    } catch (const YAML::Exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat("--set ", key, ": cannot parse value: ", e.msg));
+    if (schema.Find(key)->kind == Kind::kString) {
+      v = YAML::Node(o.substr(eq + 1));  // string keys take the text as it is ("[1, 2]", "a: b", "")
+    } else {
+      try {
+        v = YAML::Load(o.substr(eq + 1));
+      } catch (const YAML::Exception& e) {
+        return absl::InvalidArgumentError(absl::StrCat("--set ", key, ": cannot parse value: ", e.msg));
+      }
+      if (v.IsNull()) v = YAML::Node(std::string());
     }
-    if (v.IsNull()) v = YAML::Node(std::string());
     given.emplace_back(key, v);
   }
   auto root = YAML::Node(YAML::NodeType::Map);

@@ -58,7 +58,7 @@ class Schema {
 class Config {
  public:
   // Resolves a config from the schema's defaults, then `file` (may be empty), then `overrides`
-  // ("a.b=value", value parsed as YAML). Fails with INVALID_ARGUMENT naming the key on unknown keys,
+  // ("a.b=value": value parsed as YAML, except for string keys, which take the text as it is). Fails with INVALID_ARGUMENT naming the key on unknown keys,
   // wrong types, or values a check rejects; NOT_FOUND if the file does not exist.
   static absl::StatusOr<Config> Load(const Schema& schema, const std::string& file,
                                      const std::vector<std::string>& overrides);
