@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -41,15 +42,18 @@ std::string DefaultRunDir(const std::string& command) {
   return (fs::path("runs") / (command + "-" + buf)).string();
 }
 
-absl::Status Execute(const Command& cmd, const std::string& file, const std::vector<std::string>& overrides) {
+absl::Status Execute(const Command& cmd, const std::string& label, const std::string& file,
+                     const std::vector<std::string>& overrides) {
   config::Schema schema;
   RunConfig::Spec().Register(schema);
   MetricsConfig::Spec().Register(schema);
   if (cmd.add_sections) cmd.add_sections(schema);
   ASSIGN_OR_RETURN(auto cfg, config::Config::Load(schema, file, overrides));
-  Context ctx{cmd.name, cfg, RunConfig::Spec().Read(cfg), ""};
+  Context ctx{label, cfg, RunConfig::Spec().Read(cfg), ""};
   InitLogging(ctx.run.log_level);
-  ctx.run_dir = ctx.run.dir.empty() ? DefaultRunDir(cmd.name) : ctx.run.dir;
+  std::string dir_name = label;
+  std::replace(dir_name.begin(), dir_name.end(), ' ', '-');
+  ctx.run_dir = ctx.run.dir.empty() ? DefaultRunDir(dir_name) : ctx.run.dir;
   std::error_code ec;
   fs::create_directories(ctx.run_dir, ec);
   if (ec) {
@@ -60,21 +64,23 @@ absl::Status Execute(const Command& cmd, const std::string& file, const std::vec
   const std::string resolved = cfg.ToYaml();
   {
     std::ofstream out(fs::path(ctx.run_dir) / "config.yaml");
-    out << "# resolved config of `rlhf " << cmd.name << "`\n" << resolved;
+    out << "# resolved config of `rlhf " << label << "`\n" << resolved;
     if (!out) return absl::DataLossError(absl::StrCat("cannot write ", ctx.run_dir, "/config.yaml"));
   }
-  spdlog::info("rlhf {}: run dir {}; resolved config:\n{}", cmd.name, ctx.run_dir, resolved);
+  spdlog::info("rlhf {}: run dir {}; resolved config:\n{}", label, ctx.run_dir, resolved);
   ConfigureRuntime(static_cast<int>(ctx.run.threads));
   auto metrics = MetricsConfig::Spec().Read(cfg);
   ASSIGN_OR_RETURN(int port, Metrics::Process().Serve(metrics));
   if (port != 0) spdlog::info("metrics on http://{}:{}/metrics", metrics.bind, port);
-  return GuardExceptions(cmd.name, [&] { return cmd.body(ctx); });
+  return GuardExceptions(label, [&] { return cmd.body(ctx); });
 }
 
 }  // namespace
 
 CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
   CLI::App* sub = app.add_subcommand(cmd.name, cmd.help);
+  // "data check" for subcommands of a command group, "init-model" at the top level.
+  const std::string label = app.get_parent() != nullptr ? app.get_name() + " " + cmd.name : cmd.name;
   struct State {
     std::string file, run_dir;
     std::vector<std::string> sets;
@@ -95,7 +101,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
       sub->add_option("--" + f.flag, st->flag_values[i], help);
     }
   }
-  sub->callback([cmd, st, switch_values, exit_code] {
+  sub->callback([cmd, label, st, switch_values, exit_code] {
     std::vector<std::string> overrides;
     for (size_t i = 0; i < cmd.flags.size(); ++i) {
       if (cmd.flags[i].is_switch) {
@@ -122,9 +128,9 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
     }
     if (!st->run_dir.empty()) overrides.push_back("run.dir=" + st->run_dir);
     overrides.insert(overrides.end(), st->sets.begin(), st->sets.end());  // --set wins over flags
-    absl::Status s = Execute(cmd, st->file, overrides);
+    absl::Status s = Execute(cmd, label, st->file, overrides);
     if (!s.ok()) {
-      std::cerr << "rlhf " << cmd.name << ": error: " << s.message() << std::endl;
+      std::cerr << "rlhf " << label << ": error: " << s.message() << std::endl;
       *exit_code = s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
     } else {
       *exit_code = 0;
@@ -134,5 +140,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(), TokenizeCommand(), GridWorldCommand()}; }
+
+std::vector<Command> DataCommands() { return {DataCheckCommand()}; }
 
 }  // namespace rlhf::cli

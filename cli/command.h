@@ -49,13 +49,15 @@ struct Command {
 // Registers `cmd` as a subcommand of `app`. Returns the subcommand.
 CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code);
 
-// Every command of the binary (for `rlhf config-keys`).
+// Every top-level command of the binary (for `rlhf config-keys`), and the `rlhf data` subcommands.
 std::vector<Command> AllCommands();
+std::vector<Command> DataCommands();
 
 // The commands, each in its own file.
 Command InitModelCommand();
 Command LogitsCommand();
 Command GridWorldCommand();
 Command TokenizeCommand();
+Command DataCheckCommand();  // `rlhf data check`
 
 }  // namespace rlhf::cli

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", rlhf::BuildVersion());
   int exit_code = 0;
   for (const auto& cmd : rlhf::cli::AllCommands()) rlhf::cli::AddCommand(app, cmd, &exit_code);
+  auto* data = app.add_subcommand("data", "dataset tools");
+  data->require_subcommand(1);
+  for (const auto& cmd : rlhf::cli::DataCommands()) rlhf::cli::AddCommand(*data, cmd, &exit_code);
 
   // config-keys: every documented key of every command (Markdown), or of one command.
   std::string which;
@@ -31,13 +34,15 @@ int main(int argc, char** argv) {
     rlhf::MetricsConfig::Spec().Register(shared);
     rlhf::RpcConfig::Spec().Register(shared);
     std::cout << "\n## Shared (run, metrics, rpc)\n\n" << shared.Markdown();
-    for (const auto& cmd : rlhf::cli::AllCommands()) {
-      if (!which.empty() && cmd.name != which) continue;
+    auto print = [&](const rlhf::cli::Command& cmd, const std::string& full_name) {
+      if (!which.empty() && full_name != which && cmd.name != which) return;
       found = true;
       rlhf::config::Schema s;
       cmd.add_sections(s);
-      std::cout << "\n## rlhf " << cmd.name << "\n\n" << cmd.help << ".\n\n" << s.Markdown();
-    }
+      std::cout << "\n## rlhf " << full_name << "\n\n" << cmd.help << ".\n\n" << s.Markdown();
+    };
+    for (const auto& cmd : rlhf::cli::AllCommands()) print(cmd, cmd.name);
+    for (const auto& cmd : rlhf::cli::DataCommands()) print(cmd, "data " + cmd.name);
     if (!found) {
       std::cerr << "rlhf config-keys: error: no command '" << which << "'" << std::endl;
       exit_code = 2;
