@@ -58,6 +58,7 @@ Command InitModelCommand();
 Command LogitsCommand();
 Command GridWorldCommand();
 Command TokenizeCommand();
+Command TrainTokenizerCommand();
 Command DataCheckCommand();  // `rlhf data check`
 
 }  // namespace rlhf::cli

@@ -35,7 +35,9 @@ const config::Section<ModelInitConfig>& ModelInitConfig::Spec() {
     s->Add("pad_token_id", &M::pad_token_id, "padding id; -1 = none", config::AtLeast(-1));
     s->Add("dtype", &M::dtype, "dtype of the saved weights: float32 (f32) or bfloat16 (bf16)",
            config::OneOf({"float32", "bfloat16", "f32", "bf16"}));
-    s->Add("tokenizer", &M::tokenizer, "folder (or tokenizer.json) whose tokenizer files are copied along; \"\" = none");
+    s->Add("tokenizer", &M::tokenizer,
+           "folder (or tokenizer.json) whose tokenizer files are copied along; its bos/eos/pad tokens give the ids "
+           "left at -1; \"\" = none");
     s->Add("out", &M::out, "output folder for the new model (must not exist or be empty)");
     return s;
   }();
@@ -91,6 +93,26 @@ absl::StatusOr<HfConfig> ModelInitConfig::ToHfConfig() const {
 }
 
 namespace {
+// The id of the special token named by tokenizer_config.json's `key` (bos_token, eos_token, pad_token),
+// looked up in tokenizer.json's added tokens; -1 when there is none.
+int64_t SpecialTokenId(const fs::path& folder, const char* key) {
+  std::ifstream cin(folder / "tokenizer_config.json"), tin(folder / "tokenizer.json");
+  if (!cin || !tin) return -1;
+  std::stringstream cs, ts;
+  cs << cin.rdbuf();
+  ts << tin.rdbuf();
+  auto cfg = nlohmann::json::parse(cs.str(), nullptr, false);
+  auto tok = nlohmann::json::parse(ts.str(), nullptr, false);
+  if (cfg.is_discarded() || tok.is_discarded() || !cfg.contains(key)) return -1;
+  std::string name = cfg[key].is_string() ? cfg[key].get<std::string>()
+                     : cfg[key].is_object() ? cfg[key].value("content", "") : "";
+  if (name.empty() || !tok.contains("added_tokens")) return -1;
+  for (const auto& t : tok["added_tokens"]) {
+    if (t.value("content", "") == name) return t.value("id", int64_t{-1});
+  }
+  return -1;
+}
+
 // Largest id the tokenizer.json in `path` (a folder or the file) uses; -1 when there is none.
 absl::StatusOr<int64_t> TokenizerMaxId(const fs::path& path) {
   fs::path file = fs::is_directory(path) ? path / "tokenizer.json" : path;
@@ -115,8 +137,16 @@ absl::StatusOr<int64_t> TokenizerMaxId(const fs::path& path) {
 }
 }  // namespace
 
-absl::Status InitModelFolder(const ModelInitConfig& init, uint64_t seed) {
-  if (init.out.empty()) return absl::InvalidArgumentError("config key 'model.out' is empty: give --out DIR");
+absl::Status InitModelFolder(const ModelInitConfig& given, uint64_t seed) {
+  if (given.out.empty()) return absl::InvalidArgumentError("config key 'model.out' is empty: give --out DIR");
+  ModelInitConfig init = given;
+  if (!init.tokenizer.empty()) {
+    // Special token ids not given explicitly come from the tokenizer's config.
+    fs::path folder = fs::is_directory(init.tokenizer) ? fs::path(init.tokenizer) : fs::path(init.tokenizer).parent_path();
+    if (init.bos_token_id < 0) init.bos_token_id = SpecialTokenId(folder, "bos_token");
+    if (init.eos_token_id < 0) init.eos_token_id = SpecialTokenId(folder, "eos_token");
+    if (init.pad_token_id < 0) init.pad_token_id = SpecialTokenId(folder, "pad_token");
+  }
   ASSIGN_OR_RETURN(HfConfig config, init.ToHfConfig());
   SaveOptions save;
   if (!init.tokenizer.empty()) {
