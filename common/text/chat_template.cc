@@ -1,7 +1,6 @@
 #include "common/text/chat_template.h"
 
 #include <unicode/unistr.h>
-#include <unicode/utf8.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +15,8 @@
 #include <sstream>
 #include <variant>
 #include <vector>
+
+#include "common/text/utf8.h"
 
 namespace rlhf::text {
 
@@ -84,18 +85,7 @@ const char* TypeName(const Value& v) {
 }
 
 // Python strings index and count code points, not bytes.
-std::vector<std::string> CodePoints(const std::string& s) {
-  std::vector<std::string> out;
-  int32_t i = 0;
-  const int32_t n = static_cast<int32_t>(s.size());
-  while (i < n) {
-    int32_t start = i;
-    UChar32 c;
-    U8_NEXT(reinterpret_cast<const uint8_t*>(s.data()), i, n, c);
-    out.push_back(s.substr(start, i - start));
-  }
-  return out;
-}
+std::vector<std::string> CodePoints(const std::string& s) { return SplitCodePoints(s); }
 
 bool Truthy(const Value& v) {
   switch (v.type) {

@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_format.h"
+#include "common/text/utf8.h"
 
 namespace rlhf::text {
 
@@ -48,19 +49,7 @@ const ByteMap& Bytes() {
   return m;
 }
 
-// Code points of a UTF-8 string (invalid bytes become U+FFFD).
-std::vector<std::string> Chars(std::string_view s) {
-  std::vector<std::string> out;
-  int32_t i = 0;
-  const int32_t n = static_cast<int32_t>(s.size());
-  while (i < n) {
-    int32_t start = i;
-    UChar32 c;
-    U8_NEXT(reinterpret_cast<const uint8_t*>(s.data()), i, n, c);
-    out.emplace_back(s.substr(start, i - start));
-  }
-  return out;
-}
+std::vector<std::string> Chars(std::string_view s) { return SplitCodePoints(s); }
 
 std::string Utf8(const icu::UnicodeString& u) {
   std::string s;

@@ -1,5 +1,7 @@
 #include "common/metrics.h"
 
+#include "tests/test_util.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -87,15 +89,9 @@ TEST(Metrics, PromtoolAcceptsTheExposition) {
     std::fwrite(text.data(), 1, text.size(), f);
     std::fclose(f);
   }
-  std::string cmd = "promtool check metrics < " + path + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = pclose(p);
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_EQ(out.find("rlhf_test_promtool"), std::string::npos) << "promtool complains: " << out;
+  auto run = rlhf::testing::RunCommand("promtool check metrics < " + path);
+  EXPECT_EQ(run.code, 0) << run.out;
+  EXPECT_EQ(run.out.find("rlhf_test_promtool"), std::string::npos) << "promtool complains: " << run.out;
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include "common/model/safetensors.h"
 #include "tests/model/test_models.h"
+#include "tests/test_util.h"
 
 namespace rlhf::model {
 namespace {
@@ -32,12 +33,7 @@ Transformer Saved(const HfConfig& c, const std::string& dir, SaveOptions opts = 
   return m;
 }
 
-std::string Slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string Slurp(const fs::path& p) { return rlhf::testing::ReadFile(p.string()); }
 
 void ExpectSameWeights(TransformerImpl& a, TransformerImpl& b) {
   auto pa = a.named_parameters(), pb = b.named_parameters();

@@ -2,7 +2,6 @@
 // python3-torch) on checkpoints written by that other software, through the real `rlhf` binary; and the
 // folders this system writes against the layout transformers loads.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
@@ -11,28 +10,14 @@
 
 #include "common/model/checkpoint.h"
 #include "tests/model/test_models.h"
+#include "tests/test_util.h"
 
 namespace rlhf::model {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result Shell(const std::string& cmd) {
-  Result r{-1, ""};
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using rlhf::testing::RunCommand;
 
 const std::string kPy = std::string(RLHF_PYTHON3) + " " + RLHF_SOURCE_DIR + "/tests/python/hf_reference.py";
 const std::string kRlhf = std::string(RLHF_BINARY_DIR) + "/cli/rlhf";
@@ -47,10 +32,10 @@ std::string Tmp(const std::string& name) {
 // rlhf logits on `model` (optionally --dtype), compared to the reference forward of `reference` (default: same).
 void ExpectLogitsMatch(const std::string& model, const std::string& dtype, double tol, const std::string& reference = "") {
   std::string out = model + ".logits.safetensors";
-  auto r = Shell(kRlhf + " logits --model " + model + " --ids " + kIds + " --out " + out + " --run-dir " + model +
+  auto r = RunCommand(kRlhf + " logits --model " + model + " --ids " + kIds + " --out " + out + " --run-dir " + model +
                ".run" + (dtype.empty() ? "" : " --dtype " + dtype));
   ASSERT_EQ(r.code, 0) << r.out;
-  auto c = Shell(kPy + " compare --model " + (reference.empty() ? model : reference) + " --ids " + kIds + " --ours " +
+  auto c = RunCommand(kPy + " compare --model " + (reference.empty() ? model : reference) + " --ids " + kIds + " --ours " +
                out + " --tol " + std::to_string(tol));
   EXPECT_EQ(c.code, 0) << model << ": " << c.out;
   std::printf("%s: %s", fs::path(model).filename().c_str(), c.out.c_str());
@@ -68,7 +53,7 @@ class Reference : public ::testing::TestWithParam<Variant> {};
 TEST_P(Reference, LogitsMatchTheIndependentForward) {
   const auto& v = GetParam();
   std::string dir = Tmp(v.name);
-  auto g = Shell(kPy + " gen --out " + dir + " " + v.gen_args);
+  auto g = RunCommand(kPy + " gen --out " + dir + " " + v.gen_args);
   ASSERT_EQ(g.code, 0) << g.out;
   ExpectLogitsMatch(dir, v.dtype, v.tol);
 }
@@ -92,7 +77,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Reference, WhatWeSaveLoadsBackAndKeepsTheHfLayout) {
   // Other software's checkpoint -> our loader -> our writer (sharded) -> same logits, HF layout.
   std::string src = Tmp("layout_src");
-  ASSERT_EQ(Shell(kPy + " gen --arch qwen3 --bias --out " + src).code, 0);
+  ASSERT_EQ(RunCommand(kPy + " gen --arch qwen3 --bias --out " + src).code, 0);
   auto m = LoadModel(src);
   ASSERT_TRUE(m.ok()) << m.status();
   std::string dst = Tmp("layout_dst");
@@ -100,7 +85,7 @@ TEST(Reference, WhatWeSaveLoadsBackAndKeepsTheHfLayout) {
   o.max_shard_bytes = 30000;
   ASSERT_TRUE(SaveModel(**m, dst, o).ok());
   ASSERT_TRUE(fs::exists(fs::path(dst) / "model.safetensors.index.json"));
-  auto layout = Shell(kPy + " check-layout --model " + dst);
+  auto layout = RunCommand(kPy + " check-layout --model " + dst);
   EXPECT_EQ(layout.code, 0) << layout.out;
   ExpectLogitsMatch(dst, "", 1e-4, src);
 }
@@ -108,11 +93,11 @@ TEST(Reference, WhatWeSaveLoadsBackAndKeepsTheHfLayout) {
 TEST(Reference, InitModelFoldersHaveTheHfLayout) {
   for (std::string flags : {"--arch llama --tie-embeddings", "--arch qwen2", "--arch qwen3 --dtype bf16 --head-dim 16"}) {
     std::string dir = Tmp("init_" + std::to_string(std::hash<std::string>{}(flags)));
-    auto r = Shell(kRlhf + " init-model " + flags +
+    auto r = RunCommand(kRlhf + " init-model " + flags +
                  " --hidden-size 48 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 128 --seed 3"
                  " --out " + dir + " --run-dir " + dir + ".run");
     ASSERT_EQ(r.code, 0) << r.out;
-    auto layout = Shell(kPy + " check-layout --model " + dir);
+    auto layout = RunCommand(kPy + " check-layout --model " + dir);
     EXPECT_EQ(layout.code, 0) << flags << ": " << layout.out;
   }
   // Heads: a reward model and a critic written by SaveModel.
@@ -122,36 +107,36 @@ TEST(Reference, InitModelFoldersHaveTheHfLayout) {
     Transformer t(c);
     std::string dir = Tmp(h == Head::kSequenceClassification ? "rm_layout" : "critic_layout");
     ASSERT_TRUE(SaveModel(*t, dir).ok());
-    auto layout = Shell(kPy + " check-layout --model " + dir);
+    auto layout = RunCommand(kPy + " check-layout --model " + dir);
     EXPECT_EQ(layout.code, 0) << layout.out;
   }
 }
 
 TEST(Cli, FailuresExitNonZeroWithOneLine) {
   std::string run = " --run-dir " + Tmp("cli_run");
-  auto missing = Shell(kRlhf + " logits --model /nonexistent --ids 1 --out /tmp/x.safetensors" + run);
+  auto missing = RunCommand(kRlhf + " logits --model /nonexistent --ids 1 --out /tmp/x.safetensors" + run);
   EXPECT_NE(missing.code, 0);
   EXPECT_NE(missing.out.find("rlhf logits: error: model folder '/nonexistent' does not exist"), std::string::npos)
       << missing.out;
-  auto badkey = Shell(kRlhf + " init-model --set model.hiden_size=3 --out /tmp/x" + run);
+  auto badkey = RunCommand(kRlhf + " init-model --set model.hiden_size=3 --out /tmp/x" + run);
   EXPECT_EQ(badkey.code, 2);
   EXPECT_NE(badkey.out.find("unknown config key 'model.hiden_size' (did you mean 'model.hidden_size'?)"),
             std::string::npos)
       << badkey.out;
-  auto range = Shell(kRlhf + " init-model --layers 0 --out /tmp/x" + run);
+  auto range = RunCommand(kRlhf + " init-model --layers 0 --out /tmp/x" + run);
   EXPECT_EQ(range.code, 2);
   EXPECT_NE(range.out.find("config key 'model.num_hidden_layers': must be >= 1"), std::string::npos) << range.out;
   std::string dir = Tmp("cli_model");
-  ASSERT_EQ(Shell(kRlhf + " init-model --vocab-size 64 --out " + dir + run).code, 0);
-  auto vocab = Shell(kRlhf + " logits --model " + dir + " --ids 1,64 --out " + dir + "/l.safetensors" + run);
+  ASSERT_EQ(RunCommand(kRlhf + " init-model --vocab-size 64 --out " + dir + run).code, 0);
+  auto vocab = RunCommand(kRlhf + " logits --model " + dir + " --ids 1,64 --out " + dir + "/l.safetensors" + run);
   EXPECT_NE(vocab.code, 0);
   EXPECT_NE(vocab.out.find("token id 64 is outside the vocabulary [0, 64)"), std::string::npos) << vocab.out;
-  auto again = Shell(kRlhf + " init-model --out " + dir + run);
+  auto again = RunCommand(kRlhf + " init-model --out " + dir + run);
   EXPECT_NE(again.code, 0);
   EXPECT_NE(again.out.find("exists and is not empty"), std::string::npos) << again.out;
   // The resolved config and the log are saved in the run directory.
   std::string run2 = Tmp("cli_run2");
-  auto ok = Shell(kRlhf + " init-model --vocab-size 64 --out " + Tmp("cli_model2") + " --run-dir " + run2);
+  auto ok = RunCommand(kRlhf + " init-model --vocab-size 64 --out " + Tmp("cli_model2") + " --run-dir " + run2);
   ASSERT_EQ(ok.code, 0) << ok.out;
   EXPECT_TRUE(fs::exists(fs::path(run2) / "config.yaml"));
   EXPECT_TRUE(fs::exists(fs::path(run2) / "log.txt"));

@@ -3,6 +3,8 @@
 // supported Jinja subset broadly.
 #include "common/text/chat_template.h"
 
+#include "tests/test_util.h"
+
 #include <gtest/gtest.h>
 
 #include <array>
@@ -20,12 +22,8 @@ using ojson = nlohmann::ordered_json;
 
 const std::string kModules = std::string(RLHF_BINARY_DIR) + "/npm/node_modules";
 
-std::string Slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using rlhf::testing::ReadFile;
+std::string Slurp(const std::string& p) { return ReadFile(p); }
 
 ojson Contexts() {
   return ojson::parse(R"JSON([
@@ -103,13 +101,9 @@ Rendered Reference(const std::string& template_text, const ojson& contexts, cons
   std::ofstream(dir + "/t.jinja") << template_text;
   std::ofstream(dir + "/ctx.json") << contexts.dump();
   std::string cmd = std::string(RLHF_PYTHON3) + " '" + RLHF_SOURCE_DIR + "/tests/python/render_chat.py' '" + dir +
-                    "/t.jinja' '" + dir + "/ctx.json' '" + dir + "/out.json' 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string log;
-  std::array<char, 512> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) log.append(buf.data(), n);
-  EXPECT_EQ(pclose(p), 0) << log;
+                    "/t.jinja' '" + dir + "/ctx.json' '" + dir + "/out.json'";
+  auto run = rlhf::testing::RunCommand(cmd);
+  EXPECT_EQ(run.code, 0) << run.out;
   Rendered r;
   for (const auto& x : ojson::parse(Slurp(dir + "/out.json"))) {
     r.texts.push_back(x.is_string() ? x.get<std::string>() : "");

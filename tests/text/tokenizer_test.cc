@@ -3,6 +3,8 @@
 // hand-picked corpus and on random text this test makes up (so: text the implementation has not seen).
 #include "common/text/tokenizer.h"
 
+#include "tests/test_util.h"
+
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -22,12 +24,8 @@ using nlohmann::json;
 
 const std::string kModules = std::string(RLHF_BINARY_DIR) + "/npm/node_modules";
 
-std::string Slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using rlhf::testing::ReadFile;
+std::string Slurp(const std::string& p) { return ReadFile(p); }
 
 std::vector<std::string> HandPicked() {
   return {
@@ -92,16 +90,11 @@ std::vector<Ref> Reference(const std::string& tokenizer_json, const std::vector<
   std::ofstream(dir + "/corpus.json") << json(corpus).dump();
   std::string cmd = "RLHF_NODE_MODULES='" + kModules + "' node '" + RLHF_SOURCE_DIR +
                     "/tests/node/tokenize_reference.js' '" + tokenizer_json + "' '" + dir + "/corpus.json' '" + dir +
-                    "/out.json' 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string log;
-  std::array<char, 512> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) log.append(buf.data(), n);
-  int rc = pclose(p);
-  EXPECT_EQ(rc, 0) << "reference tokenizer failed: " << log;
+                    "/out.json'";
+  auto run = rlhf::testing::RunCommand(cmd);
+  EXPECT_EQ(run.code, 0) << "reference tokenizer failed: " << run.out;
   std::vector<Ref> refs;
-  if (rc != 0) return refs;
+  if (run.code != 0) return refs;
   for (const auto& r : json::parse(Slurp(dir + "/out.json"))) {
     refs.push_back({r["with_special"].get<std::vector<int32_t>>(), r["without_special"].get<std::vector<int32_t>>(),
                     r["decoded"].get<std::string>(), r["decoded_skip"].get<std::string>()});
