@@ -4,7 +4,8 @@
 #   1. writes random Llama / Qwen2 / Qwen3 checkpoints with an independent writer (python3-torch),
 #   2. loads them and computes logits with `rlhf logits`,
 #   3. compares against an independent float64 implementation of the HF forward pass,
-#   4. creates a model with `rlhf init-model` and measures forward / forward+backward throughput.
+#   4. creates a model with `rlhf init-model` and measures forward / forward+backward throughput,
+#   5. trains PPO (trainer/algo losses) on the grid world and compares it with value iteration.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/build.sh"
@@ -28,3 +29,6 @@ echo "== 4. rlhf init-model + throughput of the 'small' config (hidden 768, 12 l
   --intermediate-size 128 --vocab-size 512 --seed 1 --out "$work/init" --run-dir "$work/run-init" --set run.log_level=warn
 echo "init-model wrote: $(ls "$work/init" | tr '\n' ' ')"
 "$build/bench/model_bench" --iters 2 2>&1 | grep -v ' I '
+echo "== 5. PPO on the grid world of the study notes, beside tabular value iteration"
+"$build/cli/rlhf" gridworld --size 6 --walls "0,2;1,2;2,2;4,1;4,2;4,3;4,4;2,4" --goal 0,5 --seed 1 \
+  --run-dir "$work/run-gridworld" 2> >(grep --line-buffered 'PPO iteration' >&2)

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <deque>
@@ -191,6 +192,10 @@ PpoResult TrainPpo(const Grid& grid, const GridWorldConfig& cfg, uint64_t seed) 
       // bounded return, and its values cannot run away through their own estimates.
     }
     result.mean_return.push_back((R * M).sum(1).mean().item<double>());
+    if ((it + 1) % 50 == 0 || it == 0) {
+      spdlog::info("gridworld PPO iteration {}/{}: mean return {:.2f}, entropy coefficient {:.4f}", it + 1,
+                   cfg.iterations, result.mean_return.back(), ent_coef);
+    }
     torch::Tensor V_old;
     {
       torch::NoGradGuard ng;
