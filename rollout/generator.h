@@ -1,0 +1,72 @@
+// Batched autoregressive generation over the transformer's per-slot KV cache.
+//
+// Each prompt is prefilled once; its G samples get copies of that cache (KVCache::CopySlot). Live
+// sequences then advance one token per step together. With continuous batching a finished sequence's slot is
+// refilled from the queue at once; without it, new prompts start only when every slot is free. A sequence
+// stops on any eos id (kept as its last token, finish "stop"), on a stop string (finish "stop"; the text is
+// cut before it), or at max_new_tokens or the cache capacity (finish "length").
+//
+// Not thread-safe: one Generate call at a time per Generator (it owns the cache).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/model/transformer.h"
+#include "common/status.h"
+#include "rollout/sampler.h"
+
+namespace rlhf::text {
+class Tokenizer;
+}
+
+namespace rlhf::rollout {
+
+struct PromptInput {
+  std::string prompt_id;       // identity of the prompt: the random streams derive from it
+  int64_t prompt_index = 0;
+  std::vector<int32_t> ids;    // [P] prompt token ids
+};
+
+struct Generated {
+  int64_t prompt_index = 0;
+  int64_t sample_index = 0;
+  std::vector<int32_t> completion_ids;
+  std::vector<float> logprobs;  // per completion token, at the sampling temperature, before truncation
+  std::string completion;       // decoded text (cut before a stop string); empty without a tokenizer
+  bool stopped = false;         // true: "stop" (eos or stop string); false: "length"
+  uint64_t seed = 0;            // the sample's stream seed
+};
+
+struct GeneratorOptions {
+  int64_t slots = 16;         // sequences decoded together (the batch)
+  int64_t capacity = 512;     // KV-cache length per slot: prompt + completion
+  bool continuous = true;     // refill finished slots at once
+};
+
+class Generator {
+ public:
+  // `model` and `tokenizer` are not owned and must outlive the generator; tokenizer may be null (no stop
+  // strings, no completion text).
+  Generator(model::TransformerImpl* model, const text::Tokenizer* tokenizer, std::vector<int32_t> eos_ids,
+            GeneratorOptions options);
+  ~Generator();
+
+  // Generates n samples for every prompt. `on_sample` (may be empty) sees each sample as it finishes; the
+  // return value holds all, ordered by (prompt_index, sample_index). INVALID_ARGUMENT for ids outside the
+  // vocabulary, an empty prompt, or a prompt that leaves no room in the cache.
+  absl::StatusOr<std::vector<Generated>> Generate(const std::vector<PromptInput>& prompts, int64_t n,
+                                                  const SamplingParams& params,
+                                                  const std::function<void(const Generated&)>& on_sample = {});
+
+ private:
+  model::TransformerImpl* model_;
+  const text::Tokenizer* tokenizer_;
+  std::vector<int32_t> eos_;
+  GeneratorOptions options_;
+  std::unique_ptr<model::KVCache> cache_;
+};
+
+}  // namespace rlhf::rollout
