@@ -139,7 +139,8 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
   return sub;
 }
 
-std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(), TokenizeCommand(), TrainTokenizerCommand(), GridWorldCommand()};
+std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }

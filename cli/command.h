@@ -59,6 +59,7 @@ Command LogitsCommand();
 Command GridWorldCommand();
 Command TokenizeCommand();
 Command TrainTokenizerCommand();
+Command GenerateCommand();
 Command DataCheckCommand();  // `rlhf data check`
 
 }  // namespace rlhf::cli

@@ -701,9 +701,8 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
 absl::StatusOr<std::string> Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
   std::vector<std::string> tokens;
   for (int32_t id : ids) {
-    if (id < 0 || static_cast<size_t>(id) >= impl_->id_to_token.size() || impl_->id_to_token[id].empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is not in the vocabulary"));
-    }
+    // Ids without a token (a model's vocabulary is often padded past the tokenizer's) are skipped, as HF does.
+    if (id < 0 || static_cast<size_t>(id) >= impl_->id_to_token.size() || impl_->id_to_token[id].empty()) continue;
     if (skip_special_tokens && IsSpecial(id)) continue;
     tokens.push_back(impl_->id_to_token[id]);
   }

@@ -31,8 +31,8 @@ class Tokenizer {
   // Token ids of `text`. add_special_tokens applies the post-processor (e.g. a BOS); special tokens
   // written inside the text are always recognised, as in HF.
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const;
-  // Text of `ids` (skip_special_tokens drops special added tokens). Invalid UTF-8 becomes U+FFFD.
-  // INVALID_ARGUMENT for an id outside the vocabulary.
+  // Text of `ids` (skip_special_tokens drops special added tokens). Invalid UTF-8 becomes U+FFFD. Ids
+  // without a token (models often pad their vocabulary past the tokenizer's) are skipped, as HF does.
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
   std::optional<int32_t> TokenToId(const std::string& token) const;
