@@ -7,9 +7,9 @@
 #include <map>
 #include <set>
 
-#include "common/model/init.h"
 #include "common/text/tokenizer.h"
 #include "rollout/sampler.h"
+#include "tests/model/test_models.h"
 
 namespace rlhf::rollout {
 namespace {
@@ -80,15 +80,7 @@ TEST(Sampler, GreedyAndStreamsAreDeterministic) {
 }
 
 model::Transformer TinyModel(int64_t vocab = 61, uint64_t seed = 3) {
-  model::ModelInitConfig m;
-  m.arch = "qwen3";
-  m.hidden_size = 32;
-  m.num_hidden_layers = 2;
-  m.num_attention_heads = 4;
-  m.num_key_value_heads = 2;
-  m.intermediate_size = 48;
-  m.vocab_size = vocab;
-  model::Transformer t(m.ToHfConfig().value());
+  model::Transformer t(model::testing::Tiny("qwen3", /*tie=*/false, /*head_dim=*/0, vocab));
   t->InitWeights(seed, 0.3);
   t->eval();
   return t;
