@@ -1,0 +1,206 @@
+#include "rollout/service.h"
+
+#include <cstring>
+
+#include "common/text/tokenizer.h"
+
+namespace rlhf::rollout {
+
+namespace {
+size_t DTypeSize(DType d) {
+  switch (d) {
+    case DTYPE_F32: return 4;
+    case DTYPE_BF16:
+    case DTYPE_F16: return 2;
+    default: return 0;
+  }
+}
+torch::ScalarType TorchType(DType d) {
+  switch (d) {
+    case DTYPE_BF16: return torch::kBFloat16;
+    case DTYPE_F16: return torch::kFloat16;
+    default: return torch::kFloat32;
+  }
+}
+}  // namespace
+
+RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokenizer* tokenizer,
+                               std::vector<int32_t> eos_ids, RolloutServiceOptions options, int64_t initial_version)
+    : model_(model), tokenizer_(tokenizer), eos_(std::move(eos_ids)), options_(options), version_(initial_version) {
+  for (const auto& p : model_->named_parameters(true)) params_[p.key()] = p.value();
+  generator_ = std::make_unique<Generator>(model_, tokenizer_, eos_, options_.generator);
+}
+
+int64_t RolloutService::version() const {
+  std::lock_guard<std::mutex> lock(model_mu_);
+  return version_;
+}
+
+absl::Status RolloutService::Validate(const GenerateRequest& r) const {
+  const auto& p = r.params();
+  auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
+  if (r.prompts_size() == 0) return bad("no prompts");
+  if (r.prompts_size() > options_.max_prompts) return bad(absl::StrCat("at most ", options_.max_prompts, " prompts per request"));
+  if (r.n() < 1 || r.n() > options_.max_n) return bad(absl::StrCat("n must be in [1, ", options_.max_n, "]"));
+  if (!(p.temperature() >= 0) || p.temperature() > 100) return bad("temperature must be in [0, 100]");
+  if (p.top_k() < 0) return bad("top_k must be >= 0");
+  if (!(p.top_p() > 0 && p.top_p() <= 1) && p.top_p() != 0) return bad("top_p must be in (0, 1] (0 = off)");
+  if (!(p.min_p() >= 0 && p.min_p() <= 1)) return bad("min_p must be in [0, 1]");
+  if (p.max_new_tokens() < 1 || p.max_new_tokens() > options_.max_new_tokens) {
+    return bad(absl::StrCat("max_new_tokens must be in [1, ", options_.max_new_tokens, "]"));
+  }
+  const int64_t vocab = model_->config().vocab_size;
+  for (int i = 0; i < r.prompts_size(); ++i) {
+    const auto& pr = r.prompts(i);
+    if (pr.ids_size() == 0 && pr.text().empty()) return bad(absl::StrCat("prompt ", i, " has neither ids nor text"));
+    if (pr.ids_size() == 0 && tokenizer_ == nullptr) return bad("this worker has no tokenizer: send token ids");
+    for (int32_t id : pr.ids()) {
+      if (id < 0 || id >= vocab) return bad(absl::StrCat("prompt ", i, ": token id ", id, " outside [0, ", vocab, ")"));
+    }
+    int64_t len = pr.ids_size() > 0 ? pr.ids_size() : static_cast<int64_t>(tokenizer_->Encode(pr.text()).size());
+    if (len + 1 > options_.generator.capacity) {
+      return bad(absl::StrCat("prompt ", i, " has ", len, " tokens; the context holds ", options_.generator.capacity));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void RolloutService::SwapIfPending() {
+  std::unique_ptr<Staged> staged;
+  {
+    std::lock_guard<std::mutex> lock(staged_mu_);
+    staged.swap(pending_);
+  }
+  if (!staged) return;
+  torch::NoGradGuard ng;
+  for (auto& [name, t] : staged->tensors) params_.at(name).copy_(t);
+  version_ = staged->version;
+}
+
+grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRequest* r,
+                                      grpc::ServerWriter<GenerateResponse>* writer) {
+  if (auto s = Validate(*r); !s.ok()) return ToGrpc(s);
+  SamplingParams sp;
+  sp.temperature = r->params().temperature();
+  sp.top_k = r->params().top_k();
+  sp.top_p = r->params().top_p() > 0 ? r->params().top_p() : 1.0;
+  sp.min_p = r->params().min_p();
+  sp.max_new_tokens = r->params().max_new_tokens();
+  sp.stop.assign(r->params().stop().begin(), r->params().stop().end());
+  sp.seed = r->params().seed();
+  std::vector<PromptInput> prompts;
+  for (int i = 0; i < r->prompts_size(); ++i) {
+    const auto& pr = r->prompts(i);
+    PromptInput in;
+    in.prompt_id = pr.prompt_id().empty() ? std::to_string(pr.prompt_index()) : pr.prompt_id();
+    in.prompt_index = i;  // position in this request; the client's index is restored below
+    if (pr.ids_size() > 0) {
+      in.ids.assign(pr.ids().begin(), pr.ids().end());
+    } else {
+      in.ids = tokenizer_->Encode(pr.text());
+    }
+    prompts.push_back(std::move(in));
+  }
+  // Groups of prompts that fill the slots; new weights may be swapped in between groups.
+  const int64_t per_group = std::max<int64_t>(1, options_.generator.slots / r->n());
+  for (size_t start = 0; start < prompts.size(); start += per_group) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    std::vector<PromptInput> group(prompts.begin() + start,
+                                   prompts.begin() + std::min(prompts.size(), start + per_group));
+    std::lock_guard<std::mutex> lock(model_mu_);
+    SwapIfPending();
+    const int64_t version = version_;
+    bool write_failed = false;
+    auto done = generator_->Generate(group, r->n(), sp, [&](const Generated& g) {
+      const auto& pr = r->prompts(static_cast<int>(g.prompt_index));
+      GenerateResponse resp;
+      rlhf::Sample* s = resp.add_samples();
+      s->set_prompt_id(pr.prompt_id());
+      s->set_prompt_index(pr.prompt_index());
+      s->set_sample_index(static_cast<int32_t>(g.sample_index));
+      for (int32_t id : prompts[g.prompt_index].ids) s->add_prompt_ids(id);
+      for (int32_t id : g.completion_ids) s->add_completion_ids(id);
+      for (float lp : g.logprobs) s->add_logprobs(lp);
+      s->set_policy_version(version);
+      s->set_finish_reason(g.stopped ? FINISH_REASON_STOP : FINISH_REASON_LENGTH);
+      s->set_seed(g.seed);
+      s->set_temperature(static_cast<float>(sp.temperature));
+      s->set_prompt(pr.text());
+      s->set_completion(g.completion);
+      for (const auto& [k, v] : pr.extra()) (*s->mutable_extra())[k] = v;
+      if (!write_failed && !writer->Write(resp)) write_failed = true;
+    });
+    if (!done.ok()) return ToGrpc(done.status());
+    if (write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerReader<WeightChunk>* reader,
+                                           UpdateWeightsReply* reply) {
+  struct Partial {
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::string bytes;
+    int64_t filled = 0;
+  };
+  std::map<std::string, Partial> parts;
+  WeightChunk c;
+  int64_t version = -1, total = 0;
+  bool committed = false;
+  while (reader->Read(&c)) {
+    if (committed) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "chunks after the commit chunk");
+    version = c.version();
+    if (!c.name().empty()) {
+      auto it = params_.find(c.name());
+      if (it == params_.end()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown tensor '" + c.name() + "'");
+      }
+      const size_t es = DTypeSize(c.dtype());
+      if (es == 0) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor '" + c.name() + "': dtype must be F32, BF16 or F16");
+      std::vector<int64_t> shape(c.shape().begin(), c.shape().end());
+      std::vector<int64_t> want(it->second.sizes().begin(), it->second.sizes().end());
+      if (shape != want) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor '" + c.name() + "': shape differs from the model's");
+      }
+      auto& p = parts[c.name()];
+      if (p.bytes.empty()) {
+        p.dtype = c.dtype();
+        p.shape = shape;
+        p.bytes.assign(static_cast<size_t>(it->second.numel()) * es, '\0');
+      }
+      if (c.offset() < 0 || static_cast<size_t>(c.offset()) + c.data().size() > p.bytes.size()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor '" + c.name() + "': chunk outside the tensor");
+      }
+      std::memcpy(p.bytes.data() + c.offset(), c.data().data(), c.data().size());
+      p.filled += static_cast<int64_t>(c.data().size());
+      total += static_cast<int64_t>(c.data().size());
+    }
+    committed = c.commit();
+  }
+  if (!committed) return grpc::Status(grpc::StatusCode::ABORTED, "stream ended without a commit chunk: nothing applied");
+  auto staged = std::make_unique<Staged>();
+  staged->version = version;
+  for (auto& [name, p] : parts) {
+    if (p.filled != static_cast<int64_t>(p.bytes.size())) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor '" + name + "' is incomplete: nothing applied");
+    }
+    auto t = torch::from_blob(p.bytes.data(), p.shape, torch::TensorOptions().dtype(TorchType(p.dtype)));
+    staged->tensors[name] = t.to(params_.at(name).scalar_type()).clone();
+  }
+  {
+    std::lock_guard<std::mutex> lock(staged_mu_);
+    pending_ = std::move(staged);
+  }
+  // Idle worker: apply now rather than at the next request.
+  if (model_mu_.try_lock()) {
+    SwapIfPending();
+    model_mu_.unlock();
+  }
+  reply->set_version(version);
+  reply->set_tensors(static_cast<int64_t>(parts.size()));
+  reply->set_bytes(total);
+  return grpc::Status::OK;
+}
+
+}  // namespace rlhf::rollout

@@ -1,0 +1,73 @@
+// The rollout worker's gRPC service (rlhf.Rollout): streaming Generate and chunked UpdateWeights.
+//
+// Generate validates every request (ids within the vocabulary, lengths within the context, sampling
+// parameters in range) and answers INVALID_ARGUMENT with a message, never crashes. It generates in groups of
+// prompts and streams each sample as it finishes, stamped with the policy version that produced it.
+// UpdateWeights assembles a client stream of chunks into a staging copy; when a chunk with commit = true
+// arrives and every tensor is whole and matches the model, the update is queued, and it is swapped into the
+// model between two generation groups (never during one: no torn model); the version moves with the swap.
+//
+// Thread-safety: all methods may be called concurrently; generation groups and swaps are serialised.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/model/transformer.h"
+#include "common/rpc.h"
+#include "rlhf/rollout.grpc.pb.h"
+#include "rollout/generator.h"
+
+namespace rlhf::text {
+class Tokenizer;
+}
+
+namespace rlhf::rollout {
+
+struct RolloutServiceOptions {
+  GeneratorOptions generator;       // slots and cache capacity
+  int64_t max_prompts = 1024;       // per request
+  int64_t max_n = 64;               // samples per prompt
+  int64_t max_new_tokens = 4096;    // upper bound a request may ask for
+};
+
+class RolloutService final : public Rollout::Service {
+ public:
+  // `model` and `tokenizer` must outlive the service; tokenizer may be null (then prompts must be ids).
+  RolloutService(model::TransformerImpl* model, const text::Tokenizer* tokenizer, std::vector<int32_t> eos_ids,
+                 RolloutServiceOptions options, int64_t initial_version = 0);
+
+  grpc::Status Generate(grpc::ServerContext* context, const GenerateRequest* request,
+                        grpc::ServerWriter<GenerateResponse>* writer) override;
+  grpc::Status UpdateWeights(grpc::ServerContext* context, grpc::ServerReader<WeightChunk>* reader,
+                             UpdateWeightsReply* reply) override;
+
+  int64_t version() const;
+
+ private:
+  struct Staged {
+    int64_t version = 0;
+    std::map<std::string, torch::Tensor> tensors;  // whole tensors, in the model's dtype
+  };
+  absl::Status Validate(const GenerateRequest& request) const;
+  // Applies a committed update if one is waiting. Caller holds model_mu_.
+  void SwapIfPending();
+
+  model::TransformerImpl* model_;
+  const text::Tokenizer* tokenizer_;
+  std::vector<int32_t> eos_;
+  RolloutServiceOptions options_;
+  std::map<std::string, torch::Tensor> params_;  // name -> live parameter
+
+  mutable std::mutex model_mu_;  // generation groups and swaps
+  std::unique_ptr<Generator> generator_;
+  int64_t version_ = 0;
+
+  std::mutex staged_mu_;
+  std::unique_ptr<Staged> pending_;  // committed, waiting for the next group boundary
+};
+
+}  // namespace rlhf::rollout

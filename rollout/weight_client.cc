@@ -1,0 +1,43 @@
+#include "rollout/weight_client.h"
+
+namespace rlhf::rollout {
+
+absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
+                                               int64_t chunk_bytes, const RpcConfig& rpc) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc);
+  UpdateWeightsReply reply;
+  auto writer = stub->UpdateWeights(&ctx, &reply);
+  torch::NoGradGuard ng;
+  bool ok = true;
+  for (const auto& p : model.named_parameters(true)) {
+    auto t = p.value().detach().contiguous();
+    DType dt = t.scalar_type() == torch::kBFloat16 ? DTYPE_BF16 : t.scalar_type() == torch::kFloat16 ? DTYPE_F16 : DTYPE_F32;
+    if (dt == DTYPE_F32 && t.scalar_type() != torch::kFloat32) t = t.to(torch::kFloat32);
+    const auto* bytes = static_cast<const char*>(t.data_ptr());
+    const int64_t n = t.numel() * static_cast<int64_t>(t.element_size());
+    for (int64_t off = 0; off < n && ok; off += chunk_bytes) {
+      WeightChunk c;
+      c.set_version(version);
+      c.set_name(p.key());
+      c.set_dtype(dt);
+      for (int64_t d : t.sizes()) c.add_shape(d);
+      c.set_offset(off);
+      c.set_data(bytes + off, static_cast<size_t>(std::min(chunk_bytes, n - off)));
+      ok = writer->Write(c);
+    }
+    if (!ok) break;
+  }
+  if (ok) {
+    WeightChunk commit;
+    commit.set_version(version);
+    commit.set_commit(true);
+    ok = writer->Write(commit);
+  }
+  writer->WritesDone();
+  RETURN_IF_ERROR(FromGrpc(writer->Finish()));
+  if (!ok) return absl::UnavailableError("the weight stream broke before the commit");
+  return reply;
+}
+
+}  // namespace rlhf::rollout

@@ -1,0 +1,221 @@
+// The rollout worker service over real gRPC: streaming Generate, validation, chunked weight updates swapped
+// in between generation groups, and a client written in another language (python3-grpcio).
+#include "rollout/service.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "rollout/weight_client.h"
+#include "tests/model/test_models.h"
+#include "tests/test_util.h"
+
+namespace rlhf::rollout {
+namespace {
+
+model::Transformer Model(uint64_t seed) {
+  model::Transformer t(model::testing::Tiny("qwen3", false, 0, 61));
+  t->InitWeights(seed, 0.3);
+  t->eval();
+  return t;
+}
+
+RpcConfig Rpc() {
+  RpcConfig c;
+  c.max_message_bytes = 1 << 20;
+  c.deadline_seconds = 60;
+  return c;
+}
+
+// Log-probs of a sample's completion recomputed with one full forward of `m` at temperature t.
+torch::Tensor Recompute(model::TransformerImpl& m, const rlhf::Sample& s, double t) {
+  torch::NoGradGuard ng;
+  std::vector<int64_t> all(s.prompt_ids().begin(), s.prompt_ids().end());
+  const int64_t P = static_cast<int64_t>(all.size()), T = s.completion_ids_size();
+  all.insert(all.end(), s.completion_ids().begin(), s.completion_ids().end());
+  auto ids = torch::tensor(all, torch::kInt64).unsqueeze(0);
+  auto h = m.Hidden(ids);
+  return m.TokenLogProbs(h.narrow(1, P - 1, T), ids.narrow(1, P, T), t).logprobs.squeeze(0);
+}
+
+GenerateRequest Request(int prompts, int n, int max_new) {
+  GenerateRequest r;
+  r.set_n(n);
+  for (int i = 0; i < prompts; ++i) {
+    auto* p = r.add_prompts();
+    p->set_prompt_id("p" + std::to_string(i));
+    p->set_prompt_index(i);
+    for (int k = 0; k < 2 + i % 4; ++k) p->add_ids(1 + (i * 7 + k * 3) % 60);
+  }
+  r.mutable_params()->set_temperature(0.9);
+  r.mutable_params()->set_max_new_tokens(max_new);
+  r.mutable_params()->set_seed(3);
+  return r;
+}
+
+std::vector<rlhf::Sample> Collect(Rollout::Stub* stub, const GenerateRequest& r, grpc::Status* status,
+                                  const std::function<void(const rlhf::Sample&)>& each = {}) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, Rpc());
+  auto reader = stub->Generate(&ctx, r);
+  std::vector<rlhf::Sample> out;
+  GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    for (const auto& s : resp.samples()) {
+      out.push_back(s);
+      if (each) each(s);
+    }
+  }
+  *status = reader->Finish();
+  return out;
+}
+
+TEST(RolloutService, StreamsSamplesWithTheirLogProbs) {
+  auto m = Model(1);
+  RolloutService svc(m.get(), nullptr, {}, {{4, 64, true}});
+  auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "rollout", [&] { return svc.version(); }}, {&svc});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = Rollout::NewStub(MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())));
+  grpc::Status st;
+  auto samples = Collect(stub.get(), Request(3, 2, 6), &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(samples.size(), 6u);
+  std::set<std::pair<int64_t, int>> seen;
+  for (const auto& s : samples) {
+    seen.insert({s.prompt_index(), s.sample_index()});
+    EXPECT_EQ(s.policy_version(), 0);
+    EXPECT_TRUE(torch::allclose(Recompute(*m, s, 0.9), torch::tensor(std::vector<float>(s.logprobs().begin(), s.logprobs().end())), 1e-4, 1e-5));
+  }
+  EXPECT_EQ(seen.size(), 6u);
+  auto health = CheckHealth((*server)->InProcessChannel(), Rpc());
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->role, "rollout");
+}
+
+TEST(RolloutService, BadRequestsAreInvalidArgument) {
+  auto m = Model(1);
+  RolloutService svc(m.get(), nullptr, {}, {{4, 16, true}});
+  auto server = RpcServer::Start(Rpc(), {"", "rollout", nullptr}, {&svc});
+  ASSERT_TRUE(server.ok());
+  auto stub = Rollout::NewStub((*server)->InProcessChannel());
+  auto expect_invalid = [&](GenerateRequest r, const std::string& needle) {
+    grpc::Status st;
+    Collect(stub.get(), r, &st);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(st.error_message().find(needle), std::string::npos) << st.error_message();
+  };
+  auto r = Request(1, 1, 4);
+  r.mutable_prompts(0)->add_ids(61);
+  expect_invalid(r, "token id 61 outside [0, 61)");
+  r = Request(1, 1, 4);
+  r.mutable_params()->set_temperature(-1);
+  expect_invalid(r, "temperature");
+  r = Request(1, 0, 4);
+  expect_invalid(r, "n must be");
+  r = Request(1, 1, 4);
+  for (int k = 0; k < 20; ++k) r.mutable_prompts(0)->add_ids(5);
+  expect_invalid(r, "the context holds 16");
+  r = Request(1, 1, 4);
+  r.mutable_prompts(0)->clear_ids();
+  r.mutable_prompts(0)->set_text("hello");
+  expect_invalid(r, "no tokenizer");
+}
+
+TEST(RolloutService, WeightsSwapBetweenGroupsWhileAStreamRuns) {
+  auto served = Model(1);
+  auto v0 = Model(1), v1 = Model(2);  // references for recomputation
+  RolloutService svc(served.get(), nullptr, {}, {{2, 64, true}});  // 2 slots: groups of 2 prompts
+  auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "rollout", nullptr}, {&svc});
+  ASSERT_TRUE(server.ok());
+  auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port()));
+  auto stub = Rollout::NewStub(channel);
+  auto pusher = Rollout::NewStub(channel);
+  std::atomic<bool> pushed{false};
+  std::thread push_thread;
+  grpc::Status st;
+  auto samples = Collect(stub.get(), Request(12, 1, 8), &st, [&](const rlhf::Sample&) {
+    if (!pushed.exchange(true)) {
+      push_thread = std::thread([&] {
+        auto reply = PushWeights(pusher.get(), *v1, 1, 4096, Rpc());  // small chunks: many per tensor
+        ASSERT_TRUE(reply.ok()) << reply.status();
+        EXPECT_EQ(reply->version(), 1);
+      });
+      push_thread.join();  // the update is committed before the stream goes on
+    }
+  });
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(samples.size(), 12u);
+  std::set<int64_t> versions;
+  for (const auto& s : samples) {
+    versions.insert(s.policy_version());
+    auto& ref = s.policy_version() == 0 ? *v0 : *v1;
+    EXPECT_TRUE(torch::allclose(Recompute(ref, s, 0.9), torch::tensor(std::vector<float>(s.logprobs().begin(), s.logprobs().end())), 1e-4, 1e-5))
+        << "sample of prompt " << s.prompt_index() << " stamped v" << s.policy_version();
+  }
+  EXPECT_EQ(versions, (std::set<int64_t>{0, 1}));
+  EXPECT_EQ(svc.version(), 1);
+}
+
+TEST(RolloutService, BrokenUpdatesApplyNothing) {
+  auto m = Model(1);
+  auto before = m->model->norm->weight.clone();
+  RolloutService svc(m.get(), nullptr, {}, {{2, 32, true}});
+  auto server = RpcServer::Start(Rpc(), {"", "rollout", nullptr}, {&svc});
+  auto stub = Rollout::NewStub((*server)->InProcessChannel());
+  {
+    grpc::ClientContext ctx;
+    UpdateWeightsReply reply;
+    auto w = stub->UpdateWeights(&ctx, &reply);
+    WeightChunk c;
+    c.set_version(5);
+    c.set_name("model.norm.weight");
+    c.set_dtype(DTYPE_F32);
+    c.add_shape(32);
+    std::vector<float> half(16, 9.0f);
+    c.set_data(half.data(), half.size() * 4);
+    w->Write(c);  // half a tensor, and no commit
+    w->WritesDone();
+    EXPECT_EQ(w->Finish().error_code(), grpc::StatusCode::ABORTED);
+  }
+  {
+    grpc::ClientContext ctx;
+    UpdateWeightsReply reply;
+    auto w = stub->UpdateWeights(&ctx, &reply);
+    WeightChunk c;
+    c.set_version(6);
+    c.set_name("model.nonexistent.weight");
+    c.set_dtype(DTYPE_F32);
+    c.set_commit(true);
+    w->Write(c);
+    w->WritesDone();
+    auto st = w->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("unknown tensor"), std::string::npos);
+  }
+  EXPECT_EQ(svc.version(), 0);
+  EXPECT_TRUE(torch::equal(m->model->norm->weight, before));
+}
+
+TEST(RolloutService, AnswersAPythonGrpcClient) {
+  auto m = Model(1);
+  RolloutService svc(m.get(), nullptr, {}, {{4, 64, true}});
+  auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "rollout", nullptr}, {&svc});
+  ASSERT_TRUE(server.ok());
+  std::string out = ::testing::TempDir() + "/py_rlhf_proto";
+  std::filesystem::create_directories(out);
+  auto gen = rlhf::testing::RunCommand("protoc --proto_path='" + std::string(RLHF_SOURCE_DIR) + "/proto' --python_out='" +
+                                       out + "' rlhf/tensor.proto rlhf/sample.proto rlhf/rollout.proto");
+  ASSERT_EQ(gen.code, 0) << gen.out;
+  auto run = rlhf::testing::RunCommand(std::string(RLHF_PYTHON3) + " '" + RLHF_SOURCE_DIR +
+                                       "/tests/python/rollout_client.py' '" + out + "' 127.0.0.1:" +
+                                       std::to_string((*server)->port()));
+  EXPECT_EQ(run.code, 0) << run.out;
+  EXPECT_NE(run.out.find("python client OK: 4 samples"), std::string::npos) << run.out;
+}
+
+}  // namespace
+}  // namespace rlhf::rollout
