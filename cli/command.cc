@@ -145,4 +145,6 @@ std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand()
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }
 
+std::vector<Command> ServeCommands() { return {ServeRolloutCommand()}; }
+
 }  // namespace rlhf::cli

@@ -52,6 +52,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code);
 // Every top-level command of the binary (for `rlhf config-keys`), and the `rlhf data` subcommands.
 std::vector<Command> AllCommands();
 std::vector<Command> DataCommands();
+std::vector<Command> ServeCommands();
 
 // The commands, each in its own file.
 Command InitModelCommand();
@@ -61,5 +62,6 @@ Command TokenizeCommand();
 Command TrainTokenizerCommand();
 Command GenerateCommand();
 Command DataCheckCommand();  // `rlhf data check`
+Command ServeRolloutCommand();  // `rlhf serve rollout`
 
 }  // namespace rlhf::cli

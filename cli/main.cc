@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   auto* data = app.add_subcommand("data", "dataset tools");
   data->require_subcommand(1);
   for (const auto& cmd : rlhf::cli::DataCommands()) rlhf::cli::AddCommand(*data, cmd, &exit_code);
+  auto* serve = app.add_subcommand("serve", "run a role as a server");
+  serve->require_subcommand(1);
+  for (const auto& cmd : rlhf::cli::ServeCommands()) rlhf::cli::AddCommand(*serve, cmd, &exit_code);
 
   // config-keys: every documented key of every command (Markdown), or of one command.
   std::string which;
@@ -43,6 +46,7 @@ int main(int argc, char** argv) {
     };
     for (const auto& cmd : rlhf::cli::AllCommands()) print(cmd, cmd.name);
     for (const auto& cmd : rlhf::cli::DataCommands()) print(cmd, "data " + cmd.name);
+    for (const auto& cmd : rlhf::cli::ServeCommands()) print(cmd, "serve " + cmd.name);
     if (!found) {
       std::cerr << "rlhf config-keys: error: no command '" << which << "'" << std::endl;
       exit_code = 2;
