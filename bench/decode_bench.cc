@@ -1,0 +1,112 @@
+// Generation throughput of rollout::Generator on the "small" config (125M), prompts of 32 tokens, 64 new
+// tokens, top-p 0.9 sampling, at batch 1, 8, 32, 64, f32 and bf16; beside each figure this machine's bounds
+// measured in the same run:
+//   memory bound  = read bandwidth (a buffer well past the last-level cache) / bytes of weights per step x B
+//   compute bound = GEMM rate / (2 x non-embedding parameters) FLOP per token
+//   bench/decode_bench [--threads 2] [--batches 1,8,32,64] [--dtypes f32,bf16] [--new-tokens 64]
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "common/logging.h"
+#include "common/model/init.h"
+#include "common/runtime.h"
+#include "rollout/generator.h"
+
+using namespace rlhf;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double ReadBandwidthGBs() {
+  auto buf = torch::ones({int64_t{256} << 20}, torch::kFloat32);  // 1 GiB, far past any last-level cache
+  (void)buf.sum();
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    auto t = Clock::now();
+    (void)buf.sum().item<float>();
+    best = std::min(best, Since(t));
+  }
+  return buf.numel() * 4.0 / best / 1e9;
+}
+
+double GemmGflops(torch::ScalarType dt) {
+  auto a = torch::randn({1024, 1024}).to(dt), b = torch::randn({1024, 1024}).to(dt);
+  (void)torch::matmul(a, b);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    auto t = Clock::now();
+    (void)torch::matmul(a, b);
+    best = std::min(best, Since(t));
+  }
+  return 2.0 * 1024 * 1024 * 1024 / best / 1e9;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  PrepareProcess(argc, argv);
+  CLI::App app{"decode throughput of the generator beside memory and compute bounds"};
+  int threads = 2;
+  int64_t new_tokens = 64, prompt_len = 32;
+  std::vector<int64_t> batches = {1, 8, 32, 64};
+  std::vector<std::string> dtypes = {"f32", "bf16"};
+  app.add_option("--threads", threads, "LibTorch threads");
+  app.add_option("--batches", batches, "batch sizes")->delimiter(',');
+  app.add_option("--dtypes", dtypes, "f32, bf16")->delimiter(',');
+  app.add_option("--new-tokens", new_tokens, "tokens generated per sequence");
+  CLI11_PARSE(app, argc, argv);
+  InitLogging("warn");
+  ConfigureRuntime(threads);
+  auto cfg = model::ModelInitConfig::Small().ToHfConfig().value();
+  model::Transformer net(cfg);
+  net->InitWeights(0);
+  net->eval();
+  int64_t params = 0;
+  for (const auto& p : net->parameters()) params += p.numel();
+  const int64_t embed = cfg.vocab_size * cfg.hidden_size;
+  const double bw = ReadBandwidthGBs();
+  std::printf("small config: %.1fM parameters (%.1fM outside the embedding), %d threads, read bandwidth %.1f GB/s\n",
+              params / 1e6, (params - embed) / 1e6, threads, bw);
+  std::printf("%-5s %5s %12s %12s %8s %12s %8s %14s\n", "dtype", "batch", "decode tok/s", "mem bound", "% mem",
+              "compute bnd", "% comp", "prefill tok/s");
+  for (const auto& d : dtypes) {
+    const auto dt = d == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    net->to(dt);
+    const double gemm = GemmGflops(dt);
+    const double bytes_per_step = static_cast<double>(params - embed) * (dt == torch::kBFloat16 ? 2 : 4);
+    const double compute_bound = gemm * 1e9 / (2.0 * static_cast<double>(params - embed));
+    for (int64_t B : batches) {
+      std::vector<rollout::PromptInput> prompts;
+      for (int64_t b = 0; b < B; ++b) {
+        rollout::PromptInput p;
+        p.prompt_id = "b" + std::to_string(b);
+        p.prompt_index = b;
+        for (int64_t t = 0; t < prompt_len; ++t) p.ids.push_back(static_cast<int32_t>((b * 131 + t * 17) % cfg.vocab_size));
+        prompts.push_back(p);
+      }
+      rollout::Generator gen(net.get(), nullptr, {}, {B, prompt_len + new_tokens + 1, true});
+      rollout::SamplingParams sp;
+      sp.top_p = 0.9;
+      sp.max_new_tokens = 1;
+      auto t0 = Clock::now();
+      (void)gen.Generate(prompts, 1, sp);  // prefill (and one draw) only
+      const double prefill = Since(t0);
+      sp.max_new_tokens = new_tokens;
+      auto t1 = Clock::now();
+      auto out = gen.Generate(prompts, 1, sp);
+      const double total = Since(t1);
+      int64_t tokens = 0;
+      for (const auto& g : *out) tokens += static_cast<int64_t>(g.completion_ids.size());
+      const double decode_rate = (tokens - B) / std::max(total - prefill, 1e-9);
+      const double mem_bound = B * bw * 1e9 / bytes_per_step;
+      std::printf("%-5s %5lld %12.1f %12.1f %7.0f%% %12.1f %7.0f%% %14.1f\n", d.c_str(), static_cast<long long>(B),
+                  decode_rate, mem_bound, 100 * decode_rate / mem_bound, compute_bound,
+                  100 * decode_rate / compute_bound, B * prompt_len / prefill);
+    }
+    std::printf("(%s GEMM 1024^3: %.0f GFLOP/s)\n", d.c_str(), gemm);
+  }
+  return 0;
+}
