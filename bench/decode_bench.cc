@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
   app.add_option("--batches", batches, "batch sizes")->delimiter(',');
   app.add_option("--dtypes", dtypes, "f32, bf16")->delimiter(',');
   app.add_option("--new-tokens", new_tokens, "tokens generated per sequence");
+  bool profile = false;
+  app.add_flag("--profile", profile, "also print where a decode step's time goes (backbone, lm_head, sampling)");
   CLI11_PARSE(app, argc, argv);
   InitLogging("warn");
   ConfigureRuntime(threads);
@@ -107,6 +109,31 @@ int main(int argc, char** argv) {
                   100 * decode_rate / compute_bound, B * prompt_len / prefill);
     }
     std::printf("(%s GEMM 1024^3: %.0f GFLOP/s)\n", d.c_str(), gemm);
+    if (profile) {
+      torch::NoGradGuard ng;
+      for (int64_t B : batches) {
+        model::KVCache cache(cfg, B, prompt_len + 16, dt);
+        net->Hidden(torch::randint(0, cfg.vocab_size, {B, prompt_len}, torch::kInt64), {}, &cache);
+        auto ids = torch::randint(0, cfg.vocab_size, {B, 1}, torch::kInt64);
+        double tb = 0, tl = 0, ts = 0;
+        rollout::SamplingParams sp;
+        sp.top_p = 0.9;
+        std::vector<uint64_t> seeds(B, 1), steps(B, 0);
+        for (int s = 0; s < 8; ++s) {
+          auto t = Clock::now();
+          auto h = net->Hidden(ids, {}, &cache);
+          tb += Since(t);
+          t = Clock::now();
+          auto logits = net->Logits(h.select(1, 0));
+          tl += Since(t);
+          t = Clock::now();
+          (void)rollout::Sample(logits, sp, seeds, steps);
+          ts += Since(t);
+        }
+        std::printf("  %s batch %lld, per step: backbone %.1f ms, lm_head %.1f ms, sampling %.1f ms\n", d.c_str(),
+                    static_cast<long long>(B), tb * 125, tl * 125, ts * 125);
+      }
+    }
   }
   return 0;
 }

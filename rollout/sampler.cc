@@ -23,13 +23,26 @@ torch::Tensor TopK(const torch::Tensor& logits, int64_t k) {
 
 torch::Tensor TopP(const torch::Tensor& logits, double p) {
   if (p >= 1.0) return logits;
-  auto [sorted, order] = logits.sort(-1, /*descending=*/true);
-  auto probs = torch::softmax(sorted, -1);
-  // Keep a token when the mass before it is < p (the first token is always kept).
-  auto before = probs.cumsum(-1) - probs;
-  auto drop_sorted = before.ge(p);
-  auto drop = torch::zeros_like(drop_sorted).scatter(-1, order, drop_sorted);
-  return logits.masked_fill(drop, kNegInf);
+  auto probs = torch::softmax(logits, -1);
+  // The kept set is the most probable tokens whose preceding mass is < p. Find the smallest kept
+  // probability per row from the top 256 when they reach p (peaked distributions: no full sort), else
+  // from a sort of that row; then keep every token at least that probable (ties at the edge all stay).
+  const int64_t V = logits.size(-1);
+  auto smallest_kept = [&](const torch::Tensor& sorted) {  // sorted [n, k] descending
+    auto before = sorted.cumsum(-1) - sorted;
+    auto count = before.lt(p).sum(-1, /*keepdim=*/true).clamp_min(1);  // >= 1: the top token always stays
+    return sorted.gather(-1, count - 1);                                  // [n, 1]
+  };
+  const int64_t k = std::min<int64_t>(V, 256);
+  auto top = std::get<0>(probs.topk(k, -1));
+  auto threshold = smallest_kept(top);
+  auto uncovered = top.sum(-1).lt(p).nonzero().squeeze(1);
+  if (uncovered.numel() > 0 && k < V) {
+    auto rows = probs.index_select(0, uncovered);
+    auto sorted = std::get<0>(rows.sort(-1, /*descending=*/true));
+    threshold.index_copy_(0, uncovered, smallest_kept(sorted));
+  }
+  return logits.masked_fill(probs.lt(threshold), kNegInf);
 }
 
 torch::Tensor MinP(const torch::Tensor& logits, double min_p) {
@@ -66,11 +79,11 @@ Draw Sample(const torch::Tensor& logits_in, const SamplingParams& p, const std::
   }
   auto scaled = logits / p.temperature;
   auto logp = torch::log_softmax(scaled, -1);  // before truncation: what the importance ratios use
-  auto probs = torch::softmax(Truncate(scaled, p).to(torch::kFloat64), -1);
-  auto cdf = probs.cumsum(-1);  // [N, V] f64
-  std::vector<double> u(N);
-  for (int64_t i = 0; i < N; ++i) u[i] = StreamUniform(seeds.at(i), steps.at(i));
-  auto target = torch::tensor(u, torch::kFloat64).unsqueeze(1) * cdf.select(-1, -1).unsqueeze(1);
+  auto probs = torch::softmax(Truncate(scaled, p), -1);
+  auto cdf = probs.cumsum(-1);  // [N, V] f32: its rounding (~1e-7) is far below any sampling effect
+  std::vector<float> u(N);
+  for (int64_t i = 0; i < N; ++i) u[i] = static_cast<float>(StreamUniform(seeds.at(i), steps.at(i)));
+  auto target = torch::tensor(u, torch::kFloat32).unsqueeze(1) * cdf.select(-1, -1).unsqueeze(1);
   auto idx = torch::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).squeeze(1);
   idx = idx.clamp_max(logits.size(-1) - 1);
   // Never land on a removed token (possible only through rounding at the very end of the CDF).

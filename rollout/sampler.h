@@ -25,6 +25,8 @@ struct SamplingParams {
 };
 
 // Stage by stage on logits [N, V] already divided by the temperature: removed tokens become -inf.
+// TopP keeps the most probable tokens whose preceding mass is below p; tokens tied with the least probable
+// kept one are kept too.
 torch::Tensor TopK(const torch::Tensor& logits, int64_t k);
 torch::Tensor TopP(const torch::Tensor& logits, double p);
 torch::Tensor MinP(const torch::Tensor& logits, double min_p);

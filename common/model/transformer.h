@@ -143,7 +143,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor AttentionForward(AttentionImpl& attn, int64_t layer, const torch::Tensor& x,
                                  const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& allowed,
                                  KVCache* cache, const torch::Tensor& slots, const torch::Tensor& write_cols,
-                                 int64_t key_len);
+                                 int64_t key_len, int64_t first_slot);
   HfConfig config_;
   torch::Tensor inv_freq_;  // [D/2] f32, rope frequencies after scaling
 };
