@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "common/model/checkpoint.h"
 #include "common/text/tokenizer.h"
 
 namespace rlhf::rollout {
@@ -62,6 +63,39 @@ absl::Status RolloutService::Validate(const GenerateRequest& r) const {
       return bad(absl::StrCat("prompt ", i, " has ", len, " tokens; the context holds ", options_.generator.capacity));
     }
   }
+  return absl::OkStatus();
+}
+
+void RolloutService::Commit(std::unique_ptr<Staged> staged) {
+  {
+    std::lock_guard<std::mutex> lock(staged_mu_);
+    pending_ = std::move(staged);
+  }
+  // Idle worker: apply now rather than at the next request.
+  if (model_mu_.try_lock()) {
+    SwapIfPending();
+    model_mu_.unlock();
+  }
+}
+
+absl::Status RolloutService::StageFromFolder(const std::string& dir, int64_t version) {
+  model::LoadOptions load;
+  load.dtype = model_->dtype();
+  ASSIGN_OR_RETURN(auto loaded, model::LoadModel(dir, load));
+  auto staged = std::make_unique<Staged>();
+  staged->version = version;
+  for (const auto& p : loaded->named_parameters(true)) {
+    auto it = params_.find(p.key());
+    if (it == params_.end() || !it->second.sizes().equals(p.value().sizes())) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", p.key(), "' does not fit the served model"));
+    }
+    staged->tensors[p.key()] = p.value().detach();
+  }
+  if (staged->tensors.size() != params_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": has ", staged->tensors.size(), " tensors, the served model ",
+                                                   params_.size()));
+  }
+  Commit(std::move(staged));
   return absl::OkStatus();
 }
 
@@ -188,15 +222,7 @@ grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerRea
     auto t = torch::from_blob(p.bytes.data(), p.shape, torch::TensorOptions().dtype(TorchType(p.dtype)));
     staged->tensors[name] = t.to(params_.at(name).scalar_type()).clone();
   }
-  {
-    std::lock_guard<std::mutex> lock(staged_mu_);
-    pending_ = std::move(staged);
-  }
-  // Idle worker: apply now rather than at the next request.
-  if (model_mu_.try_lock()) {
-    SwapIfPending();
-    model_mu_.unlock();
-  }
+  Commit(std::move(staged));
   reply->set_version(version);
   reply->set_tensors(static_cast<int64_t>(parts.size()));
   reply->set_bytes(total);

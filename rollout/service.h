@@ -47,12 +47,18 @@ class RolloutService final : public Rollout::Service {
 
   int64_t version() const;
 
+  // Stages the weights of a checkpoint folder (same architecture and shapes as the served model) as
+  // `version`; they are swapped in like a streamed update. INVALID_ARGUMENT when the folder does not fit.
+  absl::Status StageFromFolder(const std::string& dir, int64_t version);
+
  private:
   struct Staged {
     int64_t version = 0;
     std::map<std::string, torch::Tensor> tensors;  // whole tensors, in the model's dtype
   };
   absl::Status Validate(const GenerateRequest& request) const;
+  // Queues a complete staged update and applies it at once when no generation group is running.
+  void Commit(std::unique_ptr<Staged> staged);
   // Applies a committed update if one is waiting. Caller holds model_mu_.
   void SwapIfPending();
 

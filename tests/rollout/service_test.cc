@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "common/model/checkpoint.h"
 #include "rollout/weight_client.h"
 #include "tests/model/test_models.h"
 #include "tests/test_util.h"
@@ -198,6 +199,35 @@ TEST(RolloutService, BrokenUpdatesApplyNothing) {
   }
   EXPECT_EQ(svc.version(), 0);
   EXPECT_TRUE(torch::equal(m->model->norm->weight, before));
+}
+
+TEST(RolloutService, WeightsFromACheckpointFolder) {
+  auto served = Model(1);
+  auto v2 = Model(2);
+  std::string dir = ::testing::TempDir() + "/rollout_v2";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(model::SaveModel(*v2, dir).ok());
+  RolloutService svc(served.get(), nullptr, {}, {{2, 32, true}});
+  ASSERT_TRUE(svc.StageFromFolder(dir, 2).ok());
+  EXPECT_EQ(svc.version(), 2);  // idle worker: applied at once
+  auto server = RpcServer::Start(Rpc(), {"", "rollout", nullptr}, {&svc});
+  auto stub = Rollout::NewStub((*server)->InProcessChannel());
+  grpc::Status st;
+  auto samples = Collect(stub.get(), Request(2, 1, 4), &st);
+  ASSERT_TRUE(st.ok());
+  for (const auto& s : samples) {
+    EXPECT_EQ(s.policy_version(), 2);
+    EXPECT_TRUE(torch::allclose(Recompute(*v2, s, 0.9), torch::tensor(std::vector<float>(s.logprobs().begin(), s.logprobs().end())), 1e-4, 1e-5));
+  }
+  // A folder of another shape is refused and changes nothing.
+  auto other = model::testing::Tiny("qwen3", false, 0, 70);
+  model::Transformer wrong(other);
+  std::string bad = ::testing::TempDir() + "/rollout_wrong";
+  std::filesystem::remove_all(bad);
+  ASSERT_TRUE(model::SaveModel(*wrong, bad).ok());
+  auto s = svc.StageFromFolder(bad, 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(svc.version(), 2);
 }
 
 TEST(RolloutService, AnswersAPythonGrpcClient) {
