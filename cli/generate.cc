@@ -106,10 +106,7 @@ Command GenerateCommand() {
     if (cfg.model.empty() || cfg.prompts.empty() || cfg.out.empty()) {
       return absl::InvalidArgumentError("give --model DIR --prompts F.jsonl --out samples.jsonl");
     }
-    model::LoadOptions load;
-    if (!cfg.dtype.empty()) {
-      ASSIGN_OR_RETURN(load.dtype, model::ParseTorchDtype(cfg.dtype));
-    }
+    ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
     ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(cfg.model));
     std::optional<text::ChatTemplate::FromFolderResult> chat;

@@ -45,10 +45,7 @@ Command LogitsCommand() {
     if (cfg.model.empty()) return absl::InvalidArgumentError("no model: give --model DIR");
     if (cfg.out.empty()) return absl::InvalidArgumentError("no output file: give --out F.safetensors");
     if (cfg.ids.empty()) return absl::InvalidArgumentError("no token ids: give --ids 1,2,3");
-    model::LoadOptions load;
-    if (!cfg.dtype.empty()) {
-      ASSIGN_OR_RETURN(load.dtype, model::ParseTorchDtype(cfg.dtype));
-    }
+    ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
     ASSIGN_OR_RETURN(auto m, model::LoadModel(cfg.model, load));
     const auto& hc = m->config();
     if (hc.head != model::Head::kCausalLM) {

@@ -58,10 +58,7 @@ Command ServeRolloutCommand() {
     auto cfg = ServeRolloutConfig::Spec().Read(ctx.config);
     auto rpc = RpcConfig::Spec().Read(ctx.config);
     if (cfg.model.empty()) return absl::InvalidArgumentError("give --model DIR");
-    model::LoadOptions load;
-    if (!cfg.dtype.empty()) {
-      ASSIGN_OR_RETURN(load.dtype, model::ParseTorchDtype(cfg.dtype));
-    }
+    ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
     std::unique_ptr<text::Tokenizer> tok;
     if (auto t = text::Tokenizer::FromFile(cfg.model); t.ok()) tok = std::make_unique<text::Tokenizer>(std::move(*t));

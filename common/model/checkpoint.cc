@@ -129,6 +129,14 @@ absl::Status CopyInto(const SafetensorsFile& file, const TensorInfo& info, torch
 
 }  // namespace
 
+absl::StatusOr<LoadOptions> LoadOptionsForDtype(const std::string& dtype) {
+  LoadOptions load;
+  if (!dtype.empty()) {
+    ASSIGN_OR_RETURN(load.dtype, ParseTorchDtype(dtype));
+  }
+  return load;
+}
+
 absl::StatusOr<HfConfig> LoadHfConfig(const std::string& dir) {
   fs::path p = fs::path(dir) / "config.json";
   if (!fs::exists(dir)) return absl::NotFoundError(absl::StrCat("model folder '", dir, "' does not exist"));

@@ -25,6 +25,10 @@ struct LoadOptions {
   uint64_t init_seed = 0;
 };
 
+// LoadOptions whose compute dtype is named by `dtype`: "" keeps the default (the checkpoint's, with the
+// measured choice for bf16), else float32 / f32 / bfloat16 / bf16.
+absl::StatusOr<LoadOptions> LoadOptionsForDtype(const std::string& dtype);
+
 // Reads `dir`/config.json.
 absl::StatusOr<HfConfig> LoadHfConfig(const std::string& dir);
 
