@@ -132,17 +132,13 @@ absl::StatusOr<std::vector<Generated>> Generator::Generate(const std::vector<Pro
       for (int64_t k = 0; k < take; ++k) {
         push(free[k], static_cast<int32_t>(draw.tokens[k].item<int64_t>()), draw.logprobs[k].item<float>());
       }
-      if (!options_.continuous) {
-        // Static batching: fill the free slots now, then wait until all are free again.
-        continue;
-      }
     }
   };
 
   bool any_active = true;
   while (!queue.empty() || any_active) {
     bool all_free = std::none_of(live.begin(), live.end(), [](const Live& l) { return l.active; });
-    if (options_.continuous || all_free) admit();
+    if (options_.continuous || all_free) admit();  // static batching: new prompts only into an empty batch
     std::vector<int64_t> slots;
     std::vector<int64_t> tokens;
     std::vector<uint64_t> seeds, steps;

@@ -37,7 +37,7 @@ int64_t RolloutService::version() const {
   return version_;
 }
 
-absl::Status RolloutService::Validate(const GenerateRequest& r) const {
+absl::StatusOr<std::vector<PromptInput>> RolloutService::Prepare(const GenerateRequest& r) const {
   const auto& p = r.params();
   auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
   if (r.prompts_size() == 0) return bad("no prompts");
@@ -51,6 +51,7 @@ absl::Status RolloutService::Validate(const GenerateRequest& r) const {
     return bad(absl::StrCat("max_new_tokens must be in [1, ", options_.max_new_tokens, "]"));
   }
   const int64_t vocab = model_->config().vocab_size;
+  std::vector<PromptInput> prompts;
   for (int i = 0; i < r.prompts_size(); ++i) {
     const auto& pr = r.prompts(i);
     if (pr.ids_size() == 0 && pr.text().empty()) return bad(absl::StrCat("prompt ", i, " has neither ids nor text"));
@@ -58,12 +59,21 @@ absl::Status RolloutService::Validate(const GenerateRequest& r) const {
     for (int32_t id : pr.ids()) {
       if (id < 0 || id >= vocab) return bad(absl::StrCat("prompt ", i, ": token id ", id, " outside [0, ", vocab, ")"));
     }
-    int64_t len = pr.ids_size() > 0 ? pr.ids_size() : static_cast<int64_t>(tokenizer_->Encode(pr.text()).size());
+    PromptInput in;
+    in.prompt_id = pr.prompt_id().empty() ? std::to_string(pr.prompt_index()) : pr.prompt_id();
+    in.prompt_index = i;  // position in this request; the client's index is restored from the request
+    if (pr.ids_size() > 0) {
+      in.ids.assign(pr.ids().begin(), pr.ids().end());
+    } else {
+      in.ids = tokenizer_->Encode(pr.text());
+    }
+    const int64_t len = static_cast<int64_t>(in.ids.size());
     if (len + 1 > options_.generator.capacity) {
       return bad(absl::StrCat("prompt ", i, " has ", len, " tokens; the context holds ", options_.generator.capacity));
     }
+    prompts.push_back(std::move(in));
   }
-  return absl::OkStatus();
+  return prompts;
 }
 
 void RolloutService::Commit(std::unique_ptr<Staged> staged) {
@@ -113,7 +123,9 @@ void RolloutService::SwapIfPending() {
 
 grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRequest* r,
                                       grpc::ServerWriter<GenerateResponse>* writer) {
-  if (auto s = Validate(*r); !s.ok()) return ToGrpc(s);
+  auto prepared = Prepare(*r);
+  if (!prepared.ok()) return ToGrpc(prepared.status());
+  const std::vector<PromptInput>& prompts = *prepared;
   SamplingParams sp;
   sp.temperature = r->params().temperature();
   sp.top_k = r->params().top_k();
@@ -122,19 +134,6 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
   sp.max_new_tokens = r->params().max_new_tokens();
   sp.stop.assign(r->params().stop().begin(), r->params().stop().end());
   sp.seed = r->params().seed();
-  std::vector<PromptInput> prompts;
-  for (int i = 0; i < r->prompts_size(); ++i) {
-    const auto& pr = r->prompts(i);
-    PromptInput in;
-    in.prompt_id = pr.prompt_id().empty() ? std::to_string(pr.prompt_index()) : pr.prompt_id();
-    in.prompt_index = i;  // position in this request; the client's index is restored below
-    if (pr.ids_size() > 0) {
-      in.ids.assign(pr.ids().begin(), pr.ids().end());
-    } else {
-      in.ids = tokenizer_->Encode(pr.text());
-    }
-    prompts.push_back(std::move(in));
-  }
   // Groups of prompts that fill the slots; new weights may be swapped in between groups.
   const int64_t per_group = std::max<int64_t>(1, options_.generator.slots / r->n());
   for (size_t start = 0; start < prompts.size(); start += per_group) {

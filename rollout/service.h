@@ -56,7 +56,8 @@ class RolloutService final : public Rollout::Service {
     int64_t version = 0;
     std::map<std::string, torch::Tensor> tensors;  // whole tensors, in the model's dtype
   };
-  absl::Status Validate(const GenerateRequest& request) const;
+  // Validates a request and turns its prompts into token ids (text is tokenized once, here).
+  absl::StatusOr<std::vector<PromptInput>> Prepare(const GenerateRequest& request) const;
   // Queues a complete staged update and applies it at once when no generation group is running.
   void Commit(std::unique_ptr<Staged> staged);
   // Applies a committed update if one is waiting. Caller holds model_mu_.
