@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 
+#include "common/comm/group.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/runtime.h"
@@ -60,9 +61,12 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create run directory '", ctx.run_dir, "': ", ec.message(), "; set run.dir"));
   }
-  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / "log.txt").string()));
+  // Under mpirun / torchrun every rank shares the run directory: rank 0 owns log.txt and config.yaml.
+  auto world = comm::DetectWorld(comm::DistConfig{});
+  const int rank = world.ok() ? world->rank : 0;
+  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / (rank == 0 ? "log.txt" : absl::StrCat("log-rank", rank, ".txt"))).string()));
   const std::string resolved = cfg.ToYaml();
-  {
+  if (rank == 0) {
     std::ofstream out(fs::path(ctx.run_dir) / "config.yaml");
     out << "# resolved config of `rlhf " << label << "`\n" << resolved;
     if (!out) return absl::DataLossError(absl::StrCat("cannot write ", ctx.run_dir, "/config.yaml"));
@@ -140,7 +144,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
-          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand()};
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }

@@ -63,5 +63,6 @@ Command TrainTokenizerCommand();
 Command GenerateCommand();
 Command DataCheckCommand();  // `rlhf data check`
 Command ServeRolloutCommand();  // `rlhf serve rollout`
+Command TrainCommand();
 
 }  // namespace rlhf::cli

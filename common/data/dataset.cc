@@ -11,8 +11,17 @@ namespace rlhf::data {
 
 const config::Section<DataConfig>& DataConfig::Spec() {
   static const auto* s = [] {
-    using D = DataConfig;
-    auto* s = new config::Section<D>("data");
+    auto* s = new config::Section<DataConfig>("data");
+    AddTo(*s);
+    return s;
+  }();
+  return *s;
+}
+
+void DataConfig::AddTo(config::Section<DataConfig>& sec) {
+  using D = DataConfig;
+  auto* s = &sec;
+  {
     s->Add("path", &D::path, "JSONL dataset file");
     s->Add("kind", &D::kind, "auto, prompt_completion, messages, preference, kto or prompt_answer",
            config::OneOf({"auto", "prompt_completion", "messages", "preference", "kto", "prompt_answer"}));
@@ -28,9 +37,7 @@ const config::Section<DataConfig>& DataConfig::Spec() {
            config::InRange(0, 1));
     s->Add("split_salt", &D::split_salt, "salt of the prompt hash that assigns splits");
     s->Add("max_examples", &D::max_examples, "read at most this many examples; 0 = all", config::AtLeast(0));
-    return s;
-  }();
-  return *s;
+  }
 }
 
 const char* KindName(Kind k) {

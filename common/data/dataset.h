@@ -48,7 +48,8 @@ struct DataConfig {
   double heldout_fraction = 0.1;         // share of prompts (by hash) in the held-out split
   std::string split_salt = "rlhf";       // salt of the split hash (change it for another split)
   int64_t max_examples = 0;              // 0 = all
-  static const config::Section<DataConfig>& Spec();
+  static const config::Section<DataConfig>& Spec();                 // under "data"
+  static void AddTo(config::Section<DataConfig>& section);  // the same keys under another prefix
 };
 
 enum class Split { kTrain, kHeldout };

@@ -1,0 +1,320 @@
+#include "common/comm/group.h"
+
+#include <mpi.h>
+#include <netdb.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef RLHF_WITH_CUDA
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace rlhf::comm {
+
+const config::Section<DistConfig>& DistConfig::Spec() {
+  static const auto* s = [] {
+    using D = DistConfig;
+    auto* s = new config::Section<D>("dist");
+    s->Add("bootstrap", &D::bootstrap,
+           "how ranks find each other: auto (env vars, else mpirun's, else one process) | env | mpi | single",
+           config::OneOf({"auto", "env", "mpi", "single"}));
+    s->Add("backend", &D::backend, "collectives: auto (nccl with CUDA builds, else gloo) | gloo | nccl",
+           config::OneOf({"auto", "gloo", "nccl"}));
+    s->Add("master_addr", &D::master_addr, "rendezvous host; \"\" = MASTER_ADDR, else (mpirun) rank 0's hostname");
+    s->Add("master_port", &D::master_port, "rendezvous port; 0 = MASTER_PORT, else (mpirun) a free port of rank 0",
+           config::InRange(0, 65535));
+    s->Add("interface_addr", &D::interface_addr,
+           "address this rank's Gloo transport binds; \"\" = loopback when the master is loopback, else the hostname's");
+    s->Add("timeout_seconds", &D::timeout_seconds, "a collective or the rendezvous longer than this fails",
+           config::AtLeast(1));
+    s->Add("bucket_bytes", &D::bucket_bytes, "gradients are all-reduced in flattened buckets of about this size",
+           config::AtLeast(1024));
+    return s;
+  }();
+  return *s;
+}
+
+namespace {
+
+const char* Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+absl::StatusOr<int> EnvInt(const char* name) {
+  int v = 0;
+  if (!absl::SimpleAtoi(Env(name), &v)) return absl::InvalidArgumentError(absl::StrCat(name, " is not an integer"));
+  return v;
+}
+
+bool UnderMpirun() { return Env("OMPI_COMM_WORLD_SIZE") || Env("PMI_SIZE") || Env("PMIX_RANK"); }
+
+// MPI is used for the bootstrap only; it is finalized at exit.
+void EnsureMpi() {
+  int init = 0;
+  MPI_Initialized(&init);
+  if (init) return;
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  std::atexit([] {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  });
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "127.0.0.1";
+  addrinfo* res = nullptr;
+  if (getaddrinfo(buf, nullptr, nullptr, &res) != 0) return "127.0.0.1";  // does not resolve: one machine
+  freeaddrinfo(res);
+  return buf;
+}
+
+class SingleGroup : public Group {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "none"; }
+  absl::Status AllReduceSum(std::vector<torch::Tensor>&) override { return absl::OkStatus(); }
+  absl::Status Broadcast(std::vector<torch::Tensor>&, int) override { return absl::OkStatus(); }
+  absl::Status Barrier() override { return absl::OkStatus(); }
+};
+
+class C10dGroup : public Group {
+ public:
+  C10dGroup(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::string backend,
+            std::chrono::milliseconds timeout)
+      : pg_(std::move(pg)), rank_(rank), size_(size), backend_(std::move(backend)), timeout_(timeout) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return backend_; }
+
+  absl::Status AllReduceSum(std::vector<torch::Tensor>& tensors) override {
+    return Run("all-reduce", [&] {
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      o.timeout = timeout_;
+      return pg_->allreduce(tensors, o);
+    });
+  }
+  absl::Status Broadcast(std::vector<torch::Tensor>& tensors, int root) override {
+    return Run("broadcast", [&] {
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      o.timeout = timeout_;
+      return pg_->broadcast(tensors, o);
+    });
+  }
+  absl::Status Barrier() override {
+    return Run("barrier", [&] {
+      c10d::BarrierOptions o;
+      o.timeout = timeout_;
+      return pg_->barrier(o);
+    });
+  }
+
+ private:
+  template <typename Fn>
+  absl::Status Run(const char* what, Fn&& fn) {
+    try {
+      auto work = fn();
+      if (!work->wait(timeout_)) {
+        return absl::DeadlineExceededError(absl::StrCat(what, " did not complete within the timeout"));
+      }
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      std::string msg = e.what();
+      if (msg.size() > 400) msg = msg.substr(0, 400);
+      if (msg.find("imed out") != std::string::npos || msg.find("imeout") != std::string::npos) {
+        return absl::DeadlineExceededError(absl::StrCat(what, " timed out: ", msg));
+      }
+      return absl::UnavailableError(absl::StrCat(what, " failed (a peer rank may have died): ", msg));
+    }
+  }
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  int rank_, size_;
+  std::string backend_;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace
+
+absl::StatusOr<WorldInfo> DetectWorld(const DistConfig& config) {
+  WorldInfo w;
+  std::string how = config.bootstrap;
+  if (how == "auto") {
+    how = (Env("RANK") && Env("WORLD_SIZE")) ? "env" : UnderMpirun() ? "mpi" : "single";
+  }
+  w.method = how;
+  if (how == "single") return w;
+  if (how == "env") {
+    if (!Env("RANK") || !Env("WORLD_SIZE")) {
+      return absl::InvalidArgumentError("dist.bootstrap=env needs RANK and WORLD_SIZE in the environment");
+    }
+    ASSIGN_OR_RETURN(w.rank, EnvInt("RANK"));
+    ASSIGN_OR_RETURN(w.size, EnvInt("WORLD_SIZE"));
+  } else if (how == "mpi") {
+    const char* r = Env("OMPI_COMM_WORLD_RANK") ? "OMPI_COMM_WORLD_RANK" : Env("PMI_RANK") ? "PMI_RANK" : nullptr;
+    const char* s = Env("OMPI_COMM_WORLD_SIZE") ? "OMPI_COMM_WORLD_SIZE" : Env("PMI_SIZE") ? "PMI_SIZE" : nullptr;
+    if (!r || !s) return absl::InvalidArgumentError("dist.bootstrap=mpi but this process was not started by mpirun");
+    ASSIGN_OR_RETURN(w.rank, EnvInt(r));
+    ASSIGN_OR_RETURN(w.size, EnvInt(s));
+  }
+  if (w.size < 1 || w.rank < 0 || w.rank >= w.size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", w.rank, " is not within world size ", w.size));
+  }
+  return w;
+}
+
+std::shared_ptr<Group> Group::Single() { return std::make_shared<SingleGroup>(); }
+
+absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
+  ASSIGN_OR_RETURN(WorldInfo w, DetectWorld(config));
+  if (w.method == "single") return Single();
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_seconds * 1000));
+
+  std::string addr = config.master_addr;
+  if (addr.empty() && Env("MASTER_ADDR")) addr = Env("MASTER_ADDR");
+  int port = static_cast<int>(config.master_port);
+  if (port == 0 && Env("MASTER_PORT")) {
+    ASSIGN_OR_RETURN(port, EnvInt("MASTER_PORT"));
+  }
+  c10::intrusive_ptr<c10d::Store> store;
+  absl::Status st = GuardExceptions("rendezvous", [&]() -> absl::Status {
+    c10d::TCPStoreOptions o;
+    o.isServer = w.rank == 0;
+    o.numWorkers = w.size;
+    o.waitWorkers = false;  // the process group's own rendezvous waits, with the timeout
+    o.timeout = timeout;
+    if (w.method == "mpi" && (addr.empty() || port == 0)) {
+      // Rank 0 opens the store (on a free port unless one is given) and tells the others over MPI.
+      EnsureMpi();
+      char host[256] = {0};
+      int32_t p = port;
+      if (w.rank == 0) {
+        if (addr.empty()) addr = Hostname();
+        o.port = static_cast<uint16_t>(port);
+        store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+        p = static_cast<c10d::TCPStore&>(*store).getPort();
+        std::strncpy(host, addr.c_str(), sizeof(host) - 1);
+      }
+      MPI_Bcast(host, sizeof(host), MPI_CHAR, 0, MPI_COMM_WORLD);
+      MPI_Bcast(&p, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
+      addr = host;
+      port = p;
+      if (w.rank != 0) {
+        o.port = static_cast<uint16_t>(port);
+        store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+      }
+    } else {
+      if (addr.empty() || port == 0) {
+        return absl::InvalidArgumentError(
+            "set MASTER_ADDR and MASTER_PORT (or dist.master_addr / dist.master_port) for a multi-process run");
+      }
+      o.port = static_cast<uint16_t>(port);
+      store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+    }
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(st);
+
+  std::string backend = config.backend;
+  if (backend == "auto") {
+#ifdef RLHF_WITH_CUDA
+    backend = torch::cuda::is_available() ? "nccl" : "gloo";
+#else
+    backend = "gloo";
+#endif
+  }
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  st = GuardExceptions("process group", [&]() -> absl::Status {
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("rlhf/dp", store);
+    if (backend == "nccl") {
+#ifdef RLHF_WITH_CUDA
+      auto o = c10d::ProcessGroupNCCL::Options::create();
+      o->timeout = timeout;
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, w.rank, w.size, o);
+#else
+      return absl::FailedPreconditionError("dist.backend=nccl needs a build against LibTorch with CUDA");
+#endif
+    } else {
+      auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+      std::string bind = config.interface_addr;
+      if (bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
+      o->devices.push_back(bind.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                        : c10d::ProcessGroupGloo::createDeviceForHostname(bind));
+      o->threads = 2;
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, w.rank, w.size, o);
+    }
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(st);
+  spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,
+               addr, port);
+  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout));
+}
+
+absl::StatusOr<std::vector<double>> Group::SumDoubles(std::vector<double> values) {
+  if (size() == 1 || values.empty()) return values;
+  auto t = torch::tensor(values, torch::kFloat64);
+  std::vector<torch::Tensor> v{t};
+  RETURN_IF_ERROR(AllReduceSum(v));
+  auto a = v[0].accessor<double, 1>();
+  for (size_t i = 0; i < values.size(); ++i) values[i] = a[static_cast<int64_t>(i)];
+  return values;
+}
+
+absl::StatusOr<double> Group::MaxDouble(double value) {
+  if (size() == 1) return value;
+  // max via a one-hot sum: every rank contributes its value in its own slot.
+  std::vector<double> slots(static_cast<size_t>(size()), 0.0);
+  slots[static_cast<size_t>(rank())] = value;
+  ASSIGN_OR_RETURN(auto all, SumDoubles(std::move(slots)));
+  return *std::max_element(all.begin(), all.end());
+}
+
+absl::Status AllReduceBucketed(Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
+  if (group.size() == 1) return absl::OkStatus();
+  size_t i = 0;
+  while (i < tensors.size()) {
+    // One bucket: consecutive tensors of one dtype and device up to bucket_bytes.
+    std::vector<torch::Tensor> bucket{tensors[i]};
+    int64_t bytes = tensors[i].numel() * static_cast<int64_t>(tensors[i].element_size());
+    size_t j = i + 1;
+    while (j < tensors.size() && tensors[j].scalar_type() == tensors[i].scalar_type() &&
+           tensors[j].device() == tensors[i].device() &&
+           bytes + tensors[j].numel() * static_cast<int64_t>(tensors[j].element_size()) <= bucket_bytes) {
+      bytes += tensors[j].numel() * static_cast<int64_t>(tensors[j].element_size());
+      bucket.push_back(tensors[j++]);
+    }
+    std::vector<torch::Tensor> flat_parts;
+    for (const auto& t : bucket) flat_parts.push_back(t.reshape({-1}));
+    std::vector<torch::Tensor> flat{torch::cat(flat_parts)};
+    RETURN_IF_ERROR(group.AllReduceSum(flat));
+    int64_t off = 0;
+    for (auto& t : bucket) {
+      t.copy_(flat[0].narrow(0, off, t.numel()).view_as(t));
+      off += t.numel();
+    }
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rlhf::comm

@@ -1,0 +1,75 @@
+// Process groups for data parallelism: a small interface shaped like c10d's ProcessGroup (blocking
+// collectives with a timeout), backed by c10d::ProcessGroupGloo on CPU and c10d::ProcessGroupNCCL when the
+// build has CUDA (RLHF_WITH_CUDA). A group of one process needs no backend: every collective is the identity.
+//
+// Bootstrap (who am I, how many, where is rank 0):
+//   env:  RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun / Kubernetes convention)
+//   mpi:  OMPI_COMM_WORLD_RANK / _SIZE (or PMI_RANK / PMI_SIZE) under mpirun; rank 0 opens the rendezvous
+//         store on a free port and broadcasts its address and port over MPI (MASTER_ADDR / MASTER_PORT win
+//         when set)
+//   single: one process
+// Thread-safety: a Group is used by one thread at a time (collectives are issued in the same order on
+// every rank). Errors: a peer that dies or a collective that exceeds the timeout gives UNAVAILABLE or
+// DEADLINE_EXCEEDED; the group is unusable afterwards.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config/config.h"
+#include "common/status.h"
+
+namespace rlhf::comm {
+
+struct DistConfig {
+  std::string bootstrap = "auto";  // auto | env | mpi | single
+  std::string backend = "auto";    // auto (nccl for CUDA tensors when built with CUDA, else gloo) | gloo | nccl
+  std::string master_addr;         // rendezvous host; "" = MASTER_ADDR, else (mpi) rank 0's address
+  int64_t master_port = 0;         // rendezvous port; 0 = MASTER_PORT, else (mpi) a free port rank 0 picks
+  std::string interface_addr;      // address this rank's Gloo transport binds; "" = its hostname, else loopback
+  double timeout_seconds = 300;    // a collective or the rendezvous longer than this fails
+  int64_t bucket_bytes = 25 << 20; // gradients are all-reduced in flattened buckets of about this size
+  static const config::Section<DistConfig>& Spec();
+};
+
+// Where this process stands, from the environment (no network).
+struct WorldInfo {
+  int rank = 0;
+  int size = 1;
+  std::string method = "single";  // env | mpi | single
+};
+absl::StatusOr<WorldInfo> DetectWorld(const DistConfig& config);
+
+class Group {
+ public:
+  virtual ~Group() = default;
+  // Joins the group the environment describes (see the file comment). Blocks until every rank has joined
+  // or the timeout passes (DEADLINE_EXCEEDED).
+  static absl::StatusOr<std::shared_ptr<Group>> Create(const DistConfig& config);
+  // A group of one process.
+  static std::shared_ptr<Group> Single();
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;  // "none", "gloo", "nccl"
+
+  // Sums `tensors` over all ranks, in place (same shapes and dtypes on every rank).
+  virtual absl::Status AllReduceSum(std::vector<torch::Tensor>& tensors) = 0;
+  // Sets `tensors` on every rank to root's, in place.
+  virtual absl::Status Broadcast(std::vector<torch::Tensor>& tensors, int root) = 0;
+  // Returns when every rank has called it.
+  virtual absl::Status Barrier() = 0;
+
+  // Conveniences on top of AllReduceSum.
+  absl::StatusOr<std::vector<double>> SumDoubles(std::vector<double> values);
+  absl::StatusOr<double> MaxDouble(double value);
+};
+
+// All-reduces (sums) every tensor of `tensors` through flattened buckets of about `bucket_bytes` (one
+// collective per bucket instead of one per tensor). Tensors of one bucket share a dtype and device.
+absl::Status AllReduceBucketed(Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes);
+
+}  // namespace rlhf::comm

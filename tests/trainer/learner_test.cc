@@ -1,0 +1,336 @@
+// The learner in one process: AdamW against torch.optim.AdamW, gradient accumulation, the non-finite skip,
+// packing, global whitening, the first on-policy minibatch, and checkpoint commit / damage handling.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "common/model/transformer.h"
+#include "tests/model/test_models.h"
+#include "tests/test_util.h"
+#include "trainer/algo/masked.h"
+#include "trainer/batching.h"
+#include "trainer/learner.h"
+#include "trainer/objectives.h"
+#include "trainer/optim.h"
+#include "trainer/rl_update.h"
+#include "trainer/train_checkpoint.h"
+
+namespace rlhf::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+model::Transformer TinyModel(uint64_t seed, model::Head head = model::Head::kCausalLM) {
+  auto cfg = model::testing::Tiny("llama");
+  cfg.head = head;
+  model::Transformer net(cfg);
+  net->InitWeights(seed);
+  return net;
+}
+
+std::vector<TokenSeq> Seqs(int n, int64_t vocab, uint64_t seed) {
+  std::vector<TokenSeq> out;
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  for (int i = 0; i < n; ++i) {
+    TokenSeq s;
+    const int len = 4 + static_cast<int>(rng() % 7), prompt = 2 + static_cast<int>(rng() % 2);
+    for (int t = 0; t < len; ++t) {
+      s.ids.push_back(3 + static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab - 3)));
+      s.target.push_back(t >= prompt ? 1 : 0);
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<const TokenSeq*> Ptrs(const std::vector<TokenSeq>& v, size_t from = 0, size_t to = SIZE_MAX) {
+  std::vector<const TokenSeq*> out;
+  for (size_t i = from; i < std::min(to, v.size()); ++i) out.push_back(&v[i]);
+  return out;
+}
+
+std::map<std::string, torch::Tensor> Snapshot(model::TransformerImpl& net) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : net.named_parameters(true)) out[p.key()] = p.value().detach().clone();
+  return out;
+}
+
+TEST(AdamW, MatchesTorchOptimAdamWAndTheCosineSchedule) {
+  auto r = testing::RunCommand(std::string(RLHF_PYTHON3) + " " + RLHF_SOURCE_DIR + "/tests/python/adamw_reference.py");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ref = nlohmann::json::parse(r.out);
+  auto w = torch::linspace(-1.0, 1.0, 12).reshape({3, 4}).set_requires_grad(true);
+  auto b = torch::linspace(0.5, -0.5, 4).set_requires_grad(true);
+  OptimConfig c;
+  c.lr = 0.01, c.beta1 = 0.9, c.beta2 = 0.95, c.eps = 1e-8, c.weight_decay = 0.1;
+  AdamW opt({{"layer.weight", w}, {"layer.bias", b}}, c);
+  for (int step = 1; step <= 3; ++step) {
+    w.mutable_grad() = torch::sin(torch::arange(12, torch::kFloat32) * step).reshape({3, 4});
+    b.mutable_grad() = torch::cos(torch::arange(4, torch::kFloat32) * step);
+    opt.Step(c.lr);
+  }
+  auto wf = w.detach().flatten();
+  for (int i = 0; i < 12; ++i) EXPECT_NEAR(wf[i].item<double>(), ref["w"][i].get<double>(), 1e-6) << i;
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(b[i].item<double>(), ref["b"][i].get<double>(), 1e-6) << i;
+  OptimConfig s;
+  s.lr = 1.0, s.warmup_steps = 3;
+  for (int i = 0; i < 10; ++i) EXPECT_NEAR(LearningRate(s, i, 10), ref["lrs"][i].get<double>(), 1e-12) << i;
+  EXPECT_FALSE(AdamW::DecayApplies("model.norm.weight"));
+  EXPECT_FALSE(AdamW::DecayApplies("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_TRUE(AdamW::DecayApplies("model.layers.0.self_attn.q_proj.weight"));
+}
+
+TEST(Learner, AccumulatedMicroBatchesEqualOneBatch) {
+  auto seqs = Seqs(6, 50, 1);
+  auto run = [&](int micro) {
+    auto net = TinyModel(7);
+    Learner learner(comm::Group::Single());
+    OptimConfig oc;
+    oc.lr = 1e-2;
+    // Adam's first step is lr * g / (|g| + eps): with a tiny eps, gradients that are 0 up to rounding flip
+    // sign between summation orders and move by 2 lr. A larger eps keeps the comparison about the sums.
+    oc.eps = 1e-3;
+    learner.AddModel("policy", net, oc, 10);
+    SftObjective obj(net);
+    std::vector<MicroBatch> mbs;
+    for (size_t i = 0; i < seqs.size(); i += static_cast<size_t>(micro)) mbs.push_back(PadRows(Ptrs(seqs, i, i + micro), 0));
+    auto r = learner.Step(mbs, obj);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return std::make_pair(Snapshot(*net), r->metrics["loss"]);
+  };
+  auto [a, loss_a] = run(6);
+  auto [b, loss_b] = run(2);
+  EXPECT_NEAR(loss_a, loss_b, 1e-5);
+  for (const auto& [k, v] : a) EXPECT_TRUE(torch::allclose(v, b[k], 1e-5, 1e-6)) << k;
+  // The step changed the weights.
+  auto fresh = Snapshot(*TinyModel(7));
+  EXPECT_FALSE(torch::equal(fresh["lm_head.weight"], a["lm_head.weight"]));
+}
+
+TEST(Learner, PackedRowsGiveThePaddedLoss) {
+  auto seqs = Seqs(7, 50, 3);
+  auto net = TinyModel(5);
+  SftObjective obj(net);
+  auto loss_of = [&](const std::vector<MicroBatch>& mbs) {
+    torch::NoGradGuard ng;
+    double total = 0;
+    for (const auto& mb : mbs) total += obj.Normalizers(mb)[0];
+    StepMetrics m;
+    double loss = 0;
+    for (const auto& mb : mbs) loss += obj.Loss(mb, {total}, m).item<double>();
+    return std::make_pair(loss, total);
+  };
+  auto packed = PackRows(Ptrs(seqs), 24, 2, 0);
+  EXPECT_LT(packed.size() * 2, seqs.size());  // several examples share rows
+  auto [lp, np] = loss_of(packed);
+  auto [lr, nr] = loss_of({PadRows(Ptrs(seqs), 0)});
+  EXPECT_EQ(np, nr);
+  EXPECT_NEAR(lp, lr, 1e-5);
+}
+
+// An objective whose loss is NaN on demand.
+class PoisonObjective : public Objective {
+ public:
+  PoisonObjective(model::Transformer net, bool poison) : inner_(net), poison_(poison) {}
+  std::vector<double> Normalizers(const MicroBatch& mb) const override { return inner_.Normalizers(mb); }
+  torch::Tensor Loss(const MicroBatch& mb, const std::vector<double>& t, StepMetrics& m) override {
+    auto l = inner_.Loss(mb, t, m);
+    return poison_ ? l * std::numeric_limits<float>::quiet_NaN() : l;
+  }
+  SftObjective inner_;
+  bool poison_;
+};
+
+TEST(Learner, NonFiniteStepIsSkippedWithWeightsAndMomentsBitwiseUnchanged) {
+  auto seqs = Seqs(4, 50, 2);
+  auto net = TinyModel(3);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", net, OptimConfig{}, 10);
+  PoisonObjective good(net, false), bad(net, true);
+  std::vector<MicroBatch> mbs = {PadRows(Ptrs(seqs), 0)};
+  ASSERT_TRUE(learner.Step(mbs, good).ok());
+  auto weights = Snapshot(*net);
+  std::map<std::string, torch::Tensor> moments;
+  for (const auto& [k, v] : learner.models()[0].opt->StateTensors()) moments[k] = v.clone();
+  auto r = learner.Step(mbs, bad);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->skipped);
+  EXPECT_EQ(learner.skipped_steps(), 1);
+  EXPECT_EQ(r->metrics["skipped_steps"], 1);
+  for (const auto& [k, v] : Snapshot(*net)) EXPECT_TRUE(torch::equal(v, weights[k])) << k;
+  for (const auto& [k, v] : learner.models()[0].opt->StateTensors()) EXPECT_TRUE(torch::equal(v, moments[k])) << k;
+  EXPECT_EQ(learner.models()[0].opt->steps(), 1);
+  // And training goes on.
+  r = learner.Step(mbs, good);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->skipped);
+  EXPECT_EQ(learner.models()[0].opt->steps(), 2);
+}
+
+TEST(Learner, GlobalWhitenOnOneRankIsWhiten) {
+  auto x = torch::randn({4, 6}, torch::kFloat64);
+  auto m = (torch::rand({4, 6}) > 0.3).to(torch::kFloat64);
+  auto group = comm::Group::Single();
+  auto w = GlobalWhiten(*group, x, m);
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(torch::allclose(*w, algo::Whiten(x, m), 1e-9, 1e-12));
+}
+
+std::vector<Sample> ScoredSamples(int prompts, int group, int64_t vocab, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::vector<Sample> out;
+  for (int p = 0; p < prompts; ++p) {
+    std::vector<int32_t> prompt;
+    for (int t = 0; t < 3 + p % 2; ++t) prompt.push_back(3 + static_cast<int32_t>(rng() % (vocab - 3)));
+    for (int g = 0; g < group; ++g) {
+      Sample s;
+      s.set_prompt_id("p" + std::to_string(p));
+      s.set_prompt_index(p);
+      s.set_sample_index(g);
+      for (int32_t id : prompt) s.add_prompt_ids(id);
+      const int len = 2 + static_cast<int>(rng() % 5);
+      for (int t = 0; t < len; ++t) {
+        s.add_completion_ids(3 + static_cast<int32_t>(rng() % (vocab - 3)));
+        s.add_logprobs(-2.5f);
+      }
+      s.set_finish_reason(g % 3 == 0 ? FINISH_REASON_LENGTH : FINISH_REASON_STOP);
+      s.set_temperature(1.0f);
+      s.set_reward(static_cast<float>(rng() % 5) / 4.f);
+      (*s.mutable_reward_parts())["toy"] = s.reward();
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+TEST(RlUpdate, FirstMinibatchOfAFreshBatchHasRatioOneAndNoClipping) {
+  for (bool with_critic : {true, false}) {
+    auto policy = TinyModel(11);
+    auto critic = with_critic ? TinyModel(12, model::Head::kTokenClassification) : model::Transformer(nullptr);
+    auto reference = TinyModel(11);
+    Learner learner(comm::Group::Single());
+    OptimConfig oc;
+    oc.lr = 1e-2;
+    learner.AddModel("policy", policy, oc, 10);
+    if (with_critic) learner.AddModel("critic", critic, oc, 10);
+    RlConfig rc;
+    rc.group_size = 4;
+    rc.ppo_epochs = 2;
+    rc.minibatch_size = 8;
+    rc.micro_batch_size = 3;
+    rc.kl_coef = 0.1;
+    RlUpdate update(&learner, policy, critic, reference, rc, 0);
+    auto m = update.Update(ScoredSamples(4, 4, 50, 1), 1);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_NEAR((*m)["first_minibatch/ratio_mean"], 1.0, 1e-5);
+    EXPECT_EQ((*m)["first_minibatch/clip_fraction"], 0.0);
+    EXPECT_EQ((*m)["optimizer_steps"], 4);  // 2 epochs x 2 minibatches
+    EXPECT_EQ((*m)["samples"], 16);
+    EXPECT_NEAR((*m)["truncated_fraction"], 0.5, 1e-9);  // samples 0 and 3 of each group
+    EXPECT_NEAR((*m)["kl_ref"], 0.0, 1e-6);  // the reference is the starting policy
+    EXPECT_TRUE(m->count("reward_mean/toy"));
+    EXPECT_EQ(m->count("value_explained_variance"), with_critic ? 1u : 0u);
+    EXPECT_EQ(update.advantage(), with_critic ? "gae" : "grpo");
+    // Later minibatches are off-policy: the policy moved.
+    EXPECT_GT((*m)["approx_kl"], 0.0);
+  }
+}
+
+TEST(RlUpdate, RejectsUnscoredSamplesAndBrokenGroups) {
+  auto policy = TinyModel(1);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", policy, OptimConfig{}, 10);
+  RlConfig rc;
+  rc.group_size = 2;
+  rc.kl_placement = "none";
+  RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
+  auto samples = ScoredSamples(2, 2, 50, 1);
+  samples[1].clear_reward();
+  auto r = update.Update(samples, 0);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("no reward"), std::string::npos);
+  samples = ScoredSamples(2, 2, 50, 1);
+  std::swap(samples[1], samples[2]);
+  r = update.Update(samples, 0);
+  EXPECT_NE(r.status().message().find("consecutive"), std::string::npos) << r.status();
+  samples = ScoredSamples(2, 2, 50, 1);
+  samples[0].set_completion_ids(0, 999);
+  r = update.Update(samples, 0);
+  EXPECT_NE(r.status().message().find("outside the vocabulary"), std::string::npos) << r.status();
+}
+
+TEST(KlController, MovesTowardTheTargetAsZieglerEtAl) {
+  KlController fixed(0.1, 0, 100);
+  fixed.Update(5.0, 64);
+  EXPECT_EQ(fixed.value(), 0.1);
+  KlController adaptive(0.1, 6.0, 10000);
+  adaptive.Update(12.0, 256);  // error clipped to +0.2
+  EXPECT_NEAR(adaptive.value(), 0.1 * (1 + 0.2 * 256 / 10000.0), 1e-12);
+  adaptive.Update(3.0, 256);   // kl / target - 1 = -0.5 -> -0.2
+  EXPECT_NEAR(adaptive.value(), 0.1 * (1 + 0.2 * 256 / 10000.0) * (1 - 0.2 * 256 / 10000.0), 1e-12);
+}
+
+TEST(TrainCheckpoint, CommitsVerifiesAndFallsBackFromADamagedOne) {
+  const std::string dir = (fs::temp_directory_path() / ("ckpt-test-" + std::to_string(getpid()))).string();
+  fs::remove_all(dir);
+  auto net = TinyModel(2);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", net, OptimConfig{}, 10);
+  auto seqs = Seqs(4, 50, 2);
+  SftObjective obj(net);
+  ASSERT_TRUE(learner.Step({PadRows(Ptrs(seqs), 0)}, obj).ok());
+  TrainState st;
+  st.stage = "sft";
+  st.step = 1;
+  st.extra["cursor"] = 42;
+  auto first = SaveTrainCheckpoint(dir, learner, st, "", 0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto weights1 = Snapshot(*net);
+  ASSERT_TRUE(learner.Step({PadRows(Ptrs(seqs), 0)}, obj).ok());
+  st.step = 2;
+  auto second = SaveTrainCheckpoint(dir, learner, st, "", 0);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(*FindLatestCheckpoint(dir), *second);
+  EXPECT_EQ(testing::ReadFile(dir + "/checkpoints/latest"), "step-00-00000002\n");
+  // Damage the newest: one flipped byte of the optimizer state.
+  {
+    std::fstream f(*second + "/optimizer-policy.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(200);
+    c ^= 0x55;
+    f.write(&c, 1);
+  }
+  auto v = VerifyCheckpoint(*second);
+  EXPECT_EQ(v.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(v.message().find("checksum"), std::string::npos) << v;
+  EXPECT_EQ(*FindLatestCheckpoint(dir), *first);
+  // A partial one (no manifest) is refused too.
+  fs::remove(*first + "/MANIFEST.json");
+  EXPECT_EQ(FindLatestCheckpoint(dir).status().code(), absl::StatusCode::kNotFound);
+  fs::remove_all(dir);
+  // Restoring gives the saved weights, moments and counters.
+  ASSERT_TRUE(SaveTrainCheckpoint(dir, learner, st, "", 0).ok());
+  auto again = TinyModel(9);
+  Learner l2(comm::Group::Single());
+  l2.AddModel("policy", again, OptimConfig{}, 10);
+  auto state = ReadTrainState(*FindLatestCheckpoint(dir));
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->extra["cursor"], 42);
+  ASSERT_TRUE(LoadTrainCheckpoint(*FindLatestCheckpoint(dir), l2, *state).ok());
+  for (const auto& [k, w] : Snapshot(*again)) EXPECT_TRUE(torch::equal(w, Snapshot(*net)[k])) << k;
+  auto m1 = learner.models()[0].opt->StateTensors(), m2 = l2.models()[0].opt->StateTensors();
+  for (const auto& [k, t] : m1) EXPECT_TRUE(torch::equal(t, m2[k])) << k;
+  EXPECT_EQ(l2.steps(), 2);
+  EXPECT_EQ(l2.models()[0].opt->steps(), 2);
+  (void)weights1;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace rlhf::trainer

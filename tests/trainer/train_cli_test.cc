@@ -1,0 +1,249 @@
+// `rlhf train` as users run it, in real processes: data parallelism over 2 ranks (mpirun and env
+// bootstrap) against 1 rank, exact resume after a SIGKILL, damaged checkpoints, and a whole pipeline.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "common/model/checkpoint.h"
+#include "common/sample_json.h"
+#include "tests/test_util.h"
+
+namespace rlhf {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ReadFile;
+using testing::RunCommand;
+
+const std::string kRlhf = std::string(RLHF_BINARY_DIR) + "/cli/rlhf";
+
+class TrainCli : public ::testing::Test {
+ public:
+  static std::string dir_;
+
+  static void SetUpTestSuite() {
+    dir_ = (fs::temp_directory_path() / ("train-cli-" + std::to_string(getpid()))).string();
+    fs::create_directories(dir_);
+    std::mt19937 rng(5);
+    std::ofstream corpus(dir_ + "/corpus.txt"), sft(dir_ + "/sft.jsonl"), pref(dir_ + "/pref.jsonl"),
+        prompts(dir_ + "/prompts.jsonl");
+    for (int i = 0; i < 400; ++i) corpus << rng() % 40 << "+" << rng() % 40 << "=" << rng() % 80 << "\n";
+    for (int i = 0; i < 48; ++i) {
+      int a = static_cast<int>(rng() % 20), b = static_cast<int>(rng() % 20);
+      std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
+      sft << nlohmann::json{{"prompt", p}, {"completion", std::to_string(a + b)}}.dump() << "\n";
+      pref << nlohmann::json{{"prompt", p}, {"chosen", std::to_string(a + b)}, {"rejected", std::to_string(a + b + 1)}}.dump()
+           << "\n";
+      if (i < 16) prompts << nlohmann::json{{"prompt", p}, {"answer", std::to_string(a + b)}}.dump() << "\n";
+    }
+    corpus.close(), sft.close(), pref.close(), prompts.close();
+    const std::string q = " --set run.log_level=warn --run-dir " + dir_ + "/runs/";
+    auto r = RunCommand(kRlhf + " train-tokenizer --corpus " + dir_ + "/corpus.txt --merges 40 --out " + dir_ + "/tok" + q + "tok");
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = RunCommand(kRlhf + " init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 "
+                   "--vocab-size 320 --tokenizer " + dir_ + "/tok --seed 3 --out " + dir_ + "/m" + q + "init");
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = RunCommand(kRlhf + " generate --model " + dir_ + "/m --prompts " + dir_ + "/prompts.jsonl --n 4 --max-new-tokens 6 "
+                   "--seed 2 --out " + dir_ + "/gen.jsonl" + q + "gen");
+    ASSERT_EQ(r.code, 0) << r.out;
+    // Scores: a toy function of the tokens, so that groups have reward variance.
+    std::ifstream in(dir_ + "/gen.jsonl");
+    std::ofstream out(dir_ + "/scored.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto s = SampleFromJson(line);
+      ASSERT_TRUE(s.ok()) << s.status();
+      int64_t sum = 0;
+      for (int32_t id : s->completion_ids()) sum += id;
+      s->set_reward(static_cast<float>((sum * 7 + s->sample_index()) % 5) / 4.f);
+      (*s->mutable_reward_parts())["toy"] = s->reward();
+      out << SampleToJson(*s) << "\n";
+    }
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  // Common flags of a small run of `stage`.
+  static std::string Args(const std::string& stage) {
+    std::string a = " --model " + dir_ + "/m --stages " + stage +
+                    " --set run.log_level=warn --set run.threads=1 --set dist.master_addr=127.0.0.1";
+    // Adam's first steps are lr * g / (|g| + eps): a larger eps keeps gradients that are 0 up to rounding
+    // from turning into +-lr steps that differ between summation orders.
+    for (const char* s : {"sft", "dpo", "reward_model", "rl"}) a += std::string(" --set ") + s + ".optim.eps=1e-3";
+    a += " --set sft.data.path=" + dir_ + "/sft.jsonl --set sft.batch_size=8 --set sft.micro_batch_size=2 --set sft.optim.lr=1e-3";
+    a += " --set dpo.data.path=" + dir_ + "/pref.jsonl --set dpo.batch_size=8 --set dpo.micro_batch_size=2 --set dpo.optim.lr=1e-3";
+    a += " --set reward_model.data.path=" + dir_ + "/pref.jsonl --set reward_model.batch_size=8 --set reward_model.optim.lr=1e-3";
+    a += " --set rl.samples=" + dir_ + "/scored.jsonl --set rl.group_size=4 --set rl.rollout_batch_size=4 "
+         "--set rl.micro_batch_size=3 --set rl.optim.lr=1e-3 --set rl.critic_optim.lr=1e-3 --set rl.critic_optim.eps=1e-3";
+    return a;
+  }
+
+  static std::map<std::string, torch::Tensor> Weights(const std::string& folder) {
+    model::LoadOptions lo;
+    lo.dtype = torch::kFloat32;
+    auto m = model::LoadModel(folder, lo);
+    EXPECT_TRUE(m.ok()) << m.status();
+    std::map<std::string, torch::Tensor> out;
+    if (!m.ok()) return out;
+    for (const auto& p : (*m)->named_parameters(true)) out[p.key()] = p.value().detach().clone();
+    return out;
+  }
+
+  static std::vector<double> Losses(const std::string& run) {
+    std::vector<double> out;
+    std::ifstream in(run + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    return out;
+  }
+};
+std::string TrainCli::dir_;
+
+TEST_F(TrainCli, TwoRanksMakeTheUpdateOfOneRank) {
+  // SFT (token losses), DPO (sequence losses), PPO and GRPO (token-level RL losses, global whitening).
+  for (const std::string stage : {"sft", "dpo", "ppo", "grpo"}) {
+    const std::string one = dir_ + "/runs/dp1-" + stage, two = dir_ + "/runs/dp2-" + stage;
+    const std::string a = Args(stage) + " --set sft.max_steps=2 --set dpo.max_steps=2 --set rl.steps=2";
+    auto r = RunCommand("timeout 120 " + kRlhf + " train" + a + " --run-dir " + one);
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = RunCommand("timeout 120 mpirun --allow-run-as-root --oversubscribe -np 2 " + kRlhf + " train" + a + " --run-dir " + two);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(fs::exists(two + "/log-rank1.txt"));
+    auto l1 = Losses(one), l2 = Losses(two);
+    ASSERT_EQ(l1.size(), 2u) << stage;
+    ASSERT_EQ(l2.size(), 2u) << stage;
+    for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l2[i], 1e-5) << stage << " step " << i + 1;
+    auto w1 = Weights(one + "/0-" + stage + "/model"), w2 = Weights(two + "/0-" + stage + "/model");
+    ASSERT_FALSE(w1.empty());
+    for (const auto& [k, v] : w1) EXPECT_TRUE(torch::allclose(v, w2[k], 1e-4, 1e-5)) << stage << " " << k;
+    // The weights moved (the comparison is not between two untouched models).
+    auto w0 = Weights(dir_ + "/m");
+    EXPECT_FALSE(torch::allclose(w0["lm_head.weight"], w1["lm_head.weight"], 0, 1e-6)) << stage;
+    if (stage == "ppo") {
+      auto c1 = Weights(one + "/0-ppo/critic"), c2 = Weights(two + "/0-ppo/critic");
+      for (const auto& [k, v] : c1) EXPECT_TRUE(torch::allclose(v, c2[k], 1e-4, 1e-5)) << "critic " << k;
+    }
+  }
+}
+
+TEST_F(TrainCli, EnvBootstrapWithoutMpirun) {
+  const std::string one = dir_ + "/runs/env1", two = dir_ + "/runs/env2";
+  const std::string a = Args("sft") + " --set sft.max_steps=2";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + a + " --run-dir " + one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const int port = 20000 + static_cast<int>(getpid() % 20000);
+  const std::string env = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " WORLD_SIZE=2 ";
+  r = RunCommand("(" + env + "RANK=1 timeout 120 " + kRlhf + " train" + a + " --run-dir " + two + " > " + dir_ +
+                 "/rank1.out 2>&1 &) ; " + env + "RANK=0 timeout 120 " + kRlhf + " train" + a + " --run-dir " + two +
+                 "; rc=$?; sleep 1; cat " + dir_ + "/rank1.out; exit $rc");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto w1 = Weights(one + "/0-sft/model"), w2 = Weights(two + "/0-sft/model");
+  for (const auto& [k, v] : w1) EXPECT_TRUE(torch::allclose(v, w2[k], 1e-4, 1e-5)) << k;
+}
+
+// N steps straight == N/2 steps, SIGKILL right after the checkpoint, --resume: bitwise.
+void ExpectExactResume(const std::string& dir, const std::string& args, const std::string& stage, int half,
+                       const std::vector<std::string>& model_dirs) {
+  const std::string straight = dir + "/runs/straight-" + stage, resumed = dir + "/runs/resumed-" + stage;
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + args + " --run-dir " + straight);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = RunCommand("RLHF_FAULT_KILL_AFTER_CHECKPOINT=" + std::to_string(half) + " timeout 120 " + kRlhf + " train" + args +
+                 " --run-dir " + resumed);
+  ASSERT_NE(r.code, 0) << "the fault injection did not kill the run:\n" << r.out;
+  EXPECT_FALSE(fs::exists(resumed + "/0-" + stage + "/model")) << "the first run finished";
+  EXPECT_EQ(ReadFile(resumed + "/checkpoints/latest"), "step-00-0000000" + std::to_string(half) + "\n");
+  // Without --resume the run directory is refused, not overwritten.
+  r = RunCommand("timeout 120 " + kRlhf + " train" + args + " --run-dir " + resumed);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
+  r = RunCommand("timeout 120 " + kRlhf + " train" + args + " --resume --run-dir " + resumed);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const auto& model_dir : model_dirs) {
+    auto a = ReadFile(straight + "/0-" + stage + "/" + model_dir + "/model.safetensors");
+    auto b = ReadFile(resumed + "/0-" + stage + "/" + model_dir + "/model.safetensors");
+    ASSERT_FALSE(a.empty());
+    EXPECT_TRUE(a == b) << stage << ": " << model_dir << " weights differ after resume";
+  }
+  auto la = TrainCli::Losses(straight), lb = TrainCli::Losses(resumed);
+  ASSERT_EQ(la.size(), static_cast<size_t>(2 * half));
+  ASSERT_EQ(lb.size(), la.size());
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i], lb[i]) << stage << " step " << i + 1;
+}
+
+TEST_F(TrainCli, ExactResumeOfSft) {
+  ExpectExactResume(dir_,
+                    Args("sft") + " --set sft.epochs=2 --set sft.max_steps=6 --set train.save_every=3 "
+                                  "--set sft.optim.warmup_steps=2 --set sft.packing=true",
+                    "sft", 3, {"model"});
+}
+
+TEST_F(TrainCli, ExactResumeOfPpo) {
+  const std::string a = Args("ppo") + " --set rl.steps=4 --set rl.ppo_epochs=2 --set rl.minibatch_size=8 "
+                        "--set train.save_every=2 --set rl.kl_target=0.01 --set rl.kl_coef=0.1";
+  ExpectExactResume(dir_, a, "ppo", 2, {"model", "critic"});
+}
+
+TEST_F(TrainCli, DamagedCheckpointFallsBackToThePreviousOne) {
+  const std::string run = dir_ + "/runs/damaged";
+  const std::string a = Args("sft") + " --set sft.max_steps=4 --set train.save_every=1 --set train.keep_checkpoints=3";
+  auto r = RunCommand("RLHF_FAULT_KILL_AFTER_CHECKPOINT=3 timeout 120 " + kRlhf + " train" + a + " --run-dir " + run);
+  ASSERT_NE(r.code, 0);
+  // Truncate the newest checkpoint's weights: it must be refused, step 2 used instead.
+  fs::resize_file(run + "/checkpoints/step-00-00000003/policy/model.safetensors", 100);
+  r = RunCommand("timeout 120 " + kRlhf + " train" + a + " --resume --run-dir " + run + " --set run.log_level=info");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("checkpoint refused"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("resumed at step 2"), std::string::npos) << r.out;
+  EXPECT_EQ(Losses(run).size(), 4u);  // steps 1, 2 kept; 3 (lost) and 4 redone
+}
+
+TEST_F(TrainCli, PipelineSftRewardModelPpoInOneCommand) {
+  const std::string run = dir_ + "/runs/pipeline";
+  auto r = RunCommand("timeout 200 " + kRlhf + " train" + Args("'sft;reward_model;ppo'") +
+                      " --set sft.max_steps=3 --set reward_model.max_steps=3 --set rl.steps=2 --set reward_model.centering=0.01"
+                      " --run-dir " + run + " --set run.log_level=info");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* f : {"0-sft/model/model.safetensors", "1-reward_model/model/model.safetensors",
+                        "2-ppo/model/model.safetensors", "2-ppo/critic/model.safetensors", "config.yaml", "log.txt",
+                        "2-ppo/model/tokenizer.json"}) {
+    EXPECT_TRUE(fs::exists(run + "/" + f)) << f;
+  }
+  auto rm = nlohmann::json::parse(ReadFile(run + "/1-reward_model/model/config.json"));
+  EXPECT_EQ(rm["architectures"][0], "LlamaForSequenceClassification");
+  auto critic = nlohmann::json::parse(ReadFile(run + "/2-ppo/critic/config.json"));
+  EXPECT_EQ(critic["architectures"][0], "LlamaForTokenClassification");
+  // The critic starts from the reward model's backbone.
+  EXPECT_NE(r.out.find("1-reward_model/model"), std::string::npos);
+  // Every step is in the metrics log, with the figures the issue lists for the RL stage.
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line, last;
+  int lines = 0;
+  while (std::getline(in, line)) ++lines, last = line;
+  EXPECT_EQ(lines, 3 + 3 + 2);
+  auto j = nlohmann::json::parse(last);
+  for (const char* k : {"pg_loss", "vf_loss", "entropy", "approx_kl", "kl_ref", "clip_fraction", "grad_norm/policy",
+                        "lr/policy", "value_explained_variance", "response_length", "truncated_fraction",
+                        "reward_mean/toy", "reward_std/toy", "zero_variance_group_fraction", "tokens_per_second"}) {
+    EXPECT_TRUE(j.contains(k)) << k;
+  }
+}
+
+TEST_F(TrainCli, BadConfigsAreRefusedWithAMessage) {
+  auto r = RunCommand(kRlhf + " train" + Args("sft") + " --set train.stages=[sft,nope] --run-dir " + dir_ + "/runs/bad1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("unknown stage 'nope'"), std::string::npos) << r.out;
+  r = RunCommand(kRlhf + " train" + Args("grpo") + " --set rl.group_size=3 --run-dir " + dir_ + "/runs/bad2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("not whole groups of 3"), std::string::npos) << r.out;
+  r = RunCommand(kRlhf + " train" + Args("sft") + " --set sft.data.path=/nonexistent.jsonl --run-dir " + dir_ + "/runs/bad3");
+  EXPECT_NE(r.code, 0);
+  r = RunCommand(kRlhf + " train" + Args("sft") + " --resume --run-dir " + dir_ + "/runs/bad4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("no usable checkpoint"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace rlhf

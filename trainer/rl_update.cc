@@ -1,0 +1,354 @@
+#include "trainer/rl_update.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "trainer/algo/advantages.h"
+#include "trainer/batching.h"
+
+namespace rlhf::trainer {
+
+void RlConfig::AddTo(config::Section<RlConfig>& s) {
+  using R = RlConfig;
+  s.Add("advantage", &R::advantage,
+        "estimator: auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline",
+        config::OneOf({"auto", "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"}));
+  s.Add("group_size", &R::group_size, "G: samples per prompt (consecutive in the batch)", config::AtLeast(1));
+  s.Add("ppo_epochs", &R::ppo_epochs, "passes over each rollout batch", config::AtLeast(1));
+  s.Add("minibatch_size", &R::minibatch_size,
+        "samples per optimizer step over all ranks; 0 = the whole rollout batch", config::AtLeast(0));
+  s.Add("micro_batch_size", &R::micro_batch_size, "samples per forward/backward on one rank", config::AtLeast(1));
+  s.Add("gamma", &R::gamma, "discount of GAE and return-to-go", config::InRange(0, 1));
+  s.Add("lam", &R::lam, "GAE lambda", config::InRange(0, 1));
+  s.Add("whiten_advantages", &R::whiten_advantages, "whiten GAE advantages over the global batch");
+  s.Add("kl_coef", &R::kl_coef, "beta: the initial (or fixed) KL coefficient", config::AtLeast(0));
+  s.Add("kl_placement", &R::kl_placement,
+        "auto (reward for gae / reinforce_pp, loss for grpo / dr_grpo / rloo) | reward (r_t -= beta kl_t) | "
+        "loss (+ beta agg(kl)) | none",
+        config::OneOf({"auto", "reward", "loss", "none"}));
+  s.Add("kl_estimator", &R::kl_estimator, "auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3 (low_var_kl)",
+        config::OneOf({"auto", "k1", "k2", "k3", "low_var_kl"}));
+  s.Add("kl_clamp", &R::kl_clamp, "clamp the log-ratio to [-20, 20] and the KL to [-10, 10] (verl, OpenRLHF)");
+  s.Add("kl_target", &R::kl_target, "adaptive KL (Ziegler et al.): target KL per sequence; 0 = fixed coefficient",
+        config::AtLeast(0));
+  s.Add("kl_horizon", &R::kl_horizon, "adaptive KL horizon in samples", config::AtLeast(1));
+  s.Add("score_clip", &R::score_clip, "clip sequence scores to [-c, c]; 0 = off", config::AtLeast(0));
+  s.Add("missing_eos_penalty", &R::missing_eos_penalty,
+        "added to the score of responses cut at the length limit (e.g. -1); 0 = off");
+  s.Add("mask_truncated", &R::mask_truncated, "responses cut at the length limit contribute no loss");
+  s.Add("group_eps", &R::group_eps, "epsilon added to the group std (grpo)", config::AtLeast(0));
+  s.Add("clip_eps_low", &R::clip_eps_low, "PPO clip: ratio >= 1 - eps_low", config::InRange(0, 1));
+  s.Add("clip_eps_high", &R::clip_eps_high, "PPO clip: ratio <= 1 + eps_high (DAPO: 0.28)", config::AtLeast(0));
+  s.Add("dual_clip", &R::dual_clip, "dual clip constant c > 1 for negative advantages; 0 = off", config::AtLeast(0));
+  s.Add("ratio_level", &R::ratio_level, "importance ratio per token, or per sequence (GSPO)",
+        config::OneOf({"token", "sequence"}));
+  s.Add("tis_cap", &R::tis_cap, "truncated importance weights against the behaviour log-probs; 0 = off",
+        config::AtLeast(0));
+  s.Add("loss_aggregation", &R::loss_aggregation, "token_mean | seq_mean_token_mean | seq_mean_token_sum_norm",
+        config::OneOf({"token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"}));
+  s.Add("norm_length", &R::norm_length, "L_max of seq_mean_token_sum_norm; 0 = the longest response in the batch",
+        config::AtLeast(0));
+  s.Add("vf_coef", &R::vf_coef, "weight of the value loss", config::AtLeast(0));
+  s.Add("value_clip", &R::value_clip, "none | ppo | study_notes", config::OneOf({"none", "ppo", "study_notes"}));
+  s.Add("vclip", &R::vclip, "value clip range", config::AtLeast(0));
+  s.Add("ent_coef", &R::ent_coef, "entropy bonus coefficient", config::AtLeast(0));
+  s.Add("shuffle_minibatches", &R::shuffle_minibatches, "shuffle this rank's samples before cutting minibatches");
+}
+
+void KlController::Update(double kl, double n_samples) {
+  if (target_ <= 0) return;
+  const double err = std::clamp(kl / target_ - 1.0, -0.2, 0.2);
+  value_ *= 1.0 + err * n_samples / horizon_;
+}
+
+RlUpdate::RlUpdate(Learner* learner, model::Transformer policy, model::Transformer critic,
+                   model::Transformer reference, RlConfig config, int32_t pad_id)
+    : learner_(learner),
+      policy_(std::move(policy)),
+      critic_(std::move(critic)),
+      reference_(std::move(reference)),
+      config_(std::move(config)),
+      pad_id_(pad_id),
+      kl_(config_.kl_coef, config_.kl_target, config_.kl_horizon) {
+  advantage_ = config_.advantage == "auto" ? (critic_.is_empty() ? "grpo" : "gae") : config_.advantage;
+  const bool group_estimator = advantage_ == "grpo" || advantage_ == "dr_grpo" || advantage_ == "rloo";
+  kl_placement_ = config_.kl_placement != "auto" ? config_.kl_placement : group_estimator ? "loss" : "reward";
+  kl_estimator_ = config_.kl_estimator != "auto" ? config_.kl_estimator : kl_placement_ == "loss" ? "k3" : "k1";
+}
+
+namespace {
+// Pads [N, T-1] (values of tokens 1..T-1) back to [N, T] aligned with ids.
+torch::Tensor Unshift(const torch::Tensor& x) { return torch::cat({torch::zeros({x.size(0), 1}, x.options()), x}, 1); }
+}  // namespace
+
+absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector<Sample>& samples, uint64_t seed) {
+  const RlConfig& c = config_;
+  auto& group = learner_->group();
+  const int64_t n = static_cast<int64_t>(samples.size());
+  if (n == 0) return absl::InvalidArgumentError("a rollout batch needs at least one sample on every rank");
+  if (n % c.group_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(n, " samples are not whole groups of ", c.group_size));
+  }
+  const int64_t vocab = policy_->config().vocab_size;
+  const int64_t context = policy_->config().max_position_embeddings;
+  double temperature = samples[0].temperature() > 0 ? samples[0].temperature() : 1.0;
+  bool have_ref = true;
+  std::vector<TokenSeq> seqs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const Sample& s = samples[static_cast<size_t>(i)];
+    auto bad = [&](const std::string& what) {
+      return absl::InvalidArgumentError(absl::StrCat("sample ", i, " (prompt ", s.prompt_id(), "): ", what));
+    };
+    if (!s.has_reward()) return bad("has no reward: score the samples first");
+    if (s.completion_ids_size() == 0) return bad("has an empty completion");
+    if (c.group_size > 1 && i % c.group_size != 0 && s.prompt_id() != samples[static_cast<size_t>(i - 1)].prompt_id()) {
+      return bad(absl::StrCat("groups of ", c.group_size, " samples of one prompt must be consecutive"));
+    }
+    if ((s.temperature() > 0 ? s.temperature() : 1.0) != temperature) return bad("samples of one batch need one temperature");
+    if (s.prompt_ids_size() + s.completion_ids_size() > context) return bad("is longer than the model's context");
+    if (s.ref_logprobs_size() != s.completion_ids_size()) have_ref = false;
+    auto& q = seqs[static_cast<size_t>(i)];
+    const bool masked = c.mask_truncated && s.finish_reason() == FINISH_REASON_LENGTH;
+    for (int32_t id : s.prompt_ids()) q.ids.push_back(id), q.target.push_back(0);
+    for (int32_t id : s.completion_ids()) q.ids.push_back(id), q.target.push_back(masked ? 0 : 1);
+    for (int32_t id : q.ids) {
+      if (id < 0 || id >= vocab) return bad(absl::StrCat("token id ", id, " is outside the vocabulary"));
+    }
+  }
+  std::vector<const TokenSeq*> ptrs;
+  for (const auto& q : seqs) ptrs.push_back(&q);
+  MicroBatch full = PadRows(ptrs, pad_id_);  // [N, T]
+  const int64_t t_len = full.ids.size(1);
+  // Response tokens before masking of truncated ones (for statistics).
+  auto response = torch::zeros({n, t_len}, torch::kFloat32);
+  auto behaviour = torch::zeros({n, t_len}, torch::kFloat32);
+  auto ref_given = torch::zeros({n, t_len}, torch::kFloat32);
+  auto scores = torch::zeros({n}, torch::kFloat32);
+  std::vector<double> lengths(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const Sample& s = samples[static_cast<size_t>(i)];
+    const int64_t p = s.prompt_ids_size(), len = s.completion_ids_size();
+    response[i].slice(0, p, p + len).fill_(1.0);
+    behaviour[i].slice(0, p, p + len).copy_(torch::tensor(std::vector<float>(s.logprobs().begin(), s.logprobs().end())));
+    if (s.logprobs_size() != len) behaviour[i].zero_();
+    if (have_ref) {
+      ref_given[i].slice(0, p, p + len).copy_(
+          torch::tensor(std::vector<float>(s.ref_logprobs().begin(), s.ref_logprobs().end())));
+    }
+    float score = s.reward();
+    if (s.finish_reason() == FINISH_REASON_LENGTH) score += static_cast<float>(c.missing_eos_penalty);
+    scores[i] = score;
+    lengths[static_cast<size_t>(i)] = static_cast<double>(len);
+  }
+  // KL needs reference log-probs: from the samples, else from the reference model.
+  const bool use_kl = kl_placement_ != "none" && (have_ref || !reference_.is_empty());
+  if (kl_placement_ != "none" && c.kl_coef > 0 && !use_kl) {
+    return absl::InvalidArgumentError("KL needs ref_logprobs in every sample or a reference model");
+  }
+
+  // 2. Old log-probs, values and reference log-probs, no gradient, micro-batch by micro-batch.
+  auto old_lp = torch::zeros({n, t_len}, torch::kFloat32);
+  auto values = torch::zeros({n, t_len}, torch::kFloat32);
+  auto ref_lp = have_ref ? ref_given : torch::zeros({n, t_len}, torch::kFloat32);
+  RETURN_IF_ERROR(GuardExceptions("rollout batch forward", [&]() -> absl::Status {
+    torch::NoGradGuard no_grad;
+    std::vector<size_t> all(static_cast<size_t>(n));
+    std::iota(all.begin(), all.end(), 0);
+    for (const auto& chunk : Chunks(all, c.micro_batch_size)) {
+      std::vector<int64_t> rows(chunk.begin(), chunk.end());
+      MicroBatch mb = SelectRows(full, rows);
+      const int64_t t = mb.ids.size(1);
+      auto idx = torch::tensor(rows, torch::kInt64);
+      auto put = [&](torch::Tensor& dst, const torch::Tensor& v) {  // v [b, t-1] for tokens 1..t-1
+        auto block = torch::zeros({static_cast<int64_t>(rows.size()), t_len}, torch::kFloat32);
+        block.slice(1, 1, t).copy_(v);
+        dst.index_copy_(0, idx, block);
+      };
+      put(old_lp, RowTokenStats(*policy_, mb, temperature, false).logprobs);
+      if (!critic_.is_empty()) put(values, RowValues(*critic_, mb));
+      if (use_kl && !have_ref) put(ref_lp, RowTokenStats(*reference_, mb, temperature, false).logprobs);
+    }
+    return absl::OkStatus();
+  }));
+
+  // 3. Scores and advantages (on tokens 1..T-1).
+  auto mask = full.target_mask.slice(1, 1);            // [N, T-1] trained tokens
+  auto resp = response.slice(1, 1);                    // [N, T-1] every response token
+  auto old_s = old_lp.slice(1, 1), ref_s = ref_lp.slice(1, 1), val_s = values.slice(1, 1);
+  algo::KlOptions klo;
+  ASSIGN_OR_RETURN(klo.estimator, algo::ParseKlEstimator(kl_estimator_));
+  klo.clamp = c.kl_clamp;
+  auto kl_tok = use_kl ? algo::KlPenalty(old_s, ref_s, klo) * resp : torch::zeros_like(old_s);  // [N, T-1]
+  const double beta = kl_.value();
+  const bool kl_in_reward = kl_placement_ == "reward";
+  auto clipped = c.score_clip > 0 ? scores.clamp(-c.score_clip, c.score_clip) : scores;
+  torch::Tensor adv, returns;
+  if (advantage_ == "gae") {
+    if (critic_.is_empty()) return absl::InvalidArgumentError("advantage 'gae' needs a critic");
+    auto rewards = algo::TokenRewards(scores, kl_in_reward ? kl_tok : torch::Tensor(), resp, beta, c.score_clip);
+    auto g = algo::Gae(rewards, val_s, resp, c.gamma, c.lam);
+    returns = g.returns;
+    if (c.whiten_advantages) {
+      ASSIGN_OR_RETURN(adv, GlobalWhiten(group, g.advantages, mask));
+    } else {
+      adv = g.advantages;
+    }
+  } else if (advantage_ == "reinforce_pp" || advantage_ == "reinforce_pp_baseline") {
+    auto s = clipped;
+    if (advantage_ == "reinforce_pp_baseline" && c.group_size > 1) {
+      s = s - s.view({-1, c.group_size}).mean(1, true).expand({-1, c.group_size}).reshape({-1});
+    }
+    auto rewards = algo::TokenRewards(s, kl_in_reward ? kl_tok : torch::Tensor(), resp, beta);
+    ASSIGN_OR_RETURN(adv, GlobalWhiten(group, algo::ReturnToGo(rewards, resp, c.gamma), mask));
+  } else {
+    ASSIGN_OR_RETURN(auto kind, algo::ParseGroupAdvantage(advantage_));
+    adv = algo::BroadcastToTokens(algo::GroupAdvantages(clipped, c.group_size, kind, c.group_eps), resp);
+  }
+  full.fields["old_logprobs"] = old_lp;
+  full.fields["advantages"] = Unshift(adv.to(torch::kFloat32));
+  full.fields["behaviour"] = behaviour;
+  if (kl_placement_ == "loss") full.fields["ref_logprobs"] = ref_lp;
+  if (!critic_.is_empty()) {
+    full.fields["old_values"] = values;
+    full.fields["returns"] = Unshift(returns.to(torch::kFloat32));
+  }
+
+  // Rollout statistics, global.
+  std::map<std::string, double> out;
+  {
+    const double ntok = resp.sum().item<double>();
+    std::vector<double> v = {static_cast<double>(n),
+                             scores.sum().item<double>(),
+                             scores.pow(2).sum().item<double>(),
+                             std::accumulate(lengths.begin(), lengths.end(), 0.0),
+                             0.0,
+                             ntok,
+                             kl_tok.sum().item<double>(),
+                             0.0,
+                             static_cast<double>(n / c.group_size),
+                             0.0};
+    for (const auto& s : samples) v[4] += s.finish_reason() == FINISH_REASON_LENGTH ? 1 : 0;
+    v[7] = (algo::KlPenalty(old_s, ref_s, algo::KlOptions{}) * resp).sum().item<double>();  // k3, always >= 0
+    if (c.group_size > 1) {
+      v[9] = static_cast<double>(n / c.group_size) - algo::GroupsWithSignal(scores, c.group_size).sum().item<double>();
+    }
+    // Reward sources: every rank lists the sources of its samples; the union must agree, so use the names of
+    // the first sample (the scorer gives every sample the same sources).
+    std::vector<std::string> sources;
+    for (const auto& [k, _] : samples[0].reward_parts()) sources.push_back(k);
+    std::sort(sources.begin(), sources.end());
+    for (const auto& k : sources) {
+      double s1 = 0, s2 = 0;
+      for (const auto& s : samples) {
+        auto it = s.reward_parts().find(k);
+        double x = it == s.reward_parts().end() ? 0.0 : it->second;
+        s1 += x, s2 += x * x;
+      }
+      v.push_back(s1), v.push_back(s2);
+    }
+    // Explained variance of the critic's values before the update.
+    if (!critic_.is_empty()) {
+      auto d = (returns - val_s) * resp;
+      auto r = returns * resp;
+      v.push_back(r.sum().item<double>()), v.push_back(r.pow(2).sum().item<double>());
+      v.push_back(d.sum().item<double>()), v.push_back(d.pow(2).sum().item<double>());
+    }
+    ASSIGN_OR_RETURN(v, group.SumDoubles(std::move(v)));
+    const double N = v[0], T = std::max(v[5], 1.0);
+    auto stdev = [&](double s1, double s2, double cnt) {
+      const double m = s1 / cnt;
+      return std::sqrt(std::max(0.0, s2 / cnt - m * m));
+    };
+    out["samples"] = N;
+    out["reward_mean"] = v[1] / N;
+    out["reward_std"] = stdev(v[1], v[2], N);
+    out["response_length"] = v[3] / N;
+    out["truncated_fraction"] = v[4] / N;
+    out["kl_ref"] = v[6] / T;            // per token, with the configured estimator
+    out["kl_ref_k3"] = v[7] / T;
+    out["kl_ref_sequence"] = v[6] / N;   // per sequence (what the adaptive controller tracks)
+    out["kl_coef"] = beta;
+    out["zero_variance_group_fraction"] = c.group_size > 1 ? v[9] / v[8] : 0.0;
+    size_t i = 10;
+    for (const auto& k : sources) {
+      out["reward_mean/" + k] = v[i] / N;
+      out["reward_std/" + k] = stdev(v[i], v[i + 1], N);
+      i += 2;
+    }
+    if (!critic_.is_empty()) {
+      const double var_r = v[i + 1] / T - std::pow(v[i] / T, 2);
+      const double var_d = v[i + 3] / T - std::pow(v[i + 2] / T, 2);
+      out["value_explained_variance"] = 1.0 - var_d / std::max(var_r, 1e-12);
+    }
+  }
+
+  // 4. Epochs of minibatches.
+  PpoLossConfig lc;
+  lc.policy.eps_low = c.clip_eps_low;
+  lc.policy.eps_high = c.clip_eps_high;
+  lc.policy.dual_clip = c.dual_clip;
+  ASSIGN_OR_RETURN(lc.policy.ratio_level, algo::ParseRatioLevel(c.ratio_level));
+  lc.policy.tis_cap = c.tis_cap;
+  ASSIGN_OR_RETURN(lc.aggregation, algo::ParseAggregation(c.loss_aggregation));
+  lc.temperature = temperature;
+  lc.vf_coef = c.vf_coef;
+  ASSIGN_OR_RETURN(lc.value_clip, algo::ParseValueClip(c.value_clip));
+  lc.vclip = c.vclip;
+  lc.ent_coef = c.ent_coef;
+  lc.kl_in_loss = kl_placement_ == "loss" && beta > 0;
+  lc.kl_beta = beta;
+  lc.kl = klo;
+  if (lc.aggregation == algo::Aggregation::kSeqMeanTokenSumNorm) {
+    double longest = 0;
+    for (double l : lengths) longest = std::max(longest, l);
+    ASSIGN_OR_RETURN(longest, group.MaxDouble(longest));
+    lc.norm_length = c.norm_length > 0 ? c.norm_length : static_cast<int64_t>(longest);
+  }
+  PpoObjective objective(policy_, critic_, lc);
+
+  ASSIGN_OR_RETURN(auto counts, group.SumDoubles({static_cast<double>(n)}));
+  const int64_t global_n = static_cast<int64_t>(counts[0]);
+  const int64_t mbs = c.minibatch_size > 0 ? c.minibatch_size : global_n;
+  if (global_n % mbs != 0 || n % (global_n / mbs) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the rollout batch of ", global_n, " samples (", n,
+                                                   " on this rank) does not split into minibatches of ", mbs));
+  }
+  const int64_t num_minibatches = global_n / mbs, local_mb = n / num_minibatches;
+  std::map<std::string, double> sums;
+  int64_t steps = 0;
+  for (int64_t epoch = 0; epoch < c.ppo_epochs; ++epoch) {
+    std::vector<size_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    if (c.shuffle_minibatches) {
+      std::mt19937_64 rng(seed * 1000003ULL + static_cast<uint64_t>(epoch) * 7919ULL + static_cast<uint64_t>(group.rank()));
+      std::shuffle(order.begin(), order.end(), rng);
+    }
+    for (int64_t k = 0; k < num_minibatches; ++k) {
+      std::vector<size_t> part(order.begin() + k * local_mb, order.begin() + (k + 1) * local_mb);
+      std::vector<MicroBatch> micro;
+      for (const auto& chunk : Chunks(part, c.micro_batch_size)) {
+        micro.push_back(SelectRows(full, std::vector<int64_t>(chunk.begin(), chunk.end())));
+      }
+      ASSIGN_OR_RETURN(auto r, learner_->Step(micro, objective));
+      for (const auto& [name, v] : r.metrics) sums[name] += v;
+      if (steps == 0) {
+        out["first_minibatch/ratio_mean"] = r.metrics["ratio_mean"];
+        out["first_minibatch/clip_fraction"] = r.metrics["clip_fraction"];
+      }
+      ++steps;
+    }
+  }
+  for (const auto& [name, v] : sums) out[name] = v / static_cast<double>(steps);
+  out["skipped_steps"] = static_cast<double>(learner_->skipped_steps());
+  out["optimizer_steps"] = static_cast<double>(steps);
+  // 5. Adaptive KL.
+  kl_.Update(out["kl_ref_sequence"], static_cast<double>(global_n));
+  return out;
+}
+
+}  // namespace rlhf::trainer

@@ -1,0 +1,106 @@
+// The PPO-family update on a rollout batch of scored samples (ALGORITHMS.md, "Batch vocabulary"): the
+// offline RL stage of `rlhf train` and the online driver both call RlUpdate::Update once per policy step.
+//
+//   1. rows = prompt ++ completion; targets = the completion tokens (truncated ones masked by option)
+//   2. old log-probs (current policy, no grad), values (critic), reference log-probs (given by the scorer
+//      in the samples, else computed with the reference model), all at the sampling temperature
+//   3. score = reward (+ missing-EOS penalty for truncated responses); advantages by the chosen estimator:
+//        gae:    token rewards (score on the last token - beta * kl_t), GAE, whitened over the global batch
+//        grpo | dr_grpo | rloo: group-relative sequence advantages on every token
+//        reinforce_pp (_baseline): return-to-go of the token rewards, whitened over the global batch
+//   4. ppo_epochs passes; each splits the batch into minibatches (one Learner::Step each) of micro-batches
+//   5. the adaptive KL coefficient (Ziegler et al.) moves toward its target
+// Samples of one prompt (a group) must be consecutive and on one rank. Dimension key: N samples on this
+// rank, T row length.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/config/config.h"
+#include "common/model/transformer.h"
+#include "rlhf/sample.pb.h"
+#include "trainer/learner.h"
+#include "trainer/objectives.h"
+
+namespace rlhf::trainer {
+
+struct RlConfig {
+  std::string advantage = "auto";       // auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline
+  int64_t group_size = 1;               // G: samples per prompt in the batch
+  int64_t ppo_epochs = 1;               // passes over the rollout batch
+  int64_t minibatch_size = 0;           // samples per optimizer step over all ranks; 0 = the whole rollout batch
+  int64_t micro_batch_size = 4;         // samples per forward/backward on one rank
+  double gamma = 1.0;                   // GAE / return discount
+  double lam = 0.95;                    // GAE lambda
+  bool whiten_advantages = true;        // whiten GAE advantages over the global batch
+  double kl_coef = 0.05;                // beta: initial (or fixed) KL coefficient
+  std::string kl_placement = "auto";    // auto (reward for gae / reinforce_pp, loss for group estimators) |
+                                        // reward (PPO: r_t -= beta kl_t) | loss (GRPO: + beta agg(kl)) | none
+  std::string kl_estimator = "auto";    // auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3
+  bool kl_clamp = false;                // clamp log-ratio and KL as verl / OpenRLHF
+  double kl_target = 0;                 // adaptive KL: target KL per sequence; 0 = fixed coefficient
+  double kl_horizon = 10000;            // adaptive KL horizon (samples)
+  double score_clip = 0;                // clip the sequence score to [-c, c]; 0 = off
+  double missing_eos_penalty = 0;       // added to the score of responses cut at the length limit (e.g. -1)
+  bool mask_truncated = false;          // truncated responses contribute no loss
+  double group_eps = 1e-6;              // epsilon of the group std (grpo)
+  double clip_eps_low = 0.2;
+  double clip_eps_high = 0.2;
+  double dual_clip = 0;                 // c > 1: dual clip for negative advantages; 0 = off
+  std::string ratio_level = "token";    // token | sequence (GSPO)
+  double tis_cap = 0;                   // truncated importance sampling against behaviour log-probs; 0 = off
+  std::string loss_aggregation = "token_mean";  // token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+  int64_t norm_length = 0;              // L_max of seq_mean_token_sum_norm; 0 = the longest response of the batch
+  double vf_coef = 0.5;
+  std::string value_clip = "ppo";       // none | ppo | study_notes
+  double vclip = 0.2;
+  double ent_coef = 0;
+  bool shuffle_minibatches = true;      // shuffle the rows of this rank before cutting minibatches
+  static void AddTo(config::Section<RlConfig>& s);
+};
+
+// The adaptive KL controller of Ziegler et al. (2019) as TRL implements it: with target > 0,
+// beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon after each batch; else beta stays.
+class KlController {
+ public:
+  KlController(double init, double target, double horizon) : value_(init), target_(target), horizon_(horizon) {}
+  double value() const { return value_; }
+  void Update(double kl, double n_samples);
+  void Restore(double value) { value_ = value; }
+
+ private:
+  double value_, target_, horizon_;
+};
+
+class RlUpdate {
+ public:
+  // policy (and critic, when not empty) are registered with `learner`; reference may be empty when every
+  // sample carries ref_logprobs or no KL is used. pad_id pads rows.
+  RlUpdate(Learner* learner, model::Transformer policy, model::Transformer critic, model::Transformer reference,
+           RlConfig config, int32_t pad_id);
+
+  // One policy step on this rank's samples (whole groups). `seed` orders the minibatches. Returns the
+  // metrics of the step, reduced over ranks: rollout statistics plus the mean of each learner metric over
+  // the optimizer steps. INVALID_ARGUMENT for samples without a reward, incomplete groups, or ids that do
+  // not fit the model.
+  absl::StatusOr<std::map<std::string, double>> Update(const std::vector<Sample>& samples, uint64_t seed);
+
+  KlController& kl_controller() { return kl_; }
+  const RlConfig& config() const { return config_; }
+  std::string advantage() const { return advantage_; }
+  std::string kl_placement() const { return kl_placement_; }
+
+ private:
+  Learner* learner_;
+  model::Transformer policy_, critic_, reference_;
+  RlConfig config_;
+  std::string advantage_, kl_placement_, kl_estimator_;
+  int32_t pad_id_;
+  KlController kl_;
+};
+
+}  // namespace rlhf::trainer

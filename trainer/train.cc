@@ -1,0 +1,781 @@
+#include "trainer/train.h"
+
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/comm/group.h"
+#include "common/data/dataset.h"
+#include "common/metrics.h"
+#include "common/model/checkpoint.h"
+#include "common/sample_json.h"
+#include "common/text/chat_template.h"
+#include "common/text/tokenizer.h"
+#include "trainer/batching.h"
+#include "trainer/learner.h"
+#include "trainer/objectives.h"
+#include "trainer/rl_update.h"
+#include "trainer/train_checkpoint.h"
+
+namespace rlhf::trainer {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// ---- configuration ------------------------------------------------------------------------------------
+struct TrainConfig {
+  std::vector<std::string> stages = {"sft"};  // the pipeline, in order: sft | reward_model | dpo | ppo | grpo
+  std::string model;                          // starting policy (HF folder with tokenizer files)
+  int64_t save_every = 0;                     // checkpoint every N steps of a stage; 0 = at the end of each stage
+  int64_t keep_checkpoints = 2;               // newest checkpoints kept; 0 = all
+  bool resume = false;                        // continue the run directory from its newest good checkpoint
+  int64_t log_every = 1;                      // print a progress line every N steps
+  static const config::Section<TrainConfig>& Spec() {
+    static const auto* s = [] {
+      using T = TrainConfig;
+      auto* s = new config::Section<T>("train");
+      s->Add("stages", &T::stages, "pipeline of stages, in order: sft | reward_model | dpo | ppo | grpo");
+      s->Add("model", &T::model, "starting policy: HF model folder with its tokenizer files");
+      s->Add("save_every", &T::save_every, "checkpoint every N steps of a stage; 0 = at the end of each stage",
+             config::AtLeast(0));
+      s->Add("keep_checkpoints", &T::keep_checkpoints, "newest checkpoints kept; 0 = all", config::AtLeast(0));
+      s->Add("resume", &T::resume, "continue the run directory from its newest checkpoint that verifies");
+      s->Add("log_every", &T::log_every, "print a progress line every N steps", config::AtLeast(1));
+      return s;
+    }();
+    return *s;
+  }
+};
+
+// Keys shared by the offline stages (sft, reward_model, dpo), each under its own prefix.
+struct OfflineConfig {
+  std::string model;             // starting model; "" = the policy of the previous stage (or train.model)
+  int64_t epochs = 1;            // passes over the training split
+  int64_t max_steps = 0;         // stop after this many optimizer steps; 0 = epochs decide
+  int64_t batch_size = 8;        // examples (pairs) per optimizer step over all ranks
+  int64_t micro_batch_size = 4;  // rows (pairs) per forward/backward on one rank
+  int64_t max_length = 512;      // tokens per example; longer ones are cut
+  int64_t eval_every = 0;        // evaluate on the held-out split every N steps; 0 = at the end only
+  // sft
+  bool packing = false;          // pack several examples per row (attention kept inside each)
+  // reward_model
+  double centering = 0;          // coefficient of mean((r_c + r_r)^2)
+  std::string margin_field;      // per-pair margin field of the data; "" = no margin
+  bool freeze_backbone = false;  // train the score head only
+  // dpo
+  std::string loss_type = "sigmoid";
+  double beta = 0.1;
+  double label_smoothing = 0;
+  std::string reference;         // reference policy; "" = the starting model
+};
+
+config::Section<OfflineConfig> OfflineSection(const std::string& prefix) {
+  using O = OfflineConfig;
+  config::Section<O> s(prefix);
+  s.Add("model", &O::model, "starting model; \"\" = the policy of the previous stage (or train.model)");
+  s.Add("epochs", &O::epochs, "passes over the training split", config::AtLeast(1));
+  s.Add("max_steps", &O::max_steps, "stop after this many optimizer steps; 0 = epochs decide", config::AtLeast(0));
+  s.Add("batch_size", &O::batch_size, "examples per optimizer step over all ranks (pairs for preference data)",
+        config::AtLeast(1));
+  s.Add("micro_batch_size", &O::micro_batch_size, "rows per forward/backward on one rank (pairs for preference data)",
+        config::AtLeast(1));
+  s.Add("max_length", &O::max_length, "tokens per example; longer ones are cut", config::AtLeast(2));
+  s.Add("eval_every", &O::eval_every, "evaluate on the held-out split every N steps; 0 = at the end only",
+        config::AtLeast(0));
+  if (prefix == "sft") s.Add("packing", &O::packing, "pack several examples per row (attention kept inside each)");
+  if (prefix == "reward_model") {
+    s.Add("centering", &O::centering, "reward centring coefficient c of c * mean((r_c + r_r)^2)", config::AtLeast(0));
+    s.Add("margin_field", &O::margin_field, "data field holding a per-pair margin; \"\" = no margin");
+    s.Add("freeze_backbone", &O::freeze_backbone, "train the score head only");
+  }
+  if (prefix == "dpo") {
+    s.Add("loss_type", &O::loss_type, "sigmoid | ipo | hinge | robust", config::OneOf({"sigmoid", "ipo", "hinge", "robust"}));
+    s.Add("beta", &O::beta, "strength of the implicit KL to the reference", config::AtLeast(0));
+    s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label (cDPO, robust)", config::InRange(0, 0.5));
+    s.Add("reference", &O::reference, "reference policy; \"\" = the starting model");
+  }
+  return s;
+}
+
+struct RlStageConfig {
+  std::string policy;            // starting policy; "" = the policy of the previous stage (or train.model)
+  std::string critic;            // critic init (ppo); "" = the previous reward_model stage's output, else the policy
+  std::string reference;         // reference policy for KL when samples carry no ref_logprobs; "" = the starting policy
+  std::string samples;           // JSONL of scored samples (rewards filled in), groups of one prompt consecutive
+  int64_t rollout_batch_size = 8;  // prompts per policy step (times group_size samples)
+  int64_t steps = 0;             // policy steps; 0 = every full rollout batch of the file
+};
+
+const config::Section<RlStageConfig>& RlStageSection() {
+  static const auto* s = [] {
+    using R = RlStageConfig;
+    auto* s = new config::Section<R>("rl");
+    s->Add("policy", &R::policy, "starting policy; \"\" = the policy of the previous stage (or train.model)");
+    s->Add("critic", &R::critic, "critic init for ppo; \"\" = the previous reward_model stage's output, else the policy");
+    s->Add("reference", &R::reference, "reference policy for KL when samples lack ref_logprobs; \"\" = the starting policy");
+    s->Add("samples", &R::samples, "JSONL of scored samples (groups of one prompt consecutive)");
+    s->Add("rollout_batch_size", &R::rollout_batch_size, "prompts per policy step (each with group_size samples)",
+           config::AtLeast(1));
+    s->Add("steps", &R::steps, "policy steps; 0 = every full rollout batch of the file", config::AtLeast(0));
+    return s;
+  }();
+  return *s;
+}
+
+const config::Section<RlConfig>& RlSection() {
+  static const auto* s = [] {
+    auto* s = new config::Section<RlConfig>("rl");
+    RlConfig::AddTo(*s);
+    return s;
+  }();
+  return *s;
+}
+
+config::Section<data::DataConfig> DataSection(const std::string& prefix) {
+  config::Section<data::DataConfig> s(prefix + ".data");
+  data::DataConfig::AddTo(s);
+  return s;
+}
+
+config::Section<OptimConfig> OptimSection(const std::string& prefix) {
+  config::Section<OptimConfig> s(prefix);
+  OptimConfig::AddTo(s);
+  return s;
+}
+
+const std::vector<std::string> kStages = {"sft", "reward_model", "dpo", "ppo", "grpo"};
+
+// ---- metrics log ----------------------------------------------------------------------------------------
+class MetricsLog {
+ public:
+  // Opens <run>/metrics.jsonl for appending; lines after (stage_index, step) are dropped first (resume).
+  absl::Status Open(const std::string& run_dir, bool writer, int64_t keep_stage, int64_t keep_step) {
+    writer_ = writer;
+    if (!writer_) return absl::OkStatus();
+    path_ = (fs::path(run_dir) / "metrics.jsonl").string();
+    if (keep_stage >= 0 && fs::exists(path_)) {
+      std::ifstream in(path_);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        auto j = json::parse(line, nullptr, false);
+        if (j.is_discarded()) continue;
+        int64_t si = j.value("stage_index", int64_t{0}), st = j.value("step", int64_t{0});
+        if (si < keep_stage || (si == keep_stage && st <= keep_step)) kept += line + "\n";
+      }
+      std::ofstream out(path_, std::ios::trunc);
+      out << kept;
+    } else if (keep_stage < 0) {
+      std::ofstream out(path_, std::ios::trunc);
+    }
+    out_.open(path_, std::ios::app);
+    if (!out_) return absl::UnavailableError(absl::StrCat("cannot open ", path_));
+    return absl::OkStatus();
+  }
+  void Write(int64_t stage_index, const std::string& stage, int64_t step, const std::map<std::string, double>& m) {
+    if (!writer_) return;
+    json j = {{"stage_index", stage_index}, {"stage", stage}, {"step", step}};
+    for (const auto& [k, v] : m) j[k] = std::isfinite(v) ? json(v) : json(nullptr);
+    out_ << j.dump() << "\n";
+    out_.flush();
+    // The same figures as gauges (rlhf_train_<name>{stage=...}).
+    auto& reg = Metrics::Process();
+    for (const auto& [k, v] : m) {
+      std::string name = "rlhf_train_";
+      for (char ch : k) name += (std::isalnum(static_cast<unsigned char>(ch)) ? static_cast<char>(std::tolower(ch)) : '_');
+      if (name.size() > 6 && name.compare(name.size() - 6, 6, "_total") == 0) name += "_value";
+      reg.Gauge(name, "training metric " + k + " of the latest step", {{"stage", stage}}).Set(v);
+    }
+    reg.Gauge("rlhf_train_step", "steps done in the current stage", {{"stage", stage}}).Set(static_cast<double>(step));
+  }
+
+ private:
+  bool writer_ = false;
+  std::string path_;
+  std::ofstream out_;
+};
+
+// ---- pipeline state -------------------------------------------------------------------------------------
+struct Pipeline {
+  const config::Config* config = nullptr;
+  std::string run_dir;
+  uint64_t seed = 0;
+  TrainConfig train;
+  std::shared_ptr<comm::Group> group;
+  int64_t bucket_bytes = 25 << 20;
+  MetricsLog log;
+  std::string policy;        // newest policy folder
+  std::string reward_model;  // newest reward model folder
+  std::string tokenizer_dir; // folder with tokenizer files
+  std::optional<TrainState> resume;  // the checkpoint state when this stage resumes
+  std::string resume_dir;
+  bool rank0() const { return group->rank() == 0; }
+};
+
+std::string StageDir(const Pipeline& p, int64_t index, const std::string& stage) {
+  return (fs::path(p.run_dir) / absl::StrCat(index, "-", stage)).string();
+}
+
+// Fault-injection seam for the resume tests: RLHF_FAULT_KILL_AFTER_CHECKPOINT=<step> kills this process
+// (SIGKILL, no cleanup) right after the checkpoint of that step is committed.
+void MaybeKillAfterCheckpoint(int64_t step) {
+  const char* v = std::getenv("RLHF_FAULT_KILL_AFTER_CHECKPOINT");
+  if (v && std::atoll(v) == step) {
+    spdlog::warn("fault injection: killing the process after the checkpoint of step {}", step);
+    spdlog::default_logger()->flush();
+    std::raise(SIGKILL);
+  }
+}
+
+absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state) {
+  state.learner_steps = learner.steps();
+  state.skipped_steps = learner.skipped_steps();
+  ASSIGN_OR_RETURN(auto dir, SaveTrainCheckpoint(p.run_dir, learner, state, p.tokenizer_dir, p.train.keep_checkpoints));
+  RETURN_IF_ERROR(p.group->Barrier());  // nobody runs ahead of a checkpoint that may be needed to resume
+  if (p.rank0()) spdlog::info("checkpoint {}", dir);
+  MaybeKillAfterCheckpoint(state.step);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<model::Transformer> LoadForTraining(const std::string& dir, std::optional<model::Head> head,
+                                                   uint64_t seed) {
+  model::LoadOptions lo;
+  lo.dtype = torch::kFloat32;  // f32 master weights
+  lo.head = head;
+  lo.init_seed = seed;
+  ASSIGN_OR_RETURN(auto net, model::LoadModel(dir, lo));
+  net->train();
+  return net;
+}
+
+absl::StatusOr<model::Transformer> LoadFrozen(const std::string& dir) {
+  model::LoadOptions lo;
+  lo.dtype = torch::kFloat32;
+  ASSIGN_OR_RETURN(auto net, model::LoadModel(dir, lo));
+  for (auto& prm : net->parameters()) prm.set_requires_grad(false);
+  net->eval();
+  return net;
+}
+
+struct TextTools {
+  text::Tokenizer tokenizer;
+  std::optional<text::ChatTemplate::FromFolderResult> chat;
+  data::ojson vars = data::ojson::object();
+  int32_t eos = -1, pad = 0;
+};
+
+absl::StatusOr<TextTools> LoadTextTools(const std::string& dir, const model::HfConfig& cfg) {
+  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(dir));
+  TextTools t{std::move(tok), std::nullopt, data::ojson::object(), -1, 0};
+  auto chat = text::ChatTemplate::FromFolder(dir);
+  if (chat.ok()) {
+    t.vars["bos_token"] = chat->bos_token;
+    t.vars["eos_token"] = chat->eos_token;
+    if (!chat->eos_token.empty()) {
+      if (auto id = t.tokenizer.TokenToId(chat->eos_token)) t.eos = *id;
+    }
+    t.chat.emplace(std::move(*chat));
+  }
+  if (t.eos < 0 && !cfg.eos_token_ids.empty()) t.eos = static_cast<int32_t>(cfg.eos_token_ids[0]);
+  t.pad = cfg.pad_token_id ? static_cast<int32_t>(*cfg.pad_token_id) : (t.eos >= 0 ? t.eos : 0);
+  return t;
+}
+
+// ---- the offline loop (sft, reward_model, dpo) ---------------------------------------------------------------
+struct OfflineTask {
+  std::string stage;
+  int64_t stage_index = 0;
+  OfflineConfig cfg;
+  int64_t n_train = 0;  // examples in the training split
+  // Micro-batches of this rank for the examples at these positions of the epoch's order.
+  std::function<absl::StatusOr<std::vector<MicroBatch>>(const std::vector<size_t>&)> micro;
+  std::function<std::vector<size_t>(int64_t epoch)> order;
+  std::function<absl::StatusOr<std::map<std::string, double>>()> evaluate;  // held-out metrics
+  Objective* objective = nullptr;
+};
+
+absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
+  const auto& c = task.cfg;
+  const int64_t per_epoch = task.n_train / c.batch_size;
+  if (per_epoch == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(task.stage, ": the training split has ", task.n_train,
+                                                   " examples, fewer than batch_size ", c.batch_size));
+  }
+  if (c.batch_size < p.group->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(task.stage, ".batch_size must be at least the number of ranks"));
+  }
+  int64_t total = per_epoch * c.epochs;
+  if (c.max_steps > 0) total = std::min(total, c.max_steps);
+  learner.SetTotalSteps(total);
+  int64_t step = 0;
+  if (p.resume) {
+    step = p.resume->step;
+    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+    if (p.rank0()) spdlog::info("{}: resumed at step {} from {}", task.stage, step, p.resume_dir);
+    p.resume.reset();
+  }
+  if (p.rank0()) spdlog::info("{}: {} steps ({} per epoch, batch {} over {} ranks)", task.stage, total, per_epoch,
+                              c.batch_size, p.group->size());
+  int64_t cached_epoch = -1;
+  std::vector<size_t> order;
+  for (; step < total; ++step) {
+    const int64_t epoch = step / per_epoch;
+    if (epoch != cached_epoch) order = task.order(epoch), cached_epoch = epoch;
+    const size_t begin = static_cast<size_t>((step % per_epoch) * c.batch_size);
+    auto [lo, hi] = ShardRange(static_cast<size_t>(c.batch_size), p.group->rank(), p.group->size());
+    std::vector<size_t> mine(order.begin() + static_cast<std::ptrdiff_t>(begin + lo),
+                             order.begin() + static_cast<std::ptrdiff_t>(begin + hi));
+    ASSIGN_OR_RETURN(auto micro, task.micro(mine));
+    ASSIGN_OR_RETURN(auto r, learner.Step(micro, *task.objective));
+    auto m = r.metrics;
+    m["epoch"] = static_cast<double>(step) / static_cast<double>(per_epoch);
+    const bool last = step + 1 == total;
+    if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || last) {
+      ASSIGN_OR_RETURN(auto ev, task.evaluate());
+      for (const auto& [k, v] : ev) m["eval/" + k] = v;
+    }
+    p.log.Write(task.stage_index, task.stage, step + 1, m);
+    if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
+      std::string evs;
+      for (const auto& [k, v] : m) {
+        if (k.rfind("eval/", 0) == 0) evs += absl::StrFormat(" %s %.4f", k, v);
+      }
+      spdlog::info("{} step {}/{}: loss {:.4f} grad_norm {:.3f} lr {:.3g} {:.0f} tok/s{}{}", task.stage, step + 1, total,
+                   m["loss"], m["grad_norm/policy"] + m["grad_norm/reward_model"], m["lr/policy"] + m["lr/reward_model"],
+                   m["tokens_per_second"], r.skipped ? " (skipped: non-finite gradients)" : "", evs);
+    }
+    if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {
+      TrainState st;
+      st.stage = task.stage;
+      st.stage_index = task.stage_index;
+      st.step = step + 1;
+      RETURN_IF_ERROR(Checkpoint(p, learner, st));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveStageModel(Pipeline& p, model::TransformerImpl& net, const std::string& dir) {
+  if (p.rank0()) {
+    model::SaveOptions so;
+    so.copy_tokenizer_from = p.tokenizer_dir;
+    so.overwrite = true;
+    RETURN_IF_ERROR(model::SaveModel(net, dir, so));
+    spdlog::info("saved {}", dir);
+  }
+  return p.group->Barrier();
+}
+
+// Loads a dataset of one of `kinds`.
+absl::StatusOr<data::Dataset> LoadData(const data::DataConfig& dc, const std::string& stage,
+                                       std::initializer_list<data::Kind> kinds) {
+  if (dc.path.empty()) return absl::InvalidArgumentError(absl::StrCat("set ", stage, ".data.path"));
+  data::LoadStats stats;
+  ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc, &stats));
+  bool ok = false;
+  for (auto k : kinds) ok = ok || ds.kind() == k;
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(stage, ": ", dc.path, " holds ", data::KindName(ds.kind()),
+                                                   " data, which this stage does not train on"));
+  }
+  spdlog::info("{}: {} examples ({} train, {} held out, {} skipped)", stage, stats.loaded, stats.train, stats.heldout,
+               stats.skipped);
+  return ds;
+}
+
+std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const TextTools& t,
+                               int64_t max_length, data::ojson data::Example::*field, absl::Status* status) {
+  std::vector<TokenSeq> out;
+  for (size_t i : idx) {
+    const auto& ex = ds.examples()[i];
+    auto sft = data::BuildSft(ex.prompt, ex.*field, t.tokenizer, t.chat ? &t.chat->chat_template : nullptr, t.vars, t.eos);
+    if (!sft.ok()) {
+      *status = absl::InvalidArgumentError(absl::StrCat("line ", ex.line, ": ", sft.status().message()));
+      return {};
+    }
+    TokenSeq s{std::move(sft->ids), std::move(sft->labels)};
+    if (static_cast<int64_t>(s.ids.size()) > max_length) s.ids.resize(static_cast<size_t>(max_length)), s.target.resize(static_cast<size_t>(max_length));
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// ---- sft ----------------------------------------------------------------------------------------------------
+absl::Status RunSft(Pipeline& p, int64_t index) {
+  const auto cfg = OfflineSection("sft").Read(*p.config);
+  const auto dc = DataSection("sft").Read(*p.config);
+  const auto oc = OptimSection("sft.optim").Read(*p.config);
+  const std::string start = cfg.model.empty() ? p.policy : cfg.model;
+  ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
+  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
+  ASSIGN_OR_RETURN(auto ds, LoadData(dc, "sft", {data::Kind::kPromptCompletion, data::Kind::kMessages}));
+  absl::Status st;
+  auto train_idx = ds.Indices(data::Split::kTrain), held_idx = ds.Indices(data::Split::kHeldout);
+  auto all = Tokenize(ds, [&] { std::vector<size_t> v(ds.examples().size()); std::iota(v.begin(), v.end(), 0); return v; }(),
+                      tools, cfg.max_length, &data::Example::completion, &st);
+  RETURN_IF_ERROR(st);
+  Learner learner(p.group, p.bucket_bytes);
+  learner.AddModel("policy", policy, oc, 1);
+  SftObjective objective(policy);
+  OfflineTask task;
+  task.stage = "sft";
+  task.stage_index = index;
+  task.cfg = cfg;
+  task.n_train = static_cast<int64_t>(train_idx.size());
+  task.objective = &objective;
+  task.order = [&](int64_t epoch) { return ds.Shuffled(data::Split::kTrain, p.seed, static_cast<uint64_t>(epoch)); };
+  auto build = [&](const std::vector<size_t>& ex) -> std::vector<MicroBatch> {
+    std::vector<const TokenSeq*> seqs;
+    for (size_t i : ex) seqs.push_back(&all[i]);
+    if (cfg.packing) return PackRows(seqs, cfg.max_length, cfg.micro_batch_size, tools.pad);
+    std::vector<MicroBatch> out;
+    for (size_t i = 0; i < seqs.size(); i += static_cast<size_t>(cfg.micro_batch_size)) {
+      std::vector<const TokenSeq*> part(seqs.begin() + static_cast<std::ptrdiff_t>(i),
+                                        seqs.begin() + static_cast<std::ptrdiff_t>(std::min(seqs.size(), i + static_cast<size_t>(cfg.micro_batch_size))));
+      out.push_back(PadRows(part, tools.pad));
+    }
+    return out;
+  };
+  task.micro = [&](const std::vector<size_t>& ex) -> absl::StatusOr<std::vector<MicroBatch>> { return build(ex); };
+  task.evaluate = [&]() -> absl::StatusOr<std::map<std::string, double>> {
+    auto [lo, hi] = ShardRange(held_idx.size(), p.group->rank(), p.group->size());
+    double nll = 0, tokens = 0;
+    RETURN_IF_ERROR(GuardExceptions("sft eval", [&]() -> absl::Status {
+      torch::NoGradGuard ng;
+      std::vector<size_t> mine(held_idx.begin() + static_cast<std::ptrdiff_t>(lo), held_idx.begin() + static_cast<std::ptrdiff_t>(hi));
+      for (const auto& mb : build(mine)) {
+        auto m = mb.target_mask.slice(1, 1);
+        auto lp = RowTokenStats(*policy, mb, 1.0, false).logprobs;
+        nll -= (lp * m).sum().item<double>();
+        tokens += m.sum().item<double>();
+      }
+      return absl::OkStatus();
+    }));
+    ASSIGN_OR_RETURN(auto s, p.group->SumDoubles({nll, tokens}));
+    if (s[1] == 0) return std::map<std::string, double>{};
+    return std::map<std::string, double>{{"loss", s[0] / s[1]}, {"perplexity", std::exp(s[0] / s[1])}};
+  };
+  RETURN_IF_ERROR(RunOffline(p, learner, task));
+  const std::string out = (fs::path(StageDir(p, index, "sft")) / "model").string();
+  RETURN_IF_ERROR(SaveStageModel(p, *policy, out));
+  p.policy = out;
+  return absl::OkStatus();
+}
+
+// Pairs (prompt + chosen, prompt + rejected) as rows: chosen rows first, then rejected rows.
+MicroBatch PairRows(const std::vector<const TokenSeq*>& chosen, const std::vector<const TokenSeq*>& rejected, int32_t pad) {
+  std::vector<const TokenSeq*> rows = chosen;
+  rows.insert(rows.end(), rejected.begin(), rejected.end());
+  return PadRows(rows, pad);
+}
+
+// ---- reward model and dpo (preference pairs) -------------------------------------------------------------
+absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage) {
+  const bool rm = stage == "reward_model";
+  const auto cfg = OfflineSection(stage).Read(*p.config);
+  const auto dc = DataSection(stage).Read(*p.config);
+  const auto oc = OptimSection(stage + ".optim").Read(*p.config);
+  const std::string start = cfg.model.empty() ? p.policy : cfg.model;
+  ASSIGN_OR_RETURN(auto net, LoadForTraining(start, rm ? std::optional<model::Head>(model::Head::kSequenceClassification)
+                                                       : std::nullopt,
+                                             p.seed));
+  if (rm && cfg.freeze_backbone) {
+    for (auto& prm : net->named_parameters(true)) {
+      if (prm.key().rfind("score.", 0) != 0) prm.value().set_requires_grad(false);
+    }
+  }
+  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, net->config()));
+  ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, {data::Kind::kPreference}));
+  std::vector<size_t> every(ds.examples().size());
+  std::iota(every.begin(), every.end(), 0);
+  absl::Status st;
+  auto chosen = Tokenize(ds, every, tools, cfg.max_length, &data::Example::chosen, &st);
+  RETURN_IF_ERROR(st);
+  auto rejected = Tokenize(ds, every, tools, cfg.max_length, &data::Example::rejected, &st);
+  RETURN_IF_ERROR(st);
+  std::vector<float> margins(every.size(), 0.f);
+  if (rm && !cfg.margin_field.empty()) {
+    for (size_t i = 0; i < every.size(); ++i) {
+      const auto& ex = ds.examples()[i];
+      if (!ex.extra.contains(cfg.margin_field) || !ex.extra[cfg.margin_field].is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat(dc.path, ":", ex.line, ": no numeric '", cfg.margin_field, "' field"));
+      }
+      margins[i] = ex.extra[cfg.margin_field].get<float>();
+    }
+  }
+  // DPO: reference sequence log-probs of every pair, computed once with the frozen reference.
+  std::vector<float> ref_c(every.size(), 0.f), ref_r(every.size(), 0.f);
+  if (!rm) {
+    ASSIGN_OR_RETURN(auto ref, LoadFrozen(cfg.reference.empty() ? start : cfg.reference));
+    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < every.size(); i += static_cast<size_t>(cfg.micro_batch_size)) {
+        std::vector<const TokenSeq*> c, r;
+        for (size_t j = i; j < std::min(every.size(), i + static_cast<size_t>(cfg.micro_batch_size)); ++j) {
+          c.push_back(&chosen[j]), r.push_back(&rejected[j]);
+        }
+        auto mb = PairRows(c, r, tools.pad);
+        auto seq = (RowTokenStats(*ref, mb, 1.0, false).logprobs * mb.target_mask.slice(1, 1)).sum(1);
+        for (size_t k = 0; k < c.size(); ++k) {
+          ref_c[i + k] = seq[static_cast<int64_t>(k)].item<float>();
+          ref_r[i + k] = seq[static_cast<int64_t>(k + c.size())].item<float>();
+        }
+      }
+      return absl::OkStatus();
+    }));
+  }
+  auto train_idx = ds.Indices(data::Split::kTrain), held_idx = ds.Indices(data::Split::kHeldout);
+  Learner learner(p.group, p.bucket_bytes);
+  const std::string model_name = rm ? "reward_model" : "policy";
+  learner.AddModel(model_name, net, oc, 1);
+  std::unique_ptr<Objective> objective;
+  if (rm) {
+    objective = std::make_unique<RewardObjective>(net, cfg.centering);
+  } else {
+    algo::DpoOptions o;
+    ASSIGN_OR_RETURN(o.type, algo::ParseDpoLoss(cfg.loss_type));
+    o.beta = cfg.beta;
+    o.label_smoothing = cfg.label_smoothing;
+    objective = std::make_unique<DpoObjective>(net, o);
+  }
+  auto build = [&](const std::vector<size_t>& ex) {
+    std::vector<MicroBatch> out;
+    for (size_t i = 0; i < ex.size(); i += static_cast<size_t>(cfg.micro_batch_size)) {
+      std::vector<const TokenSeq*> c, r;
+      std::vector<float> mg, rc, rr;
+      for (size_t j = i; j < std::min(ex.size(), i + static_cast<size_t>(cfg.micro_batch_size)); ++j) {
+        c.push_back(&chosen[ex[j]]), r.push_back(&rejected[ex[j]]);
+        mg.push_back(margins[ex[j]]), rc.push_back(ref_c[ex[j]]), rr.push_back(ref_r[ex[j]]);
+      }
+      auto mb = PairRows(c, r, tools.pad);
+      if (rm && !cfg.margin_field.empty()) mb.fields["margin"] = torch::tensor(mg);
+      if (!rm) mb.fields["ref_chosen"] = torch::tensor(rc), mb.fields["ref_rejected"] = torch::tensor(rr);
+      out.push_back(std::move(mb));
+    }
+    return out;
+  };
+  OfflineTask task;
+  task.stage = stage;
+  task.stage_index = index;
+  task.cfg = cfg;
+  task.n_train = static_cast<int64_t>(train_idx.size());
+  task.objective = objective.get();
+  task.order = [&](int64_t epoch) { return ds.Shuffled(data::Split::kTrain, p.seed, static_cast<uint64_t>(epoch)); };
+  task.micro = [&](const std::vector<size_t>& ex) -> absl::StatusOr<std::vector<MicroBatch>> { return build(ex); };
+  task.evaluate = [&]() -> absl::StatusOr<std::map<std::string, double>> {
+    auto [lo, hi] = ShardRange(held_idx.size(), p.group->rank(), p.group->size());
+    std::vector<size_t> mine(held_idx.begin() + static_cast<std::ptrdiff_t>(lo), held_idx.begin() + static_cast<std::ptrdiff_t>(hi));
+    StepMetrics m;
+    // Every rank reports the same names, also one without held-out pairs.
+    m.AddSum("loss", 0);
+    for (const char* k : {"accuracy", "margin", "reward_chosen", "reward_rejected"}) m.AddMean(k, 0, 0);
+    RETURN_IF_ERROR(GuardExceptions(stage + " eval", [&]() -> absl::Status {
+      torch::NoGradGuard ng;
+      for (const auto& mb : build(mine)) objective->Loss(mb, {static_cast<double>(mine.size())}, m);
+      return absl::OkStatus();
+    }));
+    ASSIGN_OR_RETURN(auto r, m.Reduce(*p.group));
+    // The loss shares were divided by this rank's count; the mean over ranks is what is comparable.
+    if (r.count("loss")) r["loss"] /= p.group->size();
+    return r;
+  };
+  RETURN_IF_ERROR(RunOffline(p, learner, task));
+  const std::string out = (fs::path(StageDir(p, index, stage)) / "model").string();
+  RETURN_IF_ERROR(SaveStageModel(p, *net, out));
+  (rm ? p.reward_model : p.policy) = out;
+  return absl::OkStatus();
+}
+
+// ---- ppo / grpo on scored samples -----------------------------------------------------------------------------
+absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
+  const auto sc = RlStageSection().Read(*p.config);
+  auto rc = RlSection().Read(*p.config);
+  const auto po = OptimSection("rl.optim").Read(*p.config);
+  const auto co = OptimSection("rl.critic_optim").Read(*p.config);
+  const bool with_critic = stage == "ppo";
+  if (rc.advantage == "auto") rc.advantage = with_critic ? "gae" : "grpo";
+  if (rc.advantage == "gae" && !with_critic) return absl::InvalidArgumentError("rl.advantage=gae needs the ppo stage (a critic)");
+  if (sc.samples.empty()) return absl::InvalidArgumentError("set rl.samples: a JSONL of scored samples");
+
+  // Samples, grouped by prompt.
+  std::ifstream in(sc.samples);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open rl.samples ", sc.samples));
+  std::vector<Sample> samples;
+  std::string line;
+  int64_t ln = 0;
+  while (std::getline(in, line)) {
+    ++ln;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto s = SampleFromJson(line);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(sc.samples, ":", ln, ": ", s.status().message()));
+    samples.push_back(std::move(*s));
+  }
+  const int64_t g = rc.group_size;
+  if (samples.size() % static_cast<size_t>(g) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", samples.size(), " samples, not whole groups of ", g));
+  }
+  const int64_t groups = static_cast<int64_t>(samples.size()) / g;
+  if (sc.rollout_batch_size % p.group->size() != 0) {
+    return absl::InvalidArgumentError("rl.rollout_batch_size must be a multiple of the number of ranks");
+  }
+  int64_t total = groups / sc.rollout_batch_size;
+  if (sc.steps > 0) total = std::min(total, sc.steps);
+  if (total == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", groups, " prompts, fewer than rl.rollout_batch_size"));
+  }
+
+  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
+  ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
+  model::Transformer critic{nullptr}, reference{nullptr};
+  if (with_critic) {
+    const std::string from = !sc.critic.empty() ? sc.critic : !p.reward_model.empty() ? p.reward_model : start;
+    ASSIGN_OR_RETURN(critic, LoadForTraining(from, model::Head::kTokenClassification, p.seed + 1));
+  }
+  bool all_ref = true;
+  for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();
+  if (!all_ref && rc.kl_placement != "none" && rc.kl_coef > 0) {
+    ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
+  }
+  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
+  Learner learner(p.group, p.bucket_bytes);
+  learner.AddModel("policy", policy, po, 1);
+  if (with_critic) learner.AddModel("critic", critic, co, 1);
+  RlUpdate update(&learner, policy, critic, reference, rc, tools.pad);
+  // Optimizer steps per policy step, for the schedules.
+  const int64_t batch_samples = sc.rollout_batch_size * g;
+  const int64_t per_step = rc.ppo_epochs * (rc.minibatch_size > 0 ? batch_samples / rc.minibatch_size : 1);
+  learner.SetTotalSteps(total * per_step);
+
+  int64_t step = 0;
+  if (p.resume) {
+    step = p.resume->step;
+    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+    update.kl_controller().Restore(p.resume->extra.value("kl_coef", rc.kl_coef));
+    if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, step, p.resume_dir);
+    p.resume.reset();
+  }
+  if (p.rank0()) {
+    spdlog::info("{}: {} policy steps of {} prompts x {} samples, advantage {}, {} optimizer steps each", stage, total,
+                 sc.rollout_batch_size, g, update.advantage(), per_step);
+  }
+  for (; step < total; ++step) {
+    // This rank's groups of the batch.
+    auto [lo, hi] = ShardRange(static_cast<size_t>(sc.rollout_batch_size), p.group->rank(), p.group->size());
+    const size_t first = static_cast<size_t>(step * sc.rollout_batch_size);
+    std::vector<Sample> mine(samples.begin() + static_cast<std::ptrdiff_t>((first + lo) * g),
+                             samples.begin() + static_cast<std::ptrdiff_t>((first + hi) * g));
+    ASSIGN_OR_RETURN(auto m, update.Update(mine, p.seed + static_cast<uint64_t>(step)));
+    const bool last = step + 1 == total;
+    p.log.Write(index, stage, step + 1, m);
+    if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
+      spdlog::info("{} step {}/{}: reward {:.4f} loss {:.4f} pg {:.4f} vf {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} "
+                   "{:.0f} tok/s",
+                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["vf_loss"], m["kl_ref"],
+                   m["clip_fraction"], m["entropy"], m["tokens_per_second"]);
+    }
+    if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {
+      TrainState st;
+      st.stage = stage;
+      st.stage_index = index;
+      st.step = step + 1;
+      st.extra["kl_coef"] = update.kl_controller().value();
+      RETURN_IF_ERROR(Checkpoint(p, learner, st));
+    }
+  }
+  const std::string dir = StageDir(p, index, stage);
+  RETURN_IF_ERROR(SaveStageModel(p, *policy, (fs::path(dir) / "model").string()));
+  if (with_critic) RETURN_IF_ERROR(SaveStageModel(p, *critic, (fs::path(dir) / "critic").string()));
+  p.policy = (fs::path(dir) / "model").string();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterTrainKeys(config::Schema& schema) {
+  TrainConfig::Spec().Register(schema);
+  comm::DistConfig::Spec().Register(schema);
+  for (const std::string stage : {"sft", "reward_model", "dpo"}) {
+    OfflineSection(stage).Register(schema);
+    DataSection(stage).Register(schema);
+    OptimSection(stage + ".optim").Register(schema);
+  }
+  RlStageSection().Register(schema);
+  RlSection().Register(schema);
+  OptimSection("rl.optim").Register(schema);
+  OptimSection("rl.critic_optim").Register(schema);
+}
+
+absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed) {
+  Pipeline p;
+  p.config = &config;
+  p.run_dir = run_dir;
+  p.seed = seed;
+  p.train = TrainConfig::Spec().Read(config);
+  const auto dist = comm::DistConfig::Spec().Read(config);
+  p.bucket_bytes = dist.bucket_bytes;
+  if (p.train.stages.empty()) return absl::InvalidArgumentError("train.stages is empty");
+  for (const auto& s : p.train.stages) {
+    if (std::find(kStages.begin(), kStages.end(), s) == kStages.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("train.stages: unknown stage '", s,
+                                                     "' (sft, reward_model, dpo, ppo, grpo)"));
+    }
+  }
+  if (p.train.model.empty()) return absl::InvalidArgumentError("set train.model (--model DIR): the starting policy");
+  p.policy = p.train.model;
+  p.tokenizer_dir = p.train.model;
+  ASSIGN_OR_RETURN(p.group, comm::Group::Create(dist));
+  torch::manual_seed(seed);
+
+  int64_t resume_stage = 0;
+  if (p.train.resume) {
+    ASSIGN_OR_RETURN(p.resume_dir, FindLatestCheckpoint(run_dir));
+    ASSIGN_OR_RETURN(auto state, ReadTrainState(p.resume_dir));
+    if (state.stage_index >= static_cast<int64_t>(p.train.stages.size()) ||
+        p.train.stages[static_cast<size_t>(state.stage_index)] != state.stage) {
+      return absl::FailedPreconditionError(absl::StrCat(p.resume_dir, " belongs to stage '", state.stage,
+                                                        "', which is not stage ", state.stage_index, " of train.stages"));
+    }
+    resume_stage = state.stage_index;
+    p.resume = state;
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), state.stage_index, state.step));
+  } else {
+    if (p.rank0() && fs::exists(fs::path(run_dir) / "checkpoints" / "latest")) {
+      return absl::FailedPreconditionError(absl::StrCat(run_dir, " already holds checkpoints: add --resume to continue "
+                                                        "it, or choose another --run-dir"));
+    }
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), -1, 0));
+  }
+  for (size_t i = 0; i < p.train.stages.size(); ++i) {
+    const std::string& stage = p.train.stages[i];
+    const int64_t index = static_cast<int64_t>(i);
+    if (index < resume_stage) {  // finished before the checkpoint: take its outputs
+      const std::string out = (fs::path(StageDir(p, index, stage)) / "model").string();
+      if (!fs::exists(fs::path(out) / "config.json")) {
+        return absl::FailedPreconditionError(absl::StrCat("cannot resume: stage ", index, " (", stage,
+                                                          ") finished but its output ", out, " is missing"));
+      }
+      (stage == "reward_model" ? p.reward_model : p.policy) = out;
+      continue;
+    }
+    if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
+    if (stage == "sft") {
+      RETURN_IF_ERROR(RunSft(p, index));
+    } else if (stage == "reward_model" || stage == "dpo") {
+      RETURN_IF_ERROR(RunPreference(p, index, stage));
+    } else {
+      RETURN_IF_ERROR(RunRl(p, index, stage));
+    }
+  }
+  if (p.rank0()) spdlog::info("training done: policy {}", p.policy);
+  return absl::OkStatus();
+}
+
+}  // namespace rlhf::trainer
