@@ -77,7 +77,7 @@ absl::StatusOr<StepResult> Learner::Step(const std::vector<MicroBatch>& micro, O
   const auto start = std::chrono::steady_clock::now();
   StepResult result;
   StepMetrics metrics;
-  for (auto& m : models_) m.opt->ZeroGrad();
+  for (auto& m : models_) m.opt->ZeroGrad();  // in place; gradients of the last step stay until here
 
   // 1. Global normalisers.
   std::vector<double> totals;
@@ -112,27 +112,26 @@ absl::StatusOr<StepResult> Learner::Step(const std::vector<MicroBatch>& micro, O
       all.push_back(p.grad());
     }
   }
-  // 4. The finiteness flag, all-reduced before the gradients.
-  for (const auto& g : all) {
-    if (!finite) break;
-    if (!torch::isfinite(g).all().item<bool>()) finite = false;
+  // 4. The finiteness flag (from each model's local gradient norm), all-reduced before the gradients.
+  std::vector<double> norms(models_.size());
+  for (size_t i = 0; i < models_.size(); ++i) {
+    norms[i] = GradNorm(grads[i]);
+    if (!std::isfinite(norms[i])) finite = false;
   }
   ASSIGN_OR_RETURN(auto bad, group_->SumDoubles({finite ? 0.0 : 1.0}));
   if (bad[0] > 0) {
     result.skipped = true;
-    ++skipped_;
-    for (auto& m : models_) m.opt->ZeroGrad();
+    ++skipped_;  // the next step zeroes the gradients
   } else {
     RETURN_IF_ERROR(comm::AllReduceBucketed(*group_, all, bucket_bytes_));
     // 5. Clip and step each model.
     for (size_t i = 0; i < models_.size(); ++i) {
       auto& m = models_[i];
-      const double norm = GradNorm(grads[i]);
+      const double norm = group_->size() == 1 ? norms[i] : GradNorm(grads[i]);  // of the summed gradient
       if (!std::isfinite(norm)) return absl::InternalError("gradient norm is not finite after the all-reduce");
       ClipGrads(grads[i], norm, m.optim.max_grad_norm);
       const double lr = LearningRate(m.optim, steps_ - skipped_, m.total_steps);
       m.opt->Step(lr);
-      m.opt->ZeroGrad();
       metrics.AddMean("grad_norm/" + m.name, group_->rank() == 0 ? norm : 0.0, group_->rank() == 0 ? 1.0 : 0.0);
       metrics.AddMean("lr/" + m.name, group_->rank() == 0 ? lr : 0.0, group_->rank() == 0 ? 1.0 : 0.0);
     }

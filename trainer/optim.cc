@@ -50,8 +50,10 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, const Op
 }
 
 void AdamW::ZeroGrad() {
+  // In place: the gradient buffers are reused by the next backward (no fresh pages every step).
+  torch::NoGradGuard no_grad;
   for (auto& [name, p] : params_) {
-    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+    if (p.grad().defined()) p.mutable_grad().zero_();
   }
 }
 
@@ -107,12 +109,13 @@ absl::Status AdamW::LoadState(const std::map<std::string, torch::Tensor>& tensor
 
 double GradNorm(const std::vector<torch::Tensor>& grads) {
   torch::NoGradGuard no_grad;
-  double sq = 0;
+  std::vector<torch::Tensor> norms;
   for (const auto& g : grads) {
-    if (!g.defined()) continue;
-    sq += g.to(torch::kFloat32).pow(2).sum().item<double>();
+    if (g.defined()) norms.push_back((g.scalar_type() == torch::kFloat32 ? g : g.to(torch::kFloat32)).norm().reshape({1}));
   }
-  return std::sqrt(sq);
+  if (norms.empty()) return 0.0;
+  // Non-finite entries make the norm non-finite: the caller's finiteness test.
+  return torch::cat(norms).to(torch::kFloat64).norm().item<double>();
 }
 
 void ClipGrads(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {

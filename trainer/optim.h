@@ -56,7 +56,7 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// Global L2 norm of the gradients of `params` (f32 accumulation); undefined grads count as zero.
+// Global L2 norm of `grads` (undefined ones count as zero); not finite when any entry is not finite.
 double GradNorm(const std::vector<torch::Tensor>& grads);
 // Scales grads in place so that their global norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
 // factor max_norm / (norm + 1e-6), applied only when < 1).
