@@ -638,6 +638,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   if (with_critic) {
     const std::string from = !sc.critic.empty() ? sc.critic : !p.reward_model.empty() ? p.reward_model : start;
     ASSIGN_OR_RETURN(critic, LoadForTraining(from, model::Head::kTokenClassification, p.seed + 1));
+    if (p.rank0()) spdlog::info("{}: critic starts from {} (value head)", stage, from);
   }
   bool all_ref = true;
   for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();

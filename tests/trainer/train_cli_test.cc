@@ -193,7 +193,7 @@ TEST_F(TrainCli, DamagedCheckpointFallsBackToThePreviousOne) {
   ASSERT_NE(r.code, 0);
   // Truncate the newest checkpoint's weights: it must be refused, step 2 used instead.
   fs::resize_file(run + "/checkpoints/step-00-00000003/policy/model.safetensors", 100);
-  r = RunCommand("timeout 120 " + kRlhf + " train" + a + " --resume --run-dir " + run + " --set run.log_level=info");
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + a + " --resume --run-dir " + run);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("checkpoint refused"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("resumed at step 2"), std::string::npos) << r.out;
@@ -202,9 +202,9 @@ TEST_F(TrainCli, DamagedCheckpointFallsBackToThePreviousOne) {
 
 TEST_F(TrainCli, PipelineSftRewardModelPpoInOneCommand) {
   const std::string run = dir_ + "/runs/pipeline";
-  auto r = RunCommand("timeout 200 " + kRlhf + " train" + Args("'sft;reward_model;ppo'") +
+  auto r = RunCommand("RLHF_LOG_LEVEL=info timeout 200 " + kRlhf + " train" + Args("'sft;reward_model;ppo'") +
                       " --set sft.max_steps=3 --set reward_model.max_steps=3 --set rl.steps=2 --set reward_model.centering=0.01"
-                      " --run-dir " + run + " --set run.log_level=info");
+                      " --run-dir " + run);
   ASSERT_EQ(r.code, 0) << r.out;
   for (const char* f : {"0-sft/model/model.safetensors", "1-reward_model/model/model.safetensors",
                         "2-ppo/model/model.safetensors", "2-ppo/critic/model.safetensors", "config.yaml", "log.txt",
@@ -216,7 +216,7 @@ TEST_F(TrainCli, PipelineSftRewardModelPpoInOneCommand) {
   auto critic = nlohmann::json::parse(ReadFile(run + "/2-ppo/critic/config.json"));
   EXPECT_EQ(critic["architectures"][0], "LlamaForTokenClassification");
   // The critic starts from the reward model's backbone.
-  EXPECT_NE(r.out.find("1-reward_model/model"), std::string::npos);
+  EXPECT_NE(r.out.find("critic starts from " + run + "/1-reward_model/model"), std::string::npos) << r.out;
   // Every step is in the metrics log, with the figures the issue lists for the RL stage.
   std::ifstream in(run + "/metrics.jsonl");
   std::string line, last;
