@@ -263,6 +263,30 @@ TEST(RlUpdate, RejectsUnscoredSamplesAndBrokenGroups) {
   EXPECT_NE(r.status().message().find("outside the vocabulary"), std::string::npos) << r.status();
 }
 
+TEST(RlUpdate, MissingEosPenaltyAndMaskingOfTruncatedResponses) {
+  auto run = [](double penalty, bool mask) {
+    auto policy = TinyModel(11);
+    Learner learner(comm::Group::Single());
+    learner.AddModel("policy", policy, OptimConfig{}, 10);
+    RlConfig rc;
+    rc.group_size = 4;
+    rc.kl_placement = "none";
+    rc.missing_eos_penalty = penalty;
+    rc.mask_truncated = mask;
+    RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
+    auto m = update.Update(ScoredSamples(4, 4, 50, 1), 1);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return *m;
+  };
+  auto base = run(0, false), pen = run(-1, false), masked = run(0, true);
+  // Half of the samples are truncated: the penalty moves the mean score by -0.5.
+  EXPECT_NEAR(pen["reward_mean"], base["reward_mean"] - 0.5, 1e-6);
+  // Masked: the loss covers only the responses that stopped, so fewer tokens enter it.
+  EXPECT_EQ(masked["truncated_fraction"], 0.5);
+  EXPECT_NE(masked["pg_loss"], base["pg_loss"]);
+  EXPECT_NEAR(masked["response_length"], base["response_length"], 1e-9);  // statistics still see every sample
+}
+
 TEST(KlController, MovesTowardTheTargetAsZieglerEtAl) {
   KlController fixed(0.1, 0, 100);
   fixed.Update(5.0, 64);

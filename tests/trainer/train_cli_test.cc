@@ -231,6 +231,26 @@ TEST_F(TrainCli, PipelineSftRewardModelPpoInOneCommand) {
   }
 }
 
+TEST_F(TrainCli, RewardModelWithAFrozenBackboneTrainsOnlyItsHead) {
+  const std::string run = dir_ + "/runs/frozen";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("reward_model") +
+                      " --set reward_model.max_steps=2 --set reward_model.freeze_backbone=true --set reward_model.margin_field="
+                      " --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto start = Weights(dir_ + "/m");
+  model::LoadOptions lo;
+  lo.dtype = torch::kFloat32;
+  lo.head = model::Head::kSequenceClassification;
+  auto rm = model::LoadModel(run + "/0-reward_model/model", lo);
+  ASSERT_TRUE(rm.ok()) << rm.status();
+  for (const auto& p : (*rm)->named_parameters(true)) {
+    if (p.key().rfind("score.", 0) == 0) continue;
+    EXPECT_TRUE(torch::equal(p.value(), start[p.key()])) << p.key();
+  }
+  auto m = nlohmann::json::parse(ReadFile(run + "/metrics.jsonl").substr(0, ReadFile(run + "/metrics.jsonl").find('\n')));
+  EXPECT_GT(m["grad_norm/reward_model"].get<double>(), 0.0);
+}
+
 TEST_F(TrainCli, BadConfigsAreRefusedWithAMessage) {
   auto r = RunCommand(kRlhf + " train" + Args("sft") + " --set train.stages=[sft,nope] --run-dir " + dir_ + "/runs/bad1");
   EXPECT_NE(r.code, 0);
