@@ -242,6 +242,17 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     std::vector<std::string> sources;
     for (const auto& [k, _] : samples[0].reward_parts()) sources.push_back(k);
     std::sort(sources.begin(), sources.end());
+    {
+      // The per-source sums below only line up if every rank lists the same sources.
+      std::string joined;
+      for (const auto& k : sources) joined += k + ";";
+      const double h = static_cast<double>(std::hash<std::string>{}(joined) % 1000003);
+      ASSIGN_OR_RETURN(auto agree, group.SumDoubles({h}));
+      if (agree[0] != h * group.size()) {
+        spdlog::warn("ranks see different reward sources; per-source reward statistics are left out");
+        sources.clear();
+      }
+    }
     for (const auto& k : sources) {
       double s1 = 0, s2 = 0;
       for (const auto& s : samples) {

@@ -577,15 +577,13 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
     // Every rank reports the same names, also one without held-out pairs.
     m.AddSum("loss", 0);
     for (const char* k : {"accuracy", "margin", "reward_chosen", "reward_rejected"}) m.AddMean(k, 0, 0);
+    const std::vector<double> totals = {static_cast<double>(held_idx.size())};  // loss shares of the global mean
     RETURN_IF_ERROR(GuardExceptions(stage + " eval", [&]() -> absl::Status {
       torch::NoGradGuard ng;
-      for (const auto& mb : build(mine)) objective->Loss(mb, {static_cast<double>(mine.size())}, m);
+      for (const auto& mb : build(mine)) objective->Loss(mb, totals, m);
       return absl::OkStatus();
     }));
-    ASSIGN_OR_RETURN(auto r, m.Reduce(*p.group));
-    // The loss shares were divided by this rank's count; the mean over ranks is what is comparable.
-    if (r.count("loss")) r["loss"] /= p.group->size();
-    return r;
+    return m.Reduce(*p.group);
   };
   RETURN_IF_ERROR(RunOffline(p, learner, task));
   const std::string out = (fs::path(StageDir(p, index, stage)) / "model").string();
