@@ -144,11 +144,11 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
-          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand()};
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }
 
-std::vector<Command> ServeCommands() { return {ServeRolloutCommand()}; }
+std::vector<Command> ServeCommands() { return {ServeRolloutCommand(), ServeScorerCommand()}; }
 
 }  // namespace rlhf::cli

@@ -64,5 +64,7 @@ Command GenerateCommand();
 Command DataCheckCommand();  // `rlhf data check`
 Command ServeRolloutCommand();  // `rlhf serve rollout`
 Command TrainCommand();
+Command ScoreCommand();        // `rlhf score`
+Command ServeScorerCommand();  // `rlhf serve scorer`
 
 }  // namespace rlhf::cli

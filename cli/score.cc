@@ -1,0 +1,125 @@
+// rlhf score: the scorer offline (samples JSONL in, scored samples JSONL out); rlhf serve scorer: the same
+// scorer behind gRPC rlhf.Scorer, until SIGINT or SIGTERM.
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <fstream>
+#include <thread>
+
+#include "cli/command.h"
+#include "common/metrics.h"
+#include "common/rpc.h"
+#include "common/sample_json.h"
+#include "services/scoring/scorer.h"
+#include "services/scoring/service.h"
+
+namespace rlhf::cli {
+
+namespace {
+struct ScoreFilesConfig {
+  std::string samples;  // input JSONL of samples
+  std::string out;      // output JSONL of scored samples
+  bool ref_logprobs = true;  // add reference log-probs when a reference model is configured
+  static const config::Section<ScoreFilesConfig>& Spec() {
+    static const auto* s = [] {
+      using S = ScoreFilesConfig;
+      auto* s = new config::Section<S>("score");
+      s->Add("samples", &S::samples, "input JSONL of samples (the shared sample form)");
+      s->Add("out", &S::out, "output JSONL: the samples with reward, reward_parts (and ref_logprobs)");
+      s->Add("ref_logprobs", &S::ref_logprobs, "add reference log-probs when reward.reference_model is set");
+      return s;
+    }();
+    return *s;
+  }
+};
+
+std::atomic<bool> g_stop{false};
+extern "C" void OnScorerSignal(int) { g_stop.store(true); }
+}  // namespace
+
+Command ScoreCommand() {
+  Command c;
+  c.name = "score";
+  c.help = "score a JSONL of samples with the configured reward sources (and reference log-probs)";
+  c.add_sections = [](config::Schema& s) {
+    ScoreFilesConfig::Spec().Register(s);
+    scoring::RewardConfig::Spec().Register(s);
+  };
+  c.flags = {{"samples", "score.samples", "input samples JSONL"}, {"out", "score.out", "output JSONL"}};
+  c.body = [](const Context& ctx) -> absl::Status {
+    auto cfg = ScoreFilesConfig::Spec().Read(ctx.config);
+    if (cfg.samples.empty() || cfg.out.empty()) return absl::InvalidArgumentError("give --samples F.jsonl --out G.jsonl");
+    ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(ctx.config)));
+    std::ifstream in(cfg.samples);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot open --samples ", cfg.samples));
+    std::vector<Sample> samples;
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      auto s = SampleFromJson(line);
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg.samples, ":", n, ": ", s.status().message()));
+      samples.push_back(std::move(*s));
+    }
+    const bool want_ref = cfg.ref_logprobs && scorer->has_reference();
+    ASSIGN_OR_RETURN(auto outcomes, scorer->Score(samples, want_ref));
+    const std::string tmp = cfg.out + ".tmp";
+    int64_t failed = 0;
+    double total = 0;
+    {
+      std::ofstream o(tmp);
+      for (size_t i = 0; i < samples.size(); ++i) {
+        if (!outcomes[i].status.ok()) {
+          ++failed;
+          spdlog::warn("sample {} (prompt {}): {}", i, samples[i].prompt_id(), std::string(outcomes[i].status.message()));
+        } else {
+          total += samples[i].reward();
+        }
+        o << SampleToJson(samples[i]) << "\n";  // failed ones are kept, without a reward
+      }
+      o.flush();
+      if (!o) return absl::DataLossError(absl::StrCat("cannot write ", tmp));
+    }
+    std::rename(tmp.c_str(), cfg.out.c_str());
+    const int64_t ok = static_cast<int64_t>(samples.size()) - failed;
+    std::printf("scored %lld samples (%lld failed, kept without a reward); mean reward %.4f -> %s\n",
+                static_cast<long long>(samples.size()), static_cast<long long>(failed), ok > 0 ? total / ok : 0.0,
+                cfg.out.c_str());
+    return absl::OkStatus();
+  };
+  return c;
+}
+
+Command ServeScorerCommand() {
+  Command c;
+  c.name = "scorer";
+  c.help = "serve the reward sources and the reference model (gRPC rlhf.Scorer; rlhf.Health)";
+  c.add_sections = [](config::Schema& s) {
+    scoring::ScorerServiceConfig::Spec().Register(s);
+    scoring::RewardConfig::Spec().Register(s);
+    RpcConfig::Spec().Register(s);
+  };
+  c.flags = {{"address", "scorer.address", "host:port"}};
+  c.body = [](const Context& ctx) -> absl::Status {
+    auto cfg = scoring::ScorerServiceConfig::Spec().Read(ctx.config);
+    auto rpc = RpcConfig::Spec().Read(ctx.config);
+    ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(ctx.config)));
+    std::string sources;
+    for (const auto& s : scorer->SourceNames()) sources += (sources.empty() ? "" : ", ") + s;
+    const bool has_ref = scorer->has_reference();
+    scoring::ScorerService svc(std::move(scorer), cfg);
+    ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {cfg.address, "scorer", {}}, {&svc}));
+    spdlog::info("scorer serving on port {} (sources: {}; reference: {})", server->port(), sources, has_ref ? "yes" : "no");
+    std::signal(SIGINT, OnScorerSignal);
+    std::signal(SIGTERM, OnScorerSignal);
+    while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    spdlog::info("scorer: stopping");
+    server->Shutdown(std::chrono::milliseconds(5000));
+    return absl::OkStatus();
+  };
+  return c;
+}
+
+}  // namespace rlhf::cli
