@@ -251,6 +251,34 @@ TEST_F(TrainCli, RewardModelWithAFrozenBackboneTrainsOnlyItsHead) {
   EXPECT_GT(m["grad_norm/reward_model"].get<double>(), 0.0);
 }
 
+TEST_F(TrainCli, GenerateScoreTrainOnTheCommandLine) {
+  // rlhf generate (fixture) -> rlhf score (exact match + missing-EOS penalty + reference log-probs) ->
+  // rlhf train grpo on the scored file.
+  const std::string run = dir_ + "/runs/gst";
+  auto r = RunCommand(kRlhf + " score --samples " + dir_ + "/gen.jsonl --out " + dir_ + "/scored2.jsonl --set "
+                      "reward.exact_match_weight=1 --set reward.missing_eos_weight=0.5 --set reward.reference_model=" +
+                      dir_ + "/m --run-dir " + run + "-score --set run.log_level=warn");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("scored 64 samples (0 failed"), std::string::npos) << r.out;
+  std::ifstream in(dir_ + "/scored2.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    auto s = SampleFromJson(line);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->has_reward());
+    EXPECT_EQ(s->ref_logprobs_size(), s->completion_ids_size());
+    const float want = s->reward_parts().at("exact_match") + 0.5f * s->reward_parts().at("missing_eos");
+    EXPECT_FLOAT_EQ(s->reward(), want);
+    ++n;
+  }
+  EXPECT_EQ(n, 64);
+  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("grpo") + " --set rl.samples=" + dir_ + "/scored2.jsonl" +
+                 " --set rl.steps=2 --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(Losses(run).size(), 2u);
+}
+
 TEST_F(TrainCli, BadConfigsAreRefusedWithAMessage) {
   auto r = RunCommand(kRlhf + " train" + Args("sft") + " --set train.stages=[sft,nope] --run-dir " + dir_ + "/runs/bad1");
   EXPECT_NE(r.code, 0);
