@@ -159,6 +159,7 @@ std::vector<float> Scorer::RewardModelScores(const std::vector<const Sample*>& r
   std::vector<float> out(rows.size());
   for (const auto& batch : Batches(rows, config_.batch_tokens, false)) {
     auto [ids, mask] = Pad(rows, batch);
+    if (mask.all().item<bool>()) mask = torch::Tensor();  // no padding: the unmasked causal path is faster
     auto hidden = reward_model_->Hidden(ids, {mask});
     auto scores = reward_model_->SequenceScores(hidden, mask).to(torch::kFloat32).contiguous();  // [B]
     for (size_t k = 0; k < batch.size(); ++k) out[batch[k]] = scores[static_cast<int64_t>(k)].item<float>();
@@ -171,6 +172,7 @@ std::vector<std::vector<float>> Scorer::ReferenceLogProbs(const std::vector<cons
   std::vector<std::vector<float>> out(rows.size());
   for (const auto& batch : Batches(rows, config_.batch_tokens, true)) {
     auto [ids, mask] = Pad(rows, batch);
+    if (mask.all().item<bool>()) mask = torch::Tensor();
     const float temp = rows[batch[0]]->temperature() > 0 ? rows[batch[0]]->temperature() : 1.f;
     auto hidden = reference_->Hidden(ids, {mask});
     // Log-prob of token t from the prediction at t - 1: [B, T-1].
