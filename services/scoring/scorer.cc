@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/metrics.h"
 #include "common/model/checkpoint.h"
+#include "services/scoring/sandbox.h"
 #include "services/scoring/verifiers.h"
 
 namespace rlhf::scoring {
@@ -28,6 +29,13 @@ const config::Section<RewardConfig>& RewardConfig::Spec() {
     s->Add("length_free_tokens", &R::length_free_tokens, "completion tokens without length penalty", config::AtLeast(0));
     s->Add("length_scale_tokens", &R::length_scale_tokens, "tokens beyond the free ones that cost 1", config::AtLeast(1));
     s->Add("missing_eos_weight", &R::missing_eos_weight, "weight of the missing-EOS penalty (-1 when truncated); 0 = off");
+    s->Add("code_weight", &R::code_weight, "weight of the sandboxed code verifier (1 when the test command passes); 0 = off");
+    s->Add("code_command", &R::code_command, "shell command run in the sandbox's scratch directory; exit 0 = pass");
+    s->Add("code_file", &R::code_file, "file the completion's code (its last fenced block, else all of it) is written to");
+    s->Add("code_tests_field", &R::code_tests_field, "pass-through field written to the file 'tests' when present");
+    s->Add("code_wall_seconds", &R::code_wall_seconds, "sandbox wall-clock limit", config::AtLeast(0.1));
+    s->Add("code_cpu_seconds", &R::code_cpu_seconds, "sandbox CPU-time limit", config::AtLeast(1));
+    s->Add("code_memory_mb", &R::code_memory_mb, "sandbox address-space limit", config::AtLeast(16));
     s->Add("reward_model_weight", &R::reward_model_weight, "weight of the reward model's score; 0 = off");
     s->Add("reward_model", &R::reward_model, "HF model folder with a score head (reward model)");
     s->Add("reference_model", &R::reference_model, "HF folder of the frozen reference policy; \"\" = none");
@@ -37,6 +45,27 @@ const config::Section<RewardConfig>& RewardConfig::Spec() {
     return s;
   }();
   return *s;
+}
+
+SandboxLimits Scorer::Limits() const {
+  SandboxLimits l;
+  l.wall_seconds = config_.code_wall_seconds;
+  l.cpu_seconds = config_.code_cpu_seconds;
+  l.memory_mb = config_.code_memory_mb;
+  return l;
+}
+
+std::string ExtractCode(const std::string& completion) {
+  // The last ``` fenced block (its info string, e.g. "python", dropped), else the whole completion.
+  const size_t close = completion.rfind("```");
+  if (close != std::string::npos && close > 0) {
+    const size_t open = completion.rfind("```", close - 1);
+    if (open != std::string::npos) {
+      size_t body = completion.find('\n', open);
+      if (body != std::string::npos && body < close) return completion.substr(body + 1, close - body - 1);
+    }
+  }
+  return completion;
 }
 
 struct Scorer::FormatRe {
@@ -55,6 +84,12 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& confi
     } catch (const std::regex_error& e) {
       return absl::InvalidArgumentError(absl::StrCat("reward.format_pattern does not compile: ", e.what()));
     }
+  }
+  if (config.code_weight != 0) {
+    if (config.code_command.empty()) return absl::InvalidArgumentError("reward.code_weight needs reward.code_command");
+    // Refuse to start, visibly, where the sandbox cannot isolate: never run generated code unconfined.
+    ASSIGN_OR_RETURN(auto probe, RunSandboxed("true", {}, s->Limits()));
+    if (probe.exit_code != 0) return absl::FailedPreconditionError("the code sandbox does not run commands here");
   }
   ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(config.dtype));
   if (config.reward_model_weight != 0) {
@@ -75,6 +110,7 @@ std::vector<std::string> Scorer::SourceNames() const {
   if (config_.format_weight != 0) out.push_back("format");
   if (config_.length_weight != 0) out.push_back("length");
   if (config_.missing_eos_weight != 0) out.push_back("missing_eos");
+  if (config_.code_weight != 0) out.push_back("code");
   if (config_.reward_model_weight != 0) out.push_back("reward_model");
   return out;
 }
@@ -226,6 +262,20 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
       parts[i]["length"] = static_cast<float>(-excess / config_.length_scale_tokens);
     }
     if (config_.missing_eos_weight != 0) parts[i]["missing_eos"] = s.finish_reason() == FINISH_REASON_LENGTH ? -1.f : 0.f;
+    if (config_.code_weight != 0) {
+      std::map<std::string, std::string> files = {{config_.code_file, ExtractCode(s.completion())}};
+      auto it = s.extra().find(config_.code_tests_field);
+      if (it != s.extra().end()) {
+        auto j = nlohmann::json::parse(it->second, nullptr, false);
+        files["tests"] = (!j.is_discarded() && j.is_string()) ? j.get<std::string>() : it->second;
+      }
+      auto run = RunSandboxed(config_.code_command, files, Limits());
+      if (!run.ok()) {
+        fail(i, "code", run.status());
+      } else {
+        parts[i]["code"] = (run->exit_code == 0 && !run->timed_out) ? 1.f : 0.f;
+      }
+    }
   }
   // Model sources, batched over the samples every check accepts.
   std::vector<const Sample*> rows;
@@ -272,6 +322,7 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
                                                  {"format", config_.format_weight},
                                                  {"length", config_.length_weight},
                                                  {"missing_eos", config_.missing_eos_weight},
+                                                 {"code", config_.code_weight},
                                                  {"reward_model", config_.reward_model_weight}};
   for (size_t i = 0; i < n; ++i) {
     Sample& s = samples[i];

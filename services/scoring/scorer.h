@@ -8,6 +8,9 @@
 //   format       1 when the completion matches the configured regex (ECMAScript, whole text), else 0
 //   length       -max(0, completion tokens - free_tokens) / scale_tokens
 //   missing_eos  -1 when the completion was cut at the length limit (finish_reason "length"), else 0
+//   code         1 when `code_command` exits 0 in the sandbox (services/scoring/sandbox.h) with the
+//                completion's last fenced code block (or the whole completion) in `code_file`, else 0;
+//                a scorer whose machine cannot isolate the command refuses to start
 //   reward_model the score head of an HF *ForSequenceClassification model at the last token of
 //                prompt + completion, batched by tokens
 // A source that fails for a sample gives that sample an error (no reward, counted in
@@ -25,6 +28,7 @@
 #include "common/model/transformer.h"
 #include "common/status.h"
 #include "rlhf/sample.pb.h"
+#include "services/scoring/sandbox.h"
 
 namespace rlhf::text {
 class Tokenizer;
@@ -42,6 +46,13 @@ struct RewardConfig {
   int64_t length_free_tokens = 256;     // completion tokens without penalty
   double length_scale_tokens = 256;     // tokens beyond the free ones that cost 1
   double missing_eos_weight = 0;        // weight of the missing-EOS penalty (-1 for truncated); 0 = off
+  double code_weight = 0;               // weight of the code verifier (1 when the test command passes); 0 = off
+  std::string code_command;             // shell command run in the sandbox's scratch directory (exit 0 = pass)
+  std::string code_file = "solution.py";  // file the completion's code is written to
+  std::string code_tests_field = "tests";  // pass-through field written to the file "tests" when present
+  double code_wall_seconds = 10;        // sandbox limits: wall clock, CPU, memory
+  int64_t code_cpu_seconds = 10;
+  int64_t code_memory_mb = 1024;
   double reward_model_weight = 0;       // weight of the reward model's score; 0 = off
   std::string reward_model;             // HF folder with a score head
   std::string reference_model;          // HF folder of the frozen reference policy; "" = no reference log-probs
@@ -54,6 +65,9 @@ struct ScoreOutcome {
   absl::Status status;      // not OK: a source failed; the sample has no reward
   float kl_behaviour = 0;   // mean (behaviour - reference) log-prob over the completion; 0 without both
 };
+
+// The code of a completion: its last ``` fenced block without the info string, else all of it.
+std::string ExtractCode(const std::string& completion);
 
 class Scorer {
  public:
@@ -80,6 +94,7 @@ class Scorer {
 
  private:
   explicit Scorer(RewardConfig config) : config_(std::move(config)) {}
+  SandboxLimits Limits() const;
   RewardConfig config_;
   model::Transformer reward_model_{nullptr}, reference_{nullptr};
   struct FormatRe;
