@@ -51,18 +51,7 @@ Command ScoreCommand() {
     auto cfg = ScoreFilesConfig::Spec().Read(ctx.config);
     if (cfg.samples.empty() || cfg.out.empty()) return absl::InvalidArgumentError("give --samples F.jsonl --out G.jsonl");
     ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(ctx.config)));
-    std::ifstream in(cfg.samples);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot open --samples ", cfg.samples));
-    std::vector<Sample> samples;
-    std::string line;
-    int64_t n = 0;
-    while (std::getline(in, line)) {
-      ++n;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      auto s = SampleFromJson(line);
-      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg.samples, ":", n, ": ", s.status().message()));
-      samples.push_back(std::move(*s));
-    }
+    ASSIGN_OR_RETURN(auto samples, ReadSamplesJsonl(cfg.samples));
     const bool want_ref = cfg.ref_logprobs && scorer->has_reference();
     ASSIGN_OR_RETURN(auto outcomes, scorer->Score(samples, want_ref));
     const std::string tmp = cfg.out + ".tmp";

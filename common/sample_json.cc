@@ -1,6 +1,10 @@
 #include "common/sample_json.h"
 
+#include <fstream>
+
 #include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
 
 namespace rlhf {
 
@@ -131,6 +135,22 @@ absl::StatusOr<Sample> SampleFromJson(const std::string& line) {
     if (!known) (*s.mutable_extra())[k] = v.dump();
   }
   return s;
+}
+
+absl::StatusOr<std::vector<Sample>> ReadSamplesJsonl(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::vector<Sample> samples;
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto s = SampleFromJson(line);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": ", s.status().message()));
+    samples.push_back(std::move(*s));
+  }
+  return samples;
 }
 
 }  // namespace rlhf

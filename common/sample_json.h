@@ -8,6 +8,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "rlhf/sample.pb.h"
@@ -19,6 +20,10 @@ std::string SampleToJson(const Sample& sample);
 // Parses one line. INVALID_ARGUMENT naming the field when a known field has the wrong type, or a
 // pass-through key collides with nothing (any unknown key is kept as pass-through).
 absl::StatusOr<Sample> SampleFromJson(const std::string& line);
+
+// Every sample of a JSONL file (blank lines skipped). NOT_FOUND when the file cannot be opened;
+// INVALID_ARGUMENT naming "path:line" for a line that is not a sample.
+absl::StatusOr<std::vector<Sample>> ReadSamplesJsonl(const std::string& path);
 
 const char* FinishReasonName(FinishReason r);            // "stop", "length", ""
 absl::StatusOr<FinishReason> ParseFinishReason(const std::string& s);

@@ -604,18 +604,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   if (sc.samples.empty()) return absl::InvalidArgumentError("set rl.samples: a JSONL of scored samples");
 
   // Samples, grouped by prompt.
-  std::ifstream in(sc.samples);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open rl.samples ", sc.samples));
-  std::vector<Sample> samples;
-  std::string line;
-  int64_t ln = 0;
-  while (std::getline(in, line)) {
-    ++ln;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto s = SampleFromJson(line);
-    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(sc.samples, ":", ln, ": ", s.status().message()));
-    samples.push_back(std::move(*s));
-  }
+  ASSIGN_OR_RETURN(auto samples, ReadSamplesJsonl(sc.samples));
   const int64_t g = rc.group_size;
   if (samples.size() % static_cast<size_t>(g) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", samples.size(), " samples, not whole groups of ", g));
