@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "bench/timing.h"
 #include "common/logging.h"
 #include "common/model/init.h"
 #include "common/model/transformer.h"
@@ -22,11 +23,9 @@
 #include "trainer/objectives.h"
 
 using namespace rlhf;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::Seconds;
 
-namespace {
-double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
-}  // namespace
 
 int main(int argc, char** argv) {
   PrepareProcess(argc, argv);

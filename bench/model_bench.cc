@@ -9,30 +9,18 @@
 #include <chrono>
 #include <cstdio>
 
+#include "bench/timing.h"
 #include "common/logging.h"
 #include "common/model/init.h"
 #include "common/model/transformer.h"
 #include "common/runtime.h"
 
 using namespace rlhf;
-using Clock = std::chrono::steady_clock;
+using bench::BestOf;
+using bench::Clock;
+using bench::Seconds;
 
 namespace {
-
-double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
-
-// Best of `iters` timings of fn().
-template <typename Fn>
-double BestOf(int iters, Fn&& fn) {
-  fn();  // warm-up
-  double best = 1e30;
-  for (int i = 0; i < iters; ++i) {
-    auto t = Clock::now();
-    fn();
-    best = std::min(best, Seconds(t));
-  }
-  return best;
-}
 
 double GemmGflops(torch::ScalarType dt) {
   auto a = torch::randn({1024, 1024}).to(dt), b = torch::randn({1024, 1024}).to(dt);

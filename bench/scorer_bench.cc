@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "bench/timing.h"
 #include "common/logging.h"
 #include "common/model/checkpoint.h"
 #include "common/model/init.h"
@@ -24,23 +25,11 @@
 #include "services/scoring/service.h"
 
 using namespace rlhf;
-using Clock = std::chrono::steady_clock;
+using bench::BestOf;
+using bench::Clock;
+using bench::Seconds;
 namespace fs = std::filesystem;
 
-namespace {
-double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
-template <typename Fn>
-double BestOf(int iters, Fn&& fn) {
-  fn();
-  double best = 1e30;
-  for (int i = 0; i < iters; ++i) {
-    auto t = Clock::now();
-    fn();
-    best = std::min(best, Seconds(t));
-  }
-  return best;
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   PrepareProcess(argc, argv);
