@@ -2,7 +2,7 @@
 //   {"prompt_id": "...", "prompt_index": 3, "sample_index": 0, "prompt_ids": [...], "completion_ids": [...],
 //    "logprobs": [...], "policy_version": 2, "finish_reason": "stop"|"length", "seed": 123,
 //    "temperature": 1.0, "prompt": "...", "completion": "...", "reward": 1.0, "reward_parts": {...},
-//    "ref_logprobs": [...], <pass-through fields such as "answer">}
+//    "ref_logprobs": [...], "step_rewards": [...], "step_ends": [...], <pass-through fields such as "answer">}
 // Pass-through fields (Sample.extra) appear as top-level keys with their original JSON values. Fields at
 // their proto default are omitted on output, except the identity and token fields.
 #pragma once

@@ -10,6 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/metrics.h"
 #include "common/model/checkpoint.h"
+#include "common/text/tokenizer.h"
+#include "services/scoring/forward.h"
+#include "services/scoring/judge.h"
+#include "services/scoring/process.h"
 #include "services/scoring/sandbox.h"
 #include "services/scoring/verifiers.h"
 
@@ -38,6 +42,27 @@ const config::Section<RewardConfig>& RewardConfig::Spec() {
     s->Add("code_memory_mb", &R::code_memory_mb, "sandbox address-space limit", config::AtLeast(16));
     s->Add("reward_model_weight", &R::reward_model_weight, "weight of the reward model's score; 0 = off");
     s->Add("reward_model", &R::reward_model, "HF model folder with a score head (reward model)");
+    s->Add("judge_weight", &R::judge_weight, "weight of the judge's score (a probability); 0 = off");
+    s->Add("judge_model", &R::judge_model, "HF folder of the judge, a causal LM");
+    s->Add("judge_tokenizer", &R::judge_tokenizer, "tokenizer folder or tokenizer.json of the judge; \"\" = judge_model");
+    s->Add("judge_constitution", &R::judge_constitution, "text file of principles, filled in for {constitution}");
+    s->Add("judge_mode", &R::judge_mode, "pointwise (P(yes) per response) | pairwise (mean P(better) against the prompt's other samples, both orders)",
+           config::OneOf({"pointwise", "pairwise"}));
+    s->Add("judge_template", &R::judge_template, "pointwise judge prompt with {constitution}, {prompt}, {completion}");
+    s->Add("judge_pair_template", &R::judge_pair_template, "pairwise judge prompt with {constitution}, {prompt}, {first}, {second}");
+    s->Add("judge_yes", &R::judge_yes, "pointwise verdict text scored as the response's probability");
+    s->Add("judge_no", &R::judge_no, "pointwise verdict text against");
+    s->Add("judge_first", &R::judge_first, "pairwise verdict text for the first response");
+    s->Add("judge_second", &R::judge_second, "pairwise verdict text for the second response");
+    s->Add("judge_chat_template", &R::judge_chat_template, "render the judge prompt as the user message of the judge's chat template");
+    s->Add("process_weight", &R::process_weight, "weight of the aggregated per-step process reward; 0 = off");
+    s->Add("process_source", &R::process_source, "checker (rule-based arithmetic steps) | model (process reward model)",
+           config::OneOf({"checker", "model"}));
+    s->Add("process_model", &R::process_model, "HF folder with a score head (num_labels 1) scoring each step's last token");
+    s->Add("process_separator", &R::process_separator, "text that ends a step");
+    s->Add("process_aggregate", &R::process_aggregate, "process reward from the step scores: mean | min | last",
+           config::OneOf({"mean", "min", "last"}));
+    s->Add("tokenizer", &R::tokenizer, "the policy's tokenizer (folder or tokenizer.json): places step ends on tokens; needed by process_source model");
     s->Add("reference_model", &R::reference_model, "HF folder of the frozen reference policy; \"\" = none");
     s->Add("batch_tokens", &R::batch_tokens, "padded tokens per model forward", config::AtLeast(1));
     s->Add("dtype", &R::dtype, "compute dtype of the models: \"\" = the checkpoint's, float32, bfloat16",
@@ -72,6 +97,9 @@ struct Scorer::FormatRe {
   std::regex re;
 };
 
+Scorer::Scorer(RewardConfig config) : config_(std::move(config)) {}
+Scorer::~Scorer() = default;
+
 absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& config) {
   std::unique_ptr<Scorer> s(new Scorer(config));
   if (s->SourceNames().empty()) {
@@ -101,6 +129,24 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& confi
   if (!config.reference_model.empty()) {
     ASSIGN_OR_RETURN(s->reference_, model::LoadModel(config.reference_model, load));
   }
+  if (config.judge_weight != 0) {
+    ASSIGN_OR_RETURN(s->judge_, Judge::Create(config));
+  }
+  if (!config.tokenizer.empty()) {
+    ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(config.tokenizer));
+    s->tokenizer_ = std::make_shared<text::Tokenizer>(std::move(tok));
+  }
+  if (config.process_weight != 0) {
+    if (config.process_separator.empty()) return absl::InvalidArgumentError("reward.process_separator is empty");
+    if (config.process_source == "model") {
+      if (config.process_model.empty()) return absl::InvalidArgumentError("reward.process_source model needs reward.process_model");
+      if (!s->tokenizer_) return absl::InvalidArgumentError("reward.process_source model needs reward.tokenizer to place step ends");
+      ASSIGN_OR_RETURN(s->process_model_, model::LoadModel(config.process_model, load));
+      if (s->process_model_->score.is_empty() || s->process_model_->config().num_labels != 1) {
+        return absl::InvalidArgumentError("reward.process_model needs a score head with num_labels 1");
+      }
+    }
+  }
   return s;
 }
 
@@ -112,11 +158,13 @@ std::vector<std::string> Scorer::SourceNames() const {
   if (config_.missing_eos_weight != 0) out.push_back("missing_eos");
   if (config_.code_weight != 0) out.push_back("code");
   if (config_.reward_model_weight != 0) out.push_back("reward_model");
+  if (config_.judge_weight != 0) out.push_back("judge");
+  if (config_.process_weight != 0) out.push_back("process");
   return out;
 }
 
 absl::Status Scorer::Validate(const Sample& s, bool want_ref) const {
-  for (const auto* net : {&reward_model_, &reference_}) {
+  for (const auto* net : {&reward_model_, &reference_, &process_model_}) {
     if (net->is_empty()) continue;
     const auto& c = (*net)->config();
     if (s.prompt_ids_size() + s.completion_ids_size() > c.max_position_embeddings) {
@@ -131,7 +179,8 @@ absl::Status Scorer::Validate(const Sample& s, bool want_ref) const {
       }
     }
   }
-  if ((!reward_model_.is_empty() || (want_ref && !reference_.is_empty())) && s.prompt_ids_size() + s.completion_ids_size() == 0) {
+  if ((!reward_model_.is_empty() || !process_model_.is_empty() || (want_ref && !reference_.is_empty())) &&
+      s.prompt_ids_size() + s.completion_ids_size() == 0) {
     return absl::InvalidArgumentError("a sample without token ids cannot be scored by a model");
   }
   if (want_ref && !reference_.is_empty() && s.completion_ids_size() > 0 && !(s.temperature() >= 0)) {
@@ -145,89 +194,158 @@ absl::Status Scorer::Validate(const Sample& s, bool want_ref) const {
 
 namespace {
 
-// Rows sorted by (temperature, length) and cut into batches of at most `budget` padded tokens.
-std::vector<std::vector<size_t>> Batches(const std::vector<const Sample*>& rows, int64_t budget, bool by_temperature) {
-  std::vector<size_t> order(rows.size());
-  std::iota(order.begin(), order.end(), 0);
-  auto len = [&](size_t i) { return static_cast<int64_t>(rows[i]->prompt_ids_size() + rows[i]->completion_ids_size()); };
-  auto temp = [&](size_t i) { return by_temperature ? rows[i]->temperature() : 0.f; };
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return temp(a) != temp(b) ? temp(a) < temp(b) : len(a) < len(b);
-  });
-  std::vector<std::vector<size_t>> out;
-  int64_t longest = 0;
-  for (size_t i : order) {
-    const int64_t l = std::max<int64_t>(1, len(i));
-    if (!out.empty() && temp(out.back()[0]) == temp(i) &&
-        std::max(longest, l) * static_cast<int64_t>(out.back().size() + 1) <= budget) {
-      out.back().push_back(i);
-      longest = std::max(longest, l);
-    } else {
-      out.push_back({i});
-      longest = l;
-    }
+std::vector<TokenRow> Rows(const std::vector<const Sample*>& samples) {
+  std::vector<TokenRow> rows;
+  for (const Sample* s : samples) {
+    rows.push_back({s->prompt_ids().data(), s->prompt_ids_size(), s->completion_ids().data(), s->completion_ids_size(),
+                    s->temperature()});
   }
-  return out;
+  return rows;
 }
 
-// ids [B, T] right-padded with 0 and the attention mask.
-std::pair<torch::Tensor, torch::Tensor> Pad(const std::vector<const Sample*>& rows, const std::vector<size_t>& batch) {
-  int64_t t = 1;
-  for (size_t i : batch) t = std::max<int64_t>(t, rows[i]->prompt_ids_size() + rows[i]->completion_ids_size());
-  const int64_t b = static_cast<int64_t>(batch.size());
-  auto ids = torch::zeros({b, t}, torch::kInt64);
-  auto mask = torch::zeros({b, t}, torch::kInt64);
-  auto ia = ids.accessor<int64_t, 2>();
-  auto ma = mask.accessor<int64_t, 2>();
-  for (int64_t r = 0; r < b; ++r) {
-    const Sample& s = *rows[batch[static_cast<size_t>(r)]];
-    int64_t c = 0;
-    for (int32_t id : s.prompt_ids()) ia[r][c] = id, ma[r][c++] = 1;
-    for (int32_t id : s.completion_ids()) ia[r][c] = id, ma[r][c++] = 1;
-  }
-  return {ids, mask};
+// A pass-through value as text: a JSON string unquoted, anything else as written.
+std::string ExtraText(const std::string& json_text) {
+  auto j = nlohmann::json::parse(json_text, nullptr, false);
+  return (!j.is_discarded() && j.is_string()) ? j.get<std::string>() : json_text;
 }
 
 }  // namespace
 
 std::vector<float> Scorer::RewardModelScores(const std::vector<const Sample*>& rows) {
-  torch::NoGradGuard ng;
-  std::vector<float> out(rows.size());
-  for (const auto& batch : Batches(rows, config_.batch_tokens, false)) {
-    auto [ids, mask] = Pad(rows, batch);
-    if (mask.all().item<bool>()) mask = torch::Tensor();  // no padding: the unmasked causal path is faster
-    auto hidden = reward_model_->Hidden(ids, {mask});
-    auto scores = reward_model_->SequenceScores(hidden, mask).to(torch::kFloat32).contiguous();  // [B]
-    for (size_t k = 0; k < batch.size(); ++k) out[batch[k]] = scores[static_cast<int64_t>(k)].item<float>();
-  }
-  return out;
+  return LastTokenScores(reward_model_, Rows(rows), config_.batch_tokens);
 }
 
 std::vector<std::vector<float>> Scorer::ReferenceLogProbs(const std::vector<const Sample*>& rows) {
-  torch::NoGradGuard ng;
-  std::vector<std::vector<float>> out(rows.size());
-  for (const auto& batch : Batches(rows, config_.batch_tokens, true)) {
-    auto [ids, mask] = Pad(rows, batch);
-    if (mask.all().item<bool>()) mask = torch::Tensor();
-    const float temp = rows[batch[0]]->temperature() > 0 ? rows[batch[0]]->temperature() : 1.f;
-    auto hidden = reference_->Hidden(ids, {mask});
-    // Log-prob of token t from the prediction at t - 1: [B, T-1].
-    auto lp = reference_->TokenLogProbs(hidden.slice(1, 0, -1), ids.slice(1, 1), temp).logprobs.contiguous();
-    auto acc = lp.accessor<float, 2>();
-    for (size_t k = 0; k < batch.size(); ++k) {
-      const Sample& s = *rows[batch[k]];
-      const int64_t p = s.prompt_ids_size();
-      auto& v = out[batch[k]];
-      for (int64_t j = 0; j < s.completion_ids_size(); ++j) {
-        // Token p + j is predicted at p + j - 1 (a completion at position 0 has no prediction: 0).
-        v.push_back(p + j >= 1 ? acc[static_cast<int64_t>(k)][p + j - 1] : 0.f);
+  return CompletionLogProbs(reference_, Rows(rows), config_.batch_tokens);
+}
+
+void Scorer::ScoreJudge(std::vector<Sample>& samples, const std::vector<int32_t>& groups,
+                        std::vector<std::map<std::string, float>>& parts,
+                        const std::function<void(size_t, absl::Status)>& fail) {
+  const size_t n = samples.size();
+  if (config_.judge_mode == "pointwise") {
+    std::vector<std::pair<std::string, std::string>> items;
+    for (const auto& s : samples) items.emplace_back(s.prompt(), s.completion());
+    auto p = judge_->Pointwise(items);
+    for (size_t i = 0; i < n; ++i) {
+      if (p[i].ok()) {
+        parts[i]["judge"] = static_cast<float>(*p[i]);
+      } else {
+        fail(i, p[i].status());
+      }
+    }
+    return;
+  }
+  // Pairwise: every pair of samples of one prompt (and group), judged in both orders.
+  std::map<std::pair<int32_t, std::string>, std::vector<size_t>> by_prompt;
+  for (size_t i = 0; i < n; ++i) by_prompt[{groups.empty() ? 0 : groups[i], samples[i].prompt_id()}].push_back(i);
+  std::vector<Judge::Pair> pairs;
+  std::vector<std::pair<size_t, size_t>> who;
+  for (const auto& [key, members] : by_prompt) {
+    if (members.size() < 2) {
+      fail(members[0], absl::InvalidArgumentError("pairwise judging needs two or more samples of the prompt in one request"));
+      continue;
+    }
+    for (size_t a = 0; a < members.size(); ++a) {
+      for (size_t b = a + 1; b < members.size(); ++b) {
+        const Sample& sa = samples[members[a]];
+        pairs.push_back({sa.prompt(), sa.completion(), samples[members[b]].completion()});
+        who.emplace_back(members[a], members[b]);
       }
     }
   }
-  return out;
+  auto p = judge_->Pairwise(pairs);
+  std::vector<double> wins(n, 0.0);
+  std::vector<int> games(n, 0);
+  for (size_t k = 0; k < pairs.size(); ++k) {
+    const auto [a, b] = who[k];
+    if (!p[k].ok()) {
+      fail(a, p[k].status());
+      fail(b, p[k].status());
+      continue;
+    }
+    wins[a] += *p[k], wins[b] += 1.0 - *p[k];
+    ++games[a], ++games[b];
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (games[i] > 0) parts[i]["judge"] = static_cast<float>(wins[i] / games[i]);
+  }
 }
 
-absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& samples, bool want_ref) {
+void Scorer::ScoreProcess(std::vector<Sample>& samples, std::vector<std::map<std::string, float>>& parts,
+                          const std::function<void(size_t, absl::Status)>& fail) {
+  const size_t n = samples.size();
+  std::vector<std::vector<Step>> steps(n);
+  std::vector<bool> ok(n, true);
+  for (size_t i = 0; i < n; ++i) {
+    Sample& s = samples[i];
+    s.clear_step_rewards();
+    s.clear_step_ends();
+    const bool placed = tokenizer_ && s.completion_ids_size() > 0;
+    std::string text = s.completion();
+    std::vector<int32_t> ids(s.completion_ids().begin(), s.completion_ids().end());
+    if (placed) {
+      // Steps are cut in the text the tokens decode to, so that their ends fall on tokens.
+      auto decoded = tokenizer_->Decode(ids, /*skip_special_tokens=*/true);
+      if (!decoded.ok()) {
+        fail(i, decoded.status());
+        ok[i] = false;
+        continue;
+      }
+      text = *decoded;
+    } else if (!process_model_.is_empty()) {
+      fail(i, absl::InvalidArgumentError("the process reward model needs completion_ids"));
+      ok[i] = false;
+      continue;
+    }
+    for (auto& step : SplitSteps(text, config_.process_separator)) {
+      if (process_model_.is_empty()) {
+        auto score = CheckArithmeticStep(step.text);
+        if (!score) continue;  // no equation: not a scored step
+        s.add_step_rewards(*score);
+      }
+      steps[i].push_back(std::move(step));
+    }
+    if (placed) {
+      std::vector<size_t> ends;
+      for (const auto& st : steps[i]) ends.push_back(st.end);
+      auto token_ends = TokenEnds(*tokenizer_, ids, ends);
+      if (!token_ends.ok()) {
+        fail(i, token_ends.status());
+        ok[i] = false;
+        continue;
+      }
+      for (int32_t e : *token_ends) s.add_step_ends(e);
+    }
+  }
+  if (!process_model_.is_empty()) {
+    std::vector<const Sample*> rows;
+    std::vector<size_t> row_of;
+    for (size_t i = 0; i < n; ++i) {
+      if (ok[i] && !steps[i].empty()) rows.push_back(&samples[i]), row_of.push_back(i);
+    }
+    auto scores = CompletionTokenScores(process_model_, Rows(rows), config_.batch_tokens);
+    for (size_t k = 0; k < rows.size(); ++k) {
+      Sample& s = samples[row_of[k]];
+      for (int32_t e : s.step_ends()) s.add_step_rewards(1.f / (1.f + std::exp(-scores[k][static_cast<size_t>(e)])));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!ok[i]) continue;
+    const Sample& s = samples[i];
+    if (std::any_of(s.step_rewards().begin(), s.step_rewards().end(), [](float v) { return !std::isfinite(v); })) {
+      fail(i, absl::InternalError("a step score is not finite"));
+      continue;
+    }
+    parts[i]["process"] = AggregateSteps({s.step_rewards().begin(), s.step_rewards().end()}, config_.process_aggregate);
+  }
+}
+
+absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& samples, bool want_ref,
+                                                         const std::vector<int32_t>& groups) {
+  if (!groups.empty() && groups.size() != samples.size()) {
+    return absl::InvalidArgumentError("groups must be empty or name one group per sample");
+  }
   const size_t n = samples.size();
   std::vector<ScoreOutcome> outcomes(n);
   std::vector<std::map<std::string, float>> parts(n);
@@ -248,10 +366,7 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
       if (it == s.extra().end()) {
         fail(i, "exact_match", absl::InvalidArgumentError(absl::StrCat("the sample has no '", config_.answer_field, "' field")));
       } else {
-        // Pass-through values are JSON text: a JSON string is unquoted, a number taken as written.
-        std::string truth = it->second;
-        auto j = nlohmann::json::parse(truth, nullptr, false);
-        if (!j.is_discarded() && j.is_string()) truth = j.get<std::string>();
+        const std::string truth = ExtraText(it->second);
         auto mode = config_.extract == "strict" ? ExtractMode::kStrict : ExtractMode::kFlexible;
         parts[i]["exact_match"] = AnswerMatches(s.completion(), truth, mode) ? 1.f : 0.f;
       }
@@ -265,10 +380,7 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
     if (config_.code_weight != 0) {
       std::map<std::string, std::string> files = {{config_.code_file, ExtractCode(s.completion())}};
       auto it = s.extra().find(config_.code_tests_field);
-      if (it != s.extra().end()) {
-        auto j = nlohmann::json::parse(it->second, nullptr, false);
-        files["tests"] = (!j.is_discarded() && j.is_string()) ? j.get<std::string>() : it->second;
-      }
+      if (it != s.extra().end()) files["tests"] = ExtraText(it->second);
       auto run = RunSandboxed(config_.code_command, files, Limits());
       if (!run.ok()) {
         fail(i, "code", run.status());
@@ -300,6 +412,10 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
         }
       }
     }
+    if (judge_) ScoreJudge(samples, groups, parts, [&](size_t i, absl::Status st) { fail(i, "judge", st); });
+    if (config_.process_weight != 0) {
+      ScoreProcess(samples, parts, [&](size_t i, absl::Status st) { fail(i, "process", st); });
+    }
     if (want_ref && !reference_.is_empty() && !rows.empty()) {
       auto ref = ReferenceLogProbs(rows);
       for (size_t k = 0; k < rows.size(); ++k) {
@@ -323,12 +439,18 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
                                                  {"length", config_.length_weight},
                                                  {"missing_eos", config_.missing_eos_weight},
                                                  {"code", config_.code_weight},
-                                                 {"reward_model", config_.reward_model_weight}};
+                                                 {"reward_model", config_.reward_model_weight},
+                                                 {"judge", config_.judge_weight},
+                                                 {"process", config_.process_weight}};
   for (size_t i = 0; i < n; ++i) {
     Sample& s = samples[i];
     s.clear_reward();
     s.mutable_reward_parts()->clear();
-    if (!outcomes[i].status.ok()) continue;
+    if (!outcomes[i].status.ok()) {
+      s.clear_step_rewards();
+      s.clear_step_ends();
+      continue;
+    }
     double total = 0;
     for (const auto& [name, value] : parts[i]) {
       (*s.mutable_reward_parts())[name] = value;

@@ -13,6 +13,12 @@
 //                a scorer whose machine cannot isolate the command refuses to start
 //   reward_model the score head of an HF *ForSequenceClassification model at the last token of
 //                prompt + completion, batched by tokens
+//   judge        a local causal LM prompted with a constitution (services/scoring/judge.h): pointwise,
+//                P(yes) / (P(yes) + P(no)); pairwise, the mean over the other samples of the same prompt
+//                (in the same request) of P(this one is better), each pair judged in both orders
+//   process      per-step scores (services/scoring/process.h) in step_rewards / step_ends, aggregated by
+//                process_aggregate: from the rule-based arithmetic step checker, or from a process reward
+//                model's score head at each step's last token, through a sigmoid
 // A source that fails for a sample gives that sample an error (no reward, counted in
 // rlhf_reward_failures_total{source}); the other samples of the batch are scored.
 // Reference: per-token log-probs of the completion under a frozen reference model at the sample's
@@ -20,6 +26,8 @@
 // Thread-safety: Score may be called from one thread at a time.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +43,8 @@ class Tokenizer;
 }
 
 namespace rlhf::scoring {
+
+class Judge;
 
 struct RewardConfig {
   double exact_match_weight = 0;        // weight of the exact-match reward; 0 = off
@@ -55,6 +65,26 @@ struct RewardConfig {
   int64_t code_memory_mb = 1024;
   double reward_model_weight = 0;       // weight of the reward model's score; 0 = off
   std::string reward_model;             // HF folder with a score head
+  double judge_weight = 0;              // weight of the judge's score; 0 = off
+  std::string judge_model;              // HF folder of the judge (causal LM)
+  std::string judge_tokenizer;          // folder / tokenizer.json of the judge; "" = judge_model
+  std::string judge_constitution;       // text file filled in for {constitution}
+  std::string judge_mode = "pointwise"; // pointwise | pairwise
+  std::string judge_template =
+      "{constitution}\n\nPrompt: {prompt}\nResponse: {completion}\n"
+      "Does the response follow the principles above? Answer Yes or No.\nAnswer:";
+  std::string judge_pair_template =
+      "{constitution}\n\nPrompt: {prompt}\nResponse A: {first}\nResponse B: {second}\n"
+      "Which response follows the principles better? Answer A or B.\nAnswer:";
+  std::string judge_yes = " Yes", judge_no = " No";     // pointwise verdict texts
+  std::string judge_first = " A", judge_second = " B";  // pairwise verdict texts
+  bool judge_chat_template = false;     // wrap the prompt as the user message of the judge's chat template
+  double process_weight = 0;            // weight of the aggregated process reward; 0 = off
+  std::string process_source = "checker";  // checker (rule-based arithmetic steps) | model (process reward model)
+  std::string process_model;            // HF folder with a score head (num_labels 1) for process_source model
+  std::string process_separator = "\n"; // text that ends a step
+  std::string process_aggregate = "mean";  // mean | min | last of the step scores
+  std::string tokenizer;                // the policy's tokenizer (folder or file): places step ends on tokens
   std::string reference_model;          // HF folder of the frozen reference policy; "" = no reference log-probs
   int64_t batch_tokens = 8192;          // tokens (prompt + completion, padded) per model forward
   std::string dtype;                    // compute dtype of the models: "" = the checkpoint's, float32, bfloat16
@@ -73,11 +103,16 @@ class Scorer {
  public:
   // Loads the configured models. INVALID_ARGUMENT when no source is on or a regex does not compile.
   static absl::StatusOr<std::unique_ptr<Scorer>> Create(const RewardConfig& config);
+  ~Scorer();
 
   // Fills reward, reward_parts (and ref_logprobs when want_ref and a reference is configured) of every
   // sample that every source scores; returns one outcome per sample. An error for the whole call only for
   // a failure no single sample explains (a LibTorch error in a batched forward).
-  absl::StatusOr<std::vector<ScoreOutcome>> Score(std::vector<Sample>& samples, bool want_ref);
+  // `groups` (empty, or one entry per sample) keeps samples of different requests apart where samples are
+  // judged against each other (pairwise judge): two samples are compared when they share the group and
+  // the prompt_id.
+  absl::StatusOr<std::vector<ScoreOutcome>> Score(std::vector<Sample>& samples, bool want_ref,
+                                                  const std::vector<int32_t>& groups = {});
 
   // Checks a sample against the models: ids within the vocabulary, length within the context, a
   // temperature > 0 when reference log-probs are asked for. INVALID_ARGUMENT naming the problem.
@@ -93,10 +128,16 @@ class Scorer {
   std::vector<std::vector<float>> ReferenceLogProbs(const std::vector<const Sample*>& rows);
 
  private:
-  explicit Scorer(RewardConfig config) : config_(std::move(config)) {}
+  explicit Scorer(RewardConfig config);
   SandboxLimits Limits() const;
+  void ScoreJudge(std::vector<Sample>& samples, const std::vector<int32_t>& groups,
+                  std::vector<std::map<std::string, float>>& parts, const std::function<void(size_t, absl::Status)>& fail);
+  void ScoreProcess(std::vector<Sample>& samples, std::vector<std::map<std::string, float>>& parts,
+                    const std::function<void(size_t, absl::Status)>& fail);
   RewardConfig config_;
-  model::Transformer reward_model_{nullptr}, reference_{nullptr};
+  model::Transformer reward_model_{nullptr}, reference_{nullptr}, process_model_{nullptr};
+  std::unique_ptr<Judge> judge_;
+  std::shared_ptr<text::Tokenizer> tokenizer_;
   struct FormatRe;
   std::shared_ptr<FormatRe> format_;
 };

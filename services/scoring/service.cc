@@ -155,13 +155,17 @@ void ScorerService::Worker() {
     // Score outside the lock: one merged vector, results split back per request.
     l.unlock();
     std::vector<Sample> merged;
+    std::vector<int32_t> groups;  // the request of each sample: pairwise judging stays inside a request
     bool want_ref = false;
     for (auto& p : batch) {
       want_ref = want_ref || p->want_ref;
-      for (auto& s : p->samples) merged.push_back(std::move(s));
+      for (auto& s : p->samples) {
+        merged.push_back(std::move(s));
+        groups.push_back(static_cast<int32_t>(&p - batch.data()));
+      }
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto outcomes = scorer_->Score(merged, want_ref);
+    auto outcomes = scorer_->Score(merged, want_ref, groups);
     batch_seconds.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     l.lock();
     size_t k = 0;
