@@ -61,22 +61,67 @@ torch::Tensor RewardObjective::Loss(const MicroBatch& mb, const std::vector<doub
 }
 
 // ---- DPO family ------------------------------------------------------------------------------------------
-std::vector<double> DpoObjective::Normalizers(const MicroBatch& mb) const { return {static_cast<double>(mb.rows() / 2)}; }
+std::vector<double> PairObjective::Normalizers(const MicroBatch& mb) const { return {static_cast<double>(mb.rows() / 2)}; }
 
-torch::Tensor DpoObjective::Loss(const MicroBatch& mb, const std::vector<double>& totals, StepMetrics& metrics) {
+torch::Tensor PairObjective::Loss(const MicroBatch& mb, const std::vector<double>& totals, StepMetrics& metrics) {
   const int64_t p = mb.rows() / 2;
+  const auto& c = config_;
   auto m = Targets(mb);
   auto stats = RowTokenStats(*policy_, mb, 1.0, false);
   auto seq = (stats.logprobs * m).sum(1);  // [2P]
-  auto len = m.sum(1);
-  auto out = algo::DpoLossFn(seq.slice(0, 0, p), seq.slice(0, p), mb.field("ref_chosen"), mb.field("ref_rejected"),
-                             options_, len.slice(0, 0, p), len.slice(0, p));
+  auto len = m.sum(1).clamp_min(1);
+  auto avg = seq / len;
+  auto seq_c = seq.slice(0, 0, p), seq_r = seq.slice(0, p);
+  auto avg_c = avg.slice(0, 0, p), avg_r = avg.slice(0, p);
+  auto nll_c = -avg_c;
+  algo::PreferenceOutput out;
+  switch (c.loss) {
+    case PairLoss::kDpo:
+      out = algo::DpoLossFn(seq_c, seq_r, mb.field("ref_chosen"), mb.field("ref_rejected"), c.dpo, len.slice(0, 0, p),
+                            len.slice(0, p));
+      break;
+    case PairLoss::kOrpo:
+      out = algo::OrpoLossFn(avg_c, avg_r, nll_c, c.beta);
+      break;
+    case PairLoss::kSimpo:
+      out = algo::SimpoLossFn(avg_c, avg_r, c.beta, c.gamma, c.label_smoothing);
+      break;
+    case PairLoss::kCpo:
+      out = algo::CpoLossFn(seq_c, seq_r, nll_c, c.beta, c.alpha, c.label_smoothing);
+      break;
+    case PairLoss::kRrhf: {
+      auto scores = torch::stack({avg_c, avg_r}, 1);  // [P, 2]
+      auto rewards = torch::tensor({1.f, 0.f}).expand({p, 2});
+      out.loss = algo::RrhfLossFn(scores, rewards, nll_c, c.sft_weight);
+      out.rewards_chosen = avg_c.detach();
+      out.rewards_rejected = avg_r.detach();
+      out.accuracy = avg_c.gt(avg_r).to(torch::kFloat32).mean().detach();
+      out.margin = (avg_c - avg_r).mean().detach();
+      break;
+    }
+  }
   auto loss = out.loss * (static_cast<double>(p) / std::max(totals[0], 1.0));
   metrics.AddSum("loss", D(loss.detach()));
   metrics.AddMean("accuracy", D(out.accuracy) * p, p);
   metrics.AddMean("margin", D(out.margin) * p, p);
   metrics.AddMean("reward_chosen", D(out.rewards_chosen.sum()), p);
   metrics.AddMean("reward_rejected", D(out.rewards_rejected.sum()), p);
+  return loss;
+}
+
+std::vector<double> KtoObjective::Normalizers(const MicroBatch& mb) const { return {static_cast<double>(mb.rows())}; }
+
+torch::Tensor KtoObjective::Loss(const MicroBatch& mb, const std::vector<double>& totals, StepMetrics& metrics) {
+  const int64_t b = mb.rows();
+  auto m = Targets(mb);
+  auto seq = (RowTokenStats(*policy_, mb, 1.0, false).logprobs * m).sum(1);  // [B]
+  auto z0 = mb.field("z0").to(torch::kFloat32);
+  auto out = algo::KtoLossFn(seq, mb.field("ref"), mb.field("desirable"), z0, torch::zeros_like(z0), options_);
+  auto loss = out.loss * (static_cast<double>(b) / std::max(totals[0], 1.0));
+  metrics.AddSum("loss", D(loss.detach()));
+  metrics.AddMean("reward_chosen", D(out.rewards_chosen.sum()), static_cast<double>(out.rewards_chosen.numel()));
+  metrics.AddMean("reward_rejected", D(out.rewards_rejected.sum()), static_cast<double>(out.rewards_rejected.numel()));
+  metrics.AddMean("kl", D(z0.clamp_min(0).sum()) * static_cast<double>(b), static_cast<double>(b));
   return loss;
 }
 

@@ -47,18 +47,51 @@ class RewardObjective : public Objective {
   double centering_;
 };
 
-// DPO family on sequence log-probs: rows as in RewardObjective (chosen then rejected), target_mask on the
-// completions, fields "ref_chosen" / "ref_rejected" [P] (reference sequence log-probs). Loss mean over
-// the global number of pairs. Metrics: loss, accuracy, margin, reward_chosen, reward_rejected.
-class DpoObjective : public Objective {
+// Paired preference losses (ALGORITHMS.md, "Preference losses") on sequence log-probs: rows as in
+// RewardObjective (chosen then rejected), target_mask on the completions. DPO needs fields "ref_chosen" /
+// "ref_rejected" [P] (reference sequence log-probs); the others are reference-free. nll_chosen is the
+// per-token mean NLL of each chosen completion. Loss mean over the global number of pairs.
+// Metrics: loss, accuracy, margin, reward_chosen, reward_rejected (the loss's implicit rewards).
+enum class PairLoss {
+  kDpo,    // algo::DpoLossFn (sigmoid / cDPO, ipo, hinge, robust)
+  kOrpo,   // algo::OrpoLossFn on mean log-probs, + NLL of chosen
+  kSimpo,  // algo::SimpoLossFn on mean log-probs
+  kCpo,    // algo::CpoLossFn on summed log-probs, + alpha * NLL of chosen
+  kRrhf,   // algo::RrhfLossFn with K = 2 (chosen ranked above rejected), + sft_weight * NLL of chosen
+};
+struct PairLossConfig {
+  PairLoss loss = PairLoss::kDpo;
+  algo::DpoOptions dpo;        // kDpo
+  double beta = 0.1;           // orpo, simpo, cpo
+  double gamma = 0.5;          // simpo target margin
+  double alpha = 1.0;          // cpo NLL weight
+  double label_smoothing = 0;  // simpo, cpo
+  double sft_weight = 1.0;     // rrhf
+};
+class PairObjective : public Objective {
  public:
-  DpoObjective(model::Transformer policy, algo::DpoOptions options) : policy_(std::move(policy)), options_(options) {}
+  PairObjective(model::Transformer policy, PairLossConfig config) : policy_(std::move(policy)), config_(config) {}
   std::vector<double> Normalizers(const MicroBatch& mb) const override;
   torch::Tensor Loss(const MicroBatch& mb, const std::vector<double>& totals, StepMetrics& metrics) override;
 
  private:
   model::Transformer policy_;
-  algo::DpoOptions options_;
+  PairLossConfig config_;
+};
+
+// KTO on unpaired completions: one row per (prompt, completion), fields "ref" [B] (reference sequence
+// log-probs), "desirable" [B] (1 / 0) and "z0" [1] (the reference point: the batch's mean log-ratio on
+// mismatched pairs, clamped at 0, computed by the caller without gradient). Loss mean over the global
+// number of rows. Metrics: loss, reward_chosen / reward_rejected (desirable / undesirable rows), kl (z0).
+class KtoObjective : public Objective {
+ public:
+  KtoObjective(model::Transformer policy, algo::KtoOptions options) : policy_(std::move(policy)), options_(options) {}
+  std::vector<double> Normalizers(const MicroBatch& mb) const override;
+  torch::Tensor Loss(const MicroBatch& mb, const std::vector<double>& totals, StepMetrics& metrics) override;
+
+ private:
+  model::Transformer policy_;
+  algo::KtoOptions options_;
 };
 
 // The PPO-family update (PPO with a critic, GRPO and relatives without): per-token fields

@@ -5,16 +5,19 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/comm/group.h"
 #include "common/data/dataset.h"
 #include "common/metrics.h"
 #include "common/model/checkpoint.h"
+#include "common/model/safetensors.h"
 #include "common/sample_json.h"
 #include "common/text/chat_template.h"
 #include "common/text/tokenizer.h"
@@ -43,7 +46,7 @@ struct TrainConfig {
     static const auto* s = [] {
       using T = TrainConfig;
       auto* s = new config::Section<T>("train");
-      s->Add("stages", &T::stages, "pipeline of stages, in order: sft | reward_model | dpo | ppo | grpo");
+      s->Add("stages", &T::stages, "pipeline of stages, in order: sft | reward_model | dpo | kto | orpo | simpo | cpo | rrhf | ppo | grpo");
       s->Add("model", &T::model, "starting policy: HF model folder with its tokenizer files");
       s->Add("save_every", &T::save_every, "checkpoint every N steps of a stage; 0 = at the end of each stage",
              config::AtLeast(0));
@@ -71,11 +74,18 @@ struct OfflineConfig {
   double centering = 0;          // coefficient of mean((r_c + r_r)^2)
   std::string margin_field;      // per-pair margin field of the data; "" = no margin
   bool freeze_backbone = false;  // train the score head only
-  // dpo
-  std::string loss_type = "sigmoid";
+  // preference stages (dpo, kto, orpo, simpo, cpo, rrhf)
+  std::string loss_type = "sigmoid";  // dpo
   double beta = 0.1;
   double label_smoothing = 0;
-  std::string reference;         // reference policy; "" = the starting model
+  bool ipo_length_normalize = true;   // dpo ipo
+  double gamma = 0.5;                 // simpo
+  double alpha = 1.0;                 // cpo
+  double desirable_weight = 1.0;      // kto
+  double undesirable_weight = 1.0;    // kto
+  double sft_weight = 1.0;            // rrhf
+  std::string reference;         // reference policy; "" = the starting model (dpo, kto)
+  bool reference_cache = true;   // keep reference log-probs in the stage directory (dpo, kto)
 };
 
 config::Section<OfflineConfig> OfflineSection(const std::string& prefix) {
@@ -99,10 +109,32 @@ config::Section<OfflineConfig> OfflineSection(const std::string& prefix) {
   }
   if (prefix == "dpo") {
     s.Add("loss_type", &O::loss_type, "sigmoid | ipo | hinge | robust", config::OneOf({"sigmoid", "ipo", "hinge", "robust"}));
-    s.Add("beta", &O::beta, "strength of the implicit KL to the reference", config::AtLeast(0));
-    s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label (cDPO, robust)", config::InRange(0, 0.5));
-    s.Add("reference", &O::reference, "reference policy; \"\" = the starting model");
+    s.Add("ipo_length_normalize", &O::ipo_length_normalize, "IPO on per-token means (TRL) instead of sums (OpenRLHF)");
   }
+  if (prefix == "dpo" || prefix == "kto") {
+    s.Add("beta", &O::beta, "strength of the implicit KL to the reference", config::AtLeast(0));
+    s.Add("reference", &O::reference, "reference policy; \"\" = the starting model");
+    s.Add("reference_cache", &O::reference_cache,
+          "keep the reference log-probs of the data in the stage directory and reuse them (resume, reruns)");
+  }
+  if (prefix == "dpo") s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label (cDPO, robust)", config::InRange(0, 0.5));
+  if (prefix == "kto") {
+    s.Add("desirable_weight", &O::desirable_weight, "lambda_D: weight of desirable completions", config::AtLeast(0));
+    s.Add("undesirable_weight", &O::undesirable_weight, "lambda_U: weight of undesirable completions", config::AtLeast(0));
+  }
+  if (prefix == "orpo") s.Add("beta", &O::beta, "weight of the odds-ratio term beside the NLL of chosen", config::AtLeast(0));
+  if (prefix == "simpo") {
+    s.Add("beta", &O::beta, "scale of the length-normalised log-prob margin", config::AtLeast(0)).Default(2.0);
+    s.Add("gamma", &O::gamma, "target reward margin", config::AtLeast(0));
+  }
+  if (prefix == "cpo") {
+    s.Add("beta", &O::beta, "scale of the log-prob margin", config::AtLeast(0));
+    s.Add("alpha", &O::alpha, "weight of the NLL of chosen", config::AtLeast(0));
+  }
+  if (prefix == "simpo" || prefix == "cpo") {
+    s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label", config::InRange(0, 0.5));
+  }
+  if (prefix == "rrhf") s.Add("sft_weight", &O::sft_weight, "weight of the NLL of the best (chosen) response", config::AtLeast(0));
   return s;
 }
 
@@ -152,7 +184,8 @@ config::Section<OptimConfig> OptimSection(const std::string& prefix) {
   return s;
 }
 
-const std::vector<std::string> kStages = {"sft", "reward_model", "dpo", "ppo", "grpo"};
+const std::vector<std::string> kStages = {"sft", "reward_model", "dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "ppo", "grpo"};
+const std::vector<std::string> kOfflineStages = {"sft", "reward_model", "dpo", "kto", "orpo", "simpo", "cpo", "rrhf"};
 
 // ---- metrics log ----------------------------------------------------------------------------------------
 class MetricsLog {
@@ -477,9 +510,113 @@ MicroBatch PairRows(const std::vector<const TokenSeq*>& chosen, const std::vecto
   return PadRows(rows, pad);
 }
 
-// ---- reward model and dpo (preference pairs) -------------------------------------------------------------
+// ---- reference log-probs, computed once per dataset -------------------------------------------------------
+// Summed completion log-probs of `seqs` under `net`, without gradient, `micro` rows per forward.
+std::vector<float> SequenceLogProbs(model::TransformerImpl& net, const std::vector<const TokenSeq*>& seqs, int64_t micro,
+                                    int32_t pad) {
+  torch::NoGradGuard ng;
+  std::vector<float> out;
+  for (size_t i = 0; i < seqs.size(); i += static_cast<size_t>(micro)) {
+    std::vector<const TokenSeq*> part(seqs.begin() + static_cast<std::ptrdiff_t>(i),
+                                      seqs.begin() + static_cast<std::ptrdiff_t>(std::min(seqs.size(), i + static_cast<size_t>(micro))));
+    auto mb = PadRows(part, pad);
+    auto seq = (RowTokenStats(net, mb, 1.0, false).logprobs * mb.target_mask.slice(1, 1)).sum(1).contiguous();
+    for (int64_t k = 0; k < seq.size(0); ++k) out.push_back(seq[k].item<float>());
+  }
+  return out;
+}
+
+// Identity of what reference log-probs depend on: the reference's weight files (path, size, mtime) and the
+// token ids (and completion masks) of the rows.
+std::string ReferenceFingerprint(const std::string& ref_dir, const std::vector<const TokenSeq*>& seqs) {
+  std::string key = fs::weakly_canonical(ref_dir).string();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(ref_dir, ec)) {
+    if (e.path().extension() != ".safetensors") continue;
+    key += absl::StrCat("|", e.path().filename().string(), ":", fs::file_size(e.path(), ec), ":",
+                        static_cast<int64_t>(fs::last_write_time(e.path(), ec).time_since_epoch().count()));
+  }
+  std::string ids;
+  for (const TokenSeq* s : seqs) {
+    ids.append(reinterpret_cast<const char*>(s->ids.data()), s->ids.size() * sizeof(int32_t));
+    ids.append(reinterpret_cast<const char*>(s->target.data()), s->target.size());
+    ids.push_back('\n');
+  }
+  return key + "|rows:" + std::to_string(seqs.size()) + "|ids:" + data::HashText(ids);
+}
+
+// Reference log-probs of `seqs`: from <stage dir>/reference_logprobs.safetensors when it was made for the
+// same reference and rows, else computed (rank 0 writes the cache when `cache`).
+absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index, const std::string& stage,
+                                                     const std::string& ref_dir, bool cache,
+                                                     const std::vector<const TokenSeq*>& seqs, int64_t micro, int32_t pad) {
+  const std::string path = (fs::path(StageDir(p, index, stage)) / "reference_logprobs.safetensors").string();
+  const std::string key = ReferenceFingerprint(ref_dir, seqs);
+  auto load = [&]() -> std::optional<std::vector<float>> {
+    if (!cache || !fs::exists(path)) return std::nullopt;
+    auto f = model::SafetensorsFile::Open(path);
+    if (!f.ok()) return std::nullopt;
+    auto it = (*f)->metadata().find("fingerprint");
+    const auto* t = (*f)->Find("logprobs");
+    if (it == (*f)->metadata().end() || it->second != key || t == nullptr || t->dtype != model::StDType::kF32 ||
+        t->numel() != static_cast<int64_t>(seqs.size())) {
+      return std::nullopt;
+    }
+    std::vector<float> v(seqs.size());
+    std::memcpy(v.data(), (*f)->Data(*t), v.size() * sizeof(float));
+    return v;
+  };
+  std::vector<float> out;
+  if (p.rank0()) {
+    if (auto v = load()) {
+      spdlog::info("{}: reference log-probs of {} rows from {}", stage, seqs.size(), path);
+      out = std::move(*v);
+    } else {
+      ASSIGN_OR_RETURN(auto ref, LoadFrozen(ref_dir));
+      RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
+        out = SequenceLogProbs(*ref, seqs, micro, pad);
+        return absl::OkStatus();
+      }));
+      if (cache) {
+        fs::create_directories(fs::path(path).parent_path());
+        model::TensorToWrite t{"logprobs", model::StDType::kF32, {static_cast<int64_t>(out.size())}, out.data()};
+        RETURN_IF_ERROR(model::WriteSafetensors(path, {t}, {{"fingerprint", key}}));
+        spdlog::info("{}: reference log-probs of {} rows computed and cached in {}", stage, seqs.size(), path);
+      }
+    }
+  }
+  RETURN_IF_ERROR(p.group->Barrier());
+  if (!p.rank0()) {
+    if (auto v = load()) return *v;
+    ASSIGN_OR_RETURN(auto ref, LoadFrozen(ref_dir));
+    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
+      out = SequenceLogProbs(*ref, seqs, micro, pad);
+      return absl::OkStatus();
+    }));
+  }
+  return out;
+}
+
+// The prompt of `a` followed by the completion of `b` (KTO's mismatched pairs).
+TokenSeq Mismatched(const TokenSeq& a, const TokenSeq& b) {
+  auto first_target = [](const TokenSeq& s) {
+    return static_cast<size_t>(std::find(s.target.begin(), s.target.end(), 1) - s.target.begin());
+  };
+  const size_t pa = first_target(a), pb = first_target(b);
+  TokenSeq out;
+  out.ids.assign(a.ids.begin(), a.ids.begin() + static_cast<std::ptrdiff_t>(pa));
+  out.target.assign(pa, 0);
+  out.ids.insert(out.ids.end(), b.ids.begin() + static_cast<std::ptrdiff_t>(pb), b.ids.end());
+  out.target.insert(out.target.end(), b.target.begin() + static_cast<std::ptrdiff_t>(pb), b.target.end());
+  return out;
+}
+
+// ---- reward model and the preference stages ---------------------------------------------------------------
+// reward_model (Bradley-Terry), dpo, orpo, simpo, cpo, rrhf on preference pairs; kto on unpaired completions
+// (kto data, or preference pairs split into a desirable and an undesirable completion).
 absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage) {
-  const bool rm = stage == "reward_model";
+  const bool rm = stage == "reward_model", kto = stage == "kto";
+  const bool with_ref = stage == "dpo" || kto;
   const auto cfg = OfflineSection(stage).Read(*p.config);
   const auto dc = DataSection(stage).Read(*p.config);
   const auto oc = OptimSection(stage + ".optim").Read(*p.config);
@@ -493,14 +630,39 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
     }
   }
   ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, net->config()));
-  ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, {data::Kind::kPreference}));
+  ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, kto ? std::initializer_list<data::Kind>{data::Kind::kKto, data::Kind::kPreference}
+                                                    : std::initializer_list<data::Kind>{data::Kind::kPreference}));
   std::vector<size_t> every(ds.examples().size());
   std::iota(every.begin(), every.end(), 0);
   absl::Status st;
-  auto chosen = Tokenize(ds, every, tools, cfg.max_length, &data::Example::chosen, &st);
-  RETURN_IF_ERROR(st);
-  auto rejected = Tokenize(ds, every, tools, cfg.max_length, &data::Example::rejected, &st);
-  RETURN_IF_ERROR(st);
+  // Rows: pairs (chosen i, rejected i) for the paired losses; for kto the completions of each example with
+  // their labels, rows_of[i] naming example i's rows.
+  std::vector<TokenSeq> chosen, rejected, rows;
+  std::vector<float> desirable;
+  std::vector<std::vector<size_t>> rows_of(every.size());
+  if (!kto || ds.kind() == data::Kind::kPreference) {
+    chosen = Tokenize(ds, every, tools, cfg.max_length, &data::Example::chosen, &st);
+    RETURN_IF_ERROR(st);
+    rejected = Tokenize(ds, every, tools, cfg.max_length, &data::Example::rejected, &st);
+    RETURN_IF_ERROR(st);
+  }
+  if (kto) {
+    if (ds.kind() == data::Kind::kPreference) {
+      for (size_t i = 0; i < every.size(); ++i) {
+        rows_of[i] = {rows.size(), rows.size() + 1};
+        rows.push_back(std::move(chosen[i])), desirable.push_back(1.f);
+        rows.push_back(std::move(rejected[i])), desirable.push_back(0.f);
+      }
+      chosen.clear(), rejected.clear();
+    } else {
+      rows = Tokenize(ds, every, tools, cfg.max_length, &data::Example::completion, &st);
+      RETURN_IF_ERROR(st);
+      for (size_t i = 0; i < every.size(); ++i) {
+        rows_of[i] = {i};
+        desirable.push_back(ds.examples()[i].label.value_or(false) ? 1.f : 0.f);
+      }
+    }
+  }
   std::vector<float> margins(every.size(), 0.f);
   if (rm && !cfg.margin_field.empty()) {
     for (size_t i = 0; i < every.size(); ++i) {
@@ -511,27 +673,27 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
       margins[i] = ex.extra[cfg.margin_field].get<float>();
     }
   }
-  // DPO: reference sequence log-probs of every pair, computed once with the frozen reference.
-  std::vector<float> ref_c(every.size(), 0.f), ref_r(every.size(), 0.f);
-  if (!rm) {
-    ASSIGN_OR_RETURN(auto ref, LoadFrozen(cfg.reference.empty() ? start : cfg.reference));
-    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
-      torch::NoGradGuard ng;
-      for (size_t i = 0; i < every.size(); i += static_cast<size_t>(cfg.micro_batch_size)) {
-        std::vector<const TokenSeq*> c, r;
-        for (size_t j = i; j < std::min(every.size(), i + static_cast<size_t>(cfg.micro_batch_size)); ++j) {
-          c.push_back(&chosen[j]), r.push_back(&rejected[j]);
-        }
-        auto mb = PairRows(c, r, tools.pad);
-        auto seq = (RowTokenStats(*ref, mb, 1.0, false).logprobs * mb.target_mask.slice(1, 1)).sum(1);
-        for (size_t k = 0; k < c.size(); ++k) {
-          ref_c[i + k] = seq[static_cast<int64_t>(k)].item<float>();
-          ref_r[i + k] = seq[static_cast<int64_t>(k + c.size())].item<float>();
-        }
-      }
-      return absl::OkStatus();
-    }));
+  // Reference sequence log-probs of every row, computed once (and cached) with the frozen reference.
+  const std::string ref_dir = cfg.reference.empty() ? start : cfg.reference;
+  std::vector<float> ref_c, ref_r, ref_rows;
+  if (with_ref) {
+    std::vector<const TokenSeq*> seqs;
+    for (const auto* v : {&chosen, &rejected, &rows}) {
+      for (const auto& x : *v) seqs.push_back(&x);
+    }
+    ASSIGN_OR_RETURN(auto all, ReferenceLogProbs(p, index, stage, ref_dir, cfg.reference_cache, seqs,
+                                                 cfg.micro_batch_size * 2, tools.pad));
+    auto at = all.begin();
+    ref_c.assign(at, at + static_cast<std::ptrdiff_t>(chosen.size())), at += static_cast<std::ptrdiff_t>(chosen.size());
+    ref_r.assign(at, at + static_cast<std::ptrdiff_t>(rejected.size())), at += static_cast<std::ptrdiff_t>(rejected.size());
+    ref_rows.assign(at, all.end());
   }
+  // KTO's reference point needs the reference on the mismatched pairs of every batch.
+  model::Transformer reference{nullptr};
+  if (kto) {
+    ASSIGN_OR_RETURN(reference, LoadFrozen(ref_dir));
+  }
+
   auto train_idx = ds.Indices(data::Split::kTrain), held_idx = ds.Indices(data::Split::kHeldout);
   Learner learner(p.group, p.bucket_bytes);
   const std::string model_name = rm ? "reward_model" : "policy";
@@ -539,25 +701,76 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
   std::unique_ptr<Objective> objective;
   if (rm) {
     objective = std::make_unique<RewardObjective>(net, cfg.centering);
-  } else {
-    algo::DpoOptions o;
-    ASSIGN_OR_RETURN(o.type, algo::ParseDpoLoss(cfg.loss_type));
+  } else if (kto) {
+    algo::KtoOptions o;
     o.beta = cfg.beta;
-    o.label_smoothing = cfg.label_smoothing;
-    objective = std::make_unique<DpoObjective>(net, o);
+    o.desirable_weight = cfg.desirable_weight;
+    o.undesirable_weight = cfg.undesirable_weight;
+    objective = std::make_unique<KtoObjective>(net, o);
+  } else {
+    PairLossConfig c;
+    c.loss = stage == "dpo" ? PairLoss::kDpo : stage == "orpo" ? PairLoss::kOrpo : stage == "simpo" ? PairLoss::kSimpo
+           : stage == "cpo" ? PairLoss::kCpo : PairLoss::kRrhf;
+    ASSIGN_OR_RETURN(c.dpo.type, algo::ParseDpoLoss(cfg.loss_type));
+    c.dpo.beta = cfg.beta;
+    c.dpo.label_smoothing = cfg.label_smoothing;
+    c.dpo.ipo_length_normalize = cfg.ipo_length_normalize;
+    c.beta = cfg.beta;
+    c.gamma = cfg.gamma;
+    c.alpha = cfg.alpha;
+    c.label_smoothing = cfg.label_smoothing;
+    c.sft_weight = cfg.sft_weight;
+    objective = std::make_unique<PairObjective>(net, c);
   }
-  auto build = [&](const std::vector<size_t>& ex) {
+  // KTO: z0 = max(0, mean over the batch (all ranks) of policy - reference log-probs of mismatched pairs),
+  // each row's prompt with the next row's completion, under the current policy and without gradient.
+  auto kto_z0 = [&](const std::vector<size_t>& row_idx) -> absl::StatusOr<double> {
+    std::vector<TokenSeq> mm;
+    for (size_t k = 0; k < row_idx.size(); ++k) mm.push_back(Mismatched(rows[row_idx[k]], rows[row_idx[(k + 1) % row_idx.size()]]));
+    std::vector<const TokenSeq*> ptr;
+    for (const auto& x : mm) ptr.push_back(&x);
+    double sum = 0;
+    RETURN_IF_ERROR(GuardExceptions("kto reference point", [&]() -> absl::Status {
+      auto lp = SequenceLogProbs(*net, ptr, cfg.micro_batch_size, tools.pad);
+      auto ref = SequenceLogProbs(*reference, ptr, cfg.micro_batch_size, tools.pad);
+      for (size_t k = 0; k < lp.size(); ++k) sum += static_cast<double>(lp[k]) - ref[k];
+      return absl::OkStatus();
+    }));
+    ASSIGN_OR_RETURN(auto tot, p.group->SumDoubles({sum, static_cast<double>(ptr.size())}));
+    return tot[1] > 0 ? std::max(0.0, tot[0] / tot[1]) : 0.0;
+  };
+  auto build = [&](const std::vector<size_t>& ex) -> absl::StatusOr<std::vector<MicroBatch>> {
     std::vector<MicroBatch> out;
+    double z0 = 0;
+    if (kto) {
+      std::vector<size_t> all_rows;
+      for (size_t e : ex) all_rows.insert(all_rows.end(), rows_of[e].begin(), rows_of[e].end());
+      ASSIGN_OR_RETURN(z0, kto_z0(all_rows));
+    }
     for (size_t i = 0; i < ex.size(); i += static_cast<size_t>(cfg.micro_batch_size)) {
+      const size_t end = std::min(ex.size(), i + static_cast<size_t>(cfg.micro_batch_size));
+      if (kto) {
+        std::vector<const TokenSeq*> r;
+        std::vector<float> ref, des;
+        for (size_t j = i; j < end; ++j) {
+          for (size_t k : rows_of[ex[j]]) r.push_back(&rows[k]), ref.push_back(ref_rows[k]), des.push_back(desirable[k]);
+        }
+        auto mb = PadRows(r, tools.pad);
+        mb.fields["ref"] = torch::tensor(ref), mb.fields["desirable"] = torch::tensor(des);
+        mb.fields["z0"] = torch::tensor({static_cast<float>(z0)});
+        out.push_back(std::move(mb));
+        continue;
+      }
       std::vector<const TokenSeq*> c, r;
       std::vector<float> mg, rc, rr;
-      for (size_t j = i; j < std::min(ex.size(), i + static_cast<size_t>(cfg.micro_batch_size)); ++j) {
+      for (size_t j = i; j < end; ++j) {
         c.push_back(&chosen[ex[j]]), r.push_back(&rejected[ex[j]]);
-        mg.push_back(margins[ex[j]]), rc.push_back(ref_c[ex[j]]), rr.push_back(ref_r[ex[j]]);
+        mg.push_back(margins[ex[j]]);
+        if (with_ref) rc.push_back(ref_c[ex[j]]), rr.push_back(ref_r[ex[j]]);
       }
       auto mb = PairRows(c, r, tools.pad);
       if (rm && !cfg.margin_field.empty()) mb.fields["margin"] = torch::tensor(mg);
-      if (!rm) mb.fields["ref_chosen"] = torch::tensor(rc), mb.fields["ref_rejected"] = torch::tensor(rr);
+      if (with_ref) mb.fields["ref_chosen"] = torch::tensor(rc), mb.fields["ref_rejected"] = torch::tensor(rr);
       out.push_back(std::move(mb));
     }
     return out;
@@ -569,18 +782,25 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
   task.n_train = static_cast<int64_t>(train_idx.size());
   task.objective = objective.get();
   task.order = [&](int64_t epoch) { return ds.Shuffled(data::Split::kTrain, p.seed, static_cast<uint64_t>(epoch)); };
-  task.micro = [&](const std::vector<size_t>& ex) -> absl::StatusOr<std::vector<MicroBatch>> { return build(ex); };
+  task.micro = build;
   task.evaluate = [&]() -> absl::StatusOr<std::map<std::string, double>> {
     auto [lo, hi] = ShardRange(held_idx.size(), p.group->rank(), p.group->size());
     std::vector<size_t> mine(held_idx.begin() + static_cast<std::ptrdiff_t>(lo), held_idx.begin() + static_cast<std::ptrdiff_t>(hi));
     StepMetrics m;
-    // Every rank reports the same names, also one without held-out pairs.
+    // Every rank reports the same names, also one without held-out examples.
     m.AddSum("loss", 0);
-    for (const char* k : {"accuracy", "margin", "reward_chosen", "reward_rejected"}) m.AddMean(k, 0, 0);
-    const std::vector<double> totals = {static_cast<double>(held_idx.size())};  // loss shares of the global mean
+    for (const char* k : {"reward_chosen", "reward_rejected"}) m.AddMean(k, 0, 0);
+    for (const char* k : {"accuracy", "margin"}) {
+      if (!kto) m.AddMean(k, 0, 0);
+    }
+    if (kto) m.AddMean("kl", 0, 0);
+    double units = 0;  // the objective's normaliser over the held-out split: pairs, or kto rows
+    for (size_t e : held_idx) units += kto ? static_cast<double>(rows_of[e].size()) : 1.0;
+    const std::vector<double> totals = {units};
+    ASSIGN_OR_RETURN(auto batches, build(mine));
     RETURN_IF_ERROR(GuardExceptions(stage + " eval", [&]() -> absl::Status {
       torch::NoGradGuard ng;
-      for (const auto& mb : build(mine)) objective->Loss(mb, totals, m);
+      for (const auto& mb : batches) objective->Loss(mb, totals, m);
       return absl::OkStatus();
     }));
     return m.Reduce(*p.group);
@@ -690,7 +910,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
 void RegisterTrainKeys(config::Schema& schema) {
   TrainConfig::Spec().Register(schema);
   comm::DistConfig::Spec().Register(schema);
-  for (const std::string stage : {"sft", "reward_model", "dpo"}) {
+  for (const std::string& stage : kOfflineStages) {
     OfflineSection(stage).Register(schema);
     DataSection(stage).Register(schema);
     OptimSection(stage + ".optim").Register(schema);
@@ -713,7 +933,7 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
   for (const auto& s : p.train.stages) {
     if (std::find(kStages.begin(), kStages.end(), s) == kStages.end()) {
       return absl::InvalidArgumentError(absl::StrCat("train.stages: unknown stage '", s,
-                                                     "' (sft, reward_model, dpo, ppo, grpo)"));
+                                                     "' (", absl::StrJoin(kStages, ", "), ")"));
     }
   }
   if (p.train.model.empty()) return absl::InvalidArgumentError("set train.model (--model DIR): the starting policy");
@@ -756,10 +976,10 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
     if (stage == "sft") {
       RETURN_IF_ERROR(RunSft(p, index));
-    } else if (stage == "reward_model" || stage == "dpo") {
-      RETURN_IF_ERROR(RunPreference(p, index, stage));
-    } else {
+    } else if (stage == "ppo" || stage == "grpo") {
       RETURN_IF_ERROR(RunRl(p, index, stage));
+    } else {
+      RETURN_IF_ERROR(RunPreference(p, index, stage));
     }
   }
   if (p.rank0()) spdlog::info("training done: policy {}", p.policy);

@@ -108,6 +108,13 @@ class Section {
     return *this;
   }
 
+  // Overrides the default of the key added last (sections whose prefixes want different defaults).
+  template <typename V>
+  Section& Default(const V& value) {
+    specs_.back().default_value = ToNode(value);
+    return *this;
+  }
+
   void Register(Schema& schema) const {
     for (const auto& s : specs_) schema.Add(s);
   }

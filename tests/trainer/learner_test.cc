@@ -132,6 +132,64 @@ TEST(Learner, PackedRowsGiveThePaddedLoss) {
   EXPECT_NEAR(lp, lr, 1e-5);
 }
 
+// Sequence log-prob (sum over completion tokens) of one sequence by a direct forward of it alone.
+double DirectSeqLogProb(model::TransformerImpl& net, const TokenSeq& s, int64_t* tokens) {
+  torch::NoGradGuard ng;
+  std::vector<int64_t> ids(s.ids.begin(), s.ids.end());
+  auto logp = torch::log_softmax(net.Logits(net.Hidden(torch::tensor(ids).unsqueeze(0))).to(torch::kFloat32)[0], -1);
+  double l = 0;
+  *tokens = 0;
+  for (size_t t = 1; t < s.ids.size(); ++t) {
+    if (s.target[t]) l += logp[static_cast<int64_t>(t) - 1][s.ids[t]].item<double>(), ++*tokens;
+  }
+  return l;
+}
+
+TEST(PairObjective, EachLossEqualsItsDefinitionOnDirectSequenceLogProbs) {
+  auto seqs = Seqs(8, 50, 9);  // pairs (i, i + 4)
+  auto net = TinyModel(6);
+  std::vector<double> lp(8), len(8);
+  for (size_t i = 0; i < 8; ++i) {
+    int64_t n = 0;
+    lp[i] = DirectSeqLogProb(*net, seqs[i], &n);
+    len[i] = static_cast<double>(n);
+  }
+  auto mb = PadRows(Ptrs(seqs), 0);  // rows 0-3 chosen, 4-7 rejected
+  std::vector<double> lc(lp.begin(), lp.begin() + 4), lr(lp.begin() + 4, lp.end());
+  std::vector<double> nc(len.begin(), len.begin() + 4), nr(len.begin() + 4, len.end());
+  std::vector<double> ac(4), ar(4);
+  for (int i = 0; i < 4; ++i) ac[i] = lc[i] / nc[i], ar[i] = lr[i] / nr[i];
+  mb.fields["ref_chosen"] = torch::tensor({-20.f, -21.f, -19.f, -22.f});
+  mb.fields["ref_rejected"] = torch::tensor({-20.5f, -20.f, -23.f, -18.f});
+  std::vector<double> refc = {-20, -21, -19, -22}, refr = {-20.5, -20, -23, -18};
+  double dpo = 0, orpo_nll = 0, orpo_or = 0, simpo = 0, cpo = 0, rrhf = 0;
+  for (int i = 0; i < 4; ++i) {
+    auto logsig = [](double x) { return -std::log1p(std::exp(-x)); };
+    auto log1mexp = [](double x) { return std::log(-std::expm1(x)); };
+    dpo += -logsig(0.1 * ((lc[i] - refc[i]) - (lr[i] - refr[i])));
+    orpo_nll += -ac[i];
+    orpo_or += logsig((ac[i] - ar[i]) - (log1mexp(ac[i]) - log1mexp(ar[i])));
+    simpo += -logsig(2.0 * (ac[i] - ar[i]) - 0.5);
+    cpo += -logsig(0.1 * (lc[i] - lr[i])) - ac[i];
+    rrhf += std::max(0.0, ar[i] - ac[i]) - ac[i];
+  }
+  const std::map<PairLoss, double> want = {{PairLoss::kDpo, dpo / 4},
+                                           {PairLoss::kOrpo, orpo_nll / 4 - 0.1 * orpo_or / 4},
+                                           {PairLoss::kSimpo, simpo / 4},
+                                           {PairLoss::kCpo, cpo / 4},
+                                           {PairLoss::kRrhf, rrhf / 4}};
+  for (const auto& [kind, value] : want) {
+    PairLossConfig c;
+    c.loss = kind;
+    if (kind == PairLoss::kSimpo) c.beta = 2.0;
+    PairObjective obj(net, c);
+    StepMetrics m;
+    torch::NoGradGuard ng;
+    const double got = obj.Loss(mb, obj.Normalizers(mb), m).item<double>();
+    EXPECT_NEAR(got, value, 1e-4 * std::max(1.0, std::fabs(value))) << static_cast<int>(kind);
+  }
+}
+
 // An objective whose loss is NaN on demand.
 class PoisonObjective : public Objective {
  public:

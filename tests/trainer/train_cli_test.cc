@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -30,7 +31,7 @@ class TrainCli : public ::testing::Test {
     fs::create_directories(dir_);
     std::mt19937 rng(5);
     std::ofstream corpus(dir_ + "/corpus.txt"), sft(dir_ + "/sft.jsonl"), pref(dir_ + "/pref.jsonl"),
-        prompts(dir_ + "/prompts.jsonl");
+        prompts(dir_ + "/prompts.jsonl"), kto(dir_ + "/kto.jsonl");
     for (int i = 0; i < 400; ++i) corpus << rng() % 40 << "+" << rng() % 40 << "=" << rng() % 80 << "\n";
     for (int i = 0; i < 48; ++i) {
       int a = static_cast<int>(rng() % 20), b = static_cast<int>(rng() % 20);
@@ -38,9 +39,11 @@ class TrainCli : public ::testing::Test {
       sft << nlohmann::json{{"prompt", p}, {"completion", std::to_string(a + b)}}.dump() << "\n";
       pref << nlohmann::json{{"prompt", p}, {"chosen", std::to_string(a + b)}, {"rejected", std::to_string(a + b + 1)}}.dump()
            << "\n";
+      kto << nlohmann::json{{"prompt", p}, {"completion", std::to_string(a + b + (i % 3 == 0))}, {"label", i % 3 != 0}}.dump()
+          << "\n";
       if (i < 16) prompts << nlohmann::json{{"prompt", p}, {"answer", std::to_string(a + b)}}.dump() << "\n";
     }
-    corpus.close(), sft.close(), pref.close(), prompts.close();
+    corpus.close(), sft.close(), pref.close(), prompts.close(), kto.close();
     const std::string q = " --set run.log_level=warn --run-dir " + dir_ + "/runs/";
     auto r = RunCommand(kRlhf + " train-tokenizer --corpus " + dir_ + "/corpus.txt --merges 40 --out " + dir_ + "/tok" + q + "tok");
     ASSERT_EQ(r.code, 0) << r.out;
@@ -72,9 +75,12 @@ class TrainCli : public ::testing::Test {
                     " --set run.log_level=warn --set run.threads=1 --set dist.master_addr=127.0.0.1";
     // Adam's first steps are lr * g / (|g| + eps): a larger eps keeps gradients that are 0 up to rounding
     // from turning into +-lr steps that differ between summation orders.
-    for (const char* s : {"sft", "dpo", "reward_model", "rl"}) a += std::string(" --set ") + s + ".optim.eps=1e-3";
+    for (const char* s : {"sft", "reward_model", "rl"}) a += std::string(" --set ") + s + ".optim.eps=1e-3";
     a += " --set sft.data.path=" + dir_ + "/sft.jsonl --set sft.batch_size=8 --set sft.micro_batch_size=2 --set sft.optim.lr=1e-3";
-    a += " --set dpo.data.path=" + dir_ + "/pref.jsonl --set dpo.batch_size=8 --set dpo.micro_batch_size=2 --set dpo.optim.lr=1e-3";
+    for (const std::string s : {"dpo", "kto", "orpo", "simpo", "cpo", "rrhf"}) {
+      a += " --set " + s + ".data.path=" + dir_ + "/pref.jsonl --set " + s + ".batch_size=8 --set " + s +
+           ".micro_batch_size=2 --set " + s + ".optim.lr=1e-3 --set " + s + ".optim.eps=1e-3";
+    }
     a += " --set reward_model.data.path=" + dir_ + "/pref.jsonl --set reward_model.batch_size=8 --set reward_model.optim.lr=1e-3";
     a += " --set rl.samples=" + dir_ + "/scored.jsonl --set rl.group_size=4 --set rl.rollout_batch_size=4 "
          "--set rl.micro_batch_size=3 --set rl.optim.lr=1e-3 --set rl.critic_optim.lr=1e-3 --set rl.critic_optim.eps=1e-3";
@@ -103,10 +109,11 @@ class TrainCli : public ::testing::Test {
 std::string TrainCli::dir_;
 
 TEST_F(TrainCli, TwoRanksMakeTheUpdateOfOneRank) {
-  // SFT (token losses), DPO (sequence losses), PPO and GRPO (token-level RL losses, global whitening).
-  for (const std::string stage : {"sft", "dpo", "ppo", "grpo"}) {
+  // SFT (token losses), DPO (sequence losses), KTO (a reference point all-reduced over ranks), PPO and
+  // GRPO (token-level RL losses, global whitening).
+  for (const std::string stage : {"sft", "dpo", "kto", "ppo", "grpo"}) {
     const std::string one = dir_ + "/runs/dp1-" + stage, two = dir_ + "/runs/dp2-" + stage;
-    const std::string a = Args(stage) + " --set sft.max_steps=2 --set dpo.max_steps=2 --set rl.steps=2";
+    const std::string a = Args(stage) + " --set sft.max_steps=2 --set dpo.max_steps=2 --set kto.max_steps=2 --set rl.steps=2";
     auto r = RunCommand("timeout 120 " + kRlhf + " train" + a + " --run-dir " + one);
     ASSERT_EQ(r.code, 0) << r.out;
     r = RunCommand("timeout 120 mpirun --allow-run-as-root --oversubscribe -np 2 " + kRlhf + " train" + a + " --run-dir " + two);
@@ -184,6 +191,53 @@ TEST_F(TrainCli, ExactResumeOfPpo) {
   const std::string a = Args("ppo") + " --set rl.steps=4 --set rl.ppo_epochs=2 --set rl.minibatch_size=8 "
                         "--set train.save_every=2 --set rl.kl_target=0.01 --set rl.kl_coef=0.1";
   ExpectExactResume(dir_, a, "ppo", 2, {"model", "critic"});
+}
+
+TEST_F(TrainCli, ExactResumeOfDpoReusesTheCachedReferenceLogProbs) {
+  const std::string a = Args("dpo") + " --set dpo.max_steps=4 --set train.save_every=2";
+  ExpectExactResume(dir_, a, "dpo", 2, {"model"});
+  const std::string run = dir_ + "/runs/resumed-dpo";
+  EXPECT_TRUE(fs::exists(run + "/0-dpo/reference_logprobs.safetensors"));
+  // Started again from its last checkpoint: the reference log-probs come from the cache ...
+  auto r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + a + " --resume --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("reference log-probs of 96 rows from"), std::string::npos) << r.out;
+  // ... unless the reference changed: then they are computed again.
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + a + " --set dpo.reference=" + run +
+                 "/0-dpo/model --resume --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("reference log-probs of 96 rows computed"), std::string::npos) << r.out;
+}
+
+TEST_F(TrainCli, EveryPreferenceTrainerRunsFromConfig) {
+  const std::string kto_data = " --set kto.data.path=" + dir_ + "/kto.jsonl";
+  for (const std::string stage : {"dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "kto-unpaired"}) {
+    const std::string name = stage == "kto-unpaired" ? "kto" : stage;
+    const std::string run = dir_ + "/runs/pref-" + stage;
+    auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args(name) + " --set " + name + ".max_steps=3" +
+                        (stage == "kto-unpaired" ? kto_data : "") + " --run-dir " + run);
+    ASSERT_EQ(r.code, 0) << stage << "\n" << r.out;
+    std::ifstream in(run + "/metrics.jsonl");
+    std::string line;
+    std::vector<nlohmann::json> rows;
+    while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+    ASSERT_EQ(rows.size(), 3u) << stage;
+    std::vector<std::string> want = {"loss", "reward_chosen", "reward_rejected", "eval/loss"};
+    if (name == "kto") {
+      want.push_back("kl");
+    } else {
+      want.insert(want.end(), {"accuracy", "margin", "eval/accuracy"});
+    }
+    for (const auto& k : want) {
+      ASSERT_TRUE(rows.back().contains(k)) << stage << " lacks " << k;
+      EXPECT_TRUE(std::isfinite(rows.back()[k].get<double>())) << stage << " " << k;
+    }
+    if (name == "dpo" || name == "kto") {
+      // The policy starts as its reference: DPO's first loss is log 2, KTO's 1 - sigmoid(0) = 0.5.
+      EXPECT_NEAR(rows[0]["loss"].get<double>(), name == "dpo" ? std::log(2.0) : 0.5, 1e-5) << stage;
+    }
+    EXPECT_TRUE(fs::exists(run + "/0-" + name + "/model/model.safetensors")) << stage;
+  }
 }
 
 TEST_F(TrainCli, DamagedCheckpointFallsBackToThePreviousOne) {
