@@ -119,4 +119,23 @@ MicroBatch SelectRows(const MicroBatch& full, const std::vector<int64_t>& rows) 
   return mb;
 }
 
+std::vector<size_t> MismatchPartners(size_t n, size_t rows_per_example) {
+  std::vector<size_t> out(n);
+  for (size_t k = 0; k < n; ++k) out[k] = (k + rows_per_example) % n;
+  return out;
+}
+
+TokenSeq PromptWithCompletion(const TokenSeq& a, const TokenSeq& b) {
+  auto first_target = [](const TokenSeq& s) {
+    return static_cast<size_t>(std::find(s.target.begin(), s.target.end(), 1) - s.target.begin());
+  };
+  const size_t pa = first_target(a), pb = first_target(b);
+  TokenSeq out;
+  out.ids.assign(a.ids.begin(), a.ids.begin() + static_cast<std::ptrdiff_t>(pa));
+  out.target.assign(pa, 0);
+  out.ids.insert(out.ids.end(), b.ids.begin() + static_cast<std::ptrdiff_t>(pb), b.ids.end());
+  out.target.insert(out.target.end(), b.target.begin() + static_cast<std::ptrdiff_t>(pb), b.target.end());
+  return out;
+}
+
 }  // namespace rlhf::trainer

@@ -32,6 +32,15 @@ std::vector<std::vector<size_t>> Chunks(const std::vector<size_t>& items, int64_
 // This rank's contiguous part of a global batch of `n` items: [rank * n / size, (rank + 1) * n / size).
 std::pair<size_t, size_t> ShardRange(size_t n, int rank, int size);
 
+// KTO's mismatched pairs over n rows laid out as examples of `rows_per_example` consecutive rows (2 for
+// preference pairs: chosen, rejected): row k's prompt goes with the completion of partner[k], the same
+// row of the next example (cyclically), so prompt and completion come from different examples whenever
+// there are two or more.
+std::vector<size_t> MismatchPartners(size_t n, size_t rows_per_example);
+
+// A sequence made of `a`'s prompt (the tokens before its first target) and `b`'s completion.
+TokenSeq PromptWithCompletion(const TokenSeq& a, const TokenSeq& b);
+
 // Rows `rows` of a padded micro-batch (every [B, ...] tensor and field), columns cut to the longest row.
 MicroBatch SelectRows(const MicroBatch& full, const std::vector<int64_t>& rows);
 

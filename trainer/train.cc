@@ -597,20 +597,6 @@ absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index,
   return out;
 }
 
-// The prompt of `a` followed by the completion of `b` (KTO's mismatched pairs).
-TokenSeq Mismatched(const TokenSeq& a, const TokenSeq& b) {
-  auto first_target = [](const TokenSeq& s) {
-    return static_cast<size_t>(std::find(s.target.begin(), s.target.end(), 1) - s.target.begin());
-  };
-  const size_t pa = first_target(a), pb = first_target(b);
-  TokenSeq out;
-  out.ids.assign(a.ids.begin(), a.ids.begin() + static_cast<std::ptrdiff_t>(pa));
-  out.target.assign(pa, 0);
-  out.ids.insert(out.ids.end(), b.ids.begin() + static_cast<std::ptrdiff_t>(pb), b.ids.end());
-  out.target.insert(out.target.end(), b.target.begin() + static_cast<std::ptrdiff_t>(pb), b.target.end());
-  return out;
-}
-
 // ---- reward model and the preference stages ---------------------------------------------------------------
 // reward_model (Bradley-Terry), dpo, orpo, simpo, cpo, rrhf on preference pairs; kto on unpaired completions
 // (kto data, or preference pairs split into a desirable and an undesirable completion).
@@ -723,10 +709,13 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
     objective = std::make_unique<PairObjective>(net, c);
   }
   // KTO: z0 = max(0, mean over the batch (all ranks) of policy - reference log-probs of mismatched pairs),
-  // each row's prompt with the next row's completion, under the current policy and without gradient.
+  // each row's prompt with the completion of the same row of the next example, under the current policy
+  // and without gradient. (Pairs give two rows per example: the next row has the same prompt.)
+  const size_t rows_per_example = ds.kind() == data::Kind::kPreference ? 2 : 1;
   auto kto_z0 = [&](const std::vector<size_t>& row_idx) -> absl::StatusOr<double> {
     std::vector<TokenSeq> mm;
-    for (size_t k = 0; k < row_idx.size(); ++k) mm.push_back(Mismatched(rows[row_idx[k]], rows[row_idx[(k + 1) % row_idx.size()]]));
+    const auto partner = MismatchPartners(row_idx.size(), rows_per_example);
+    for (size_t k = 0; k < row_idx.size(); ++k) mm.push_back(PromptWithCompletion(rows[row_idx[k]], rows[row_idx[partner[k]]]));
     std::vector<const TokenSeq*> ptr;
     for (const auto& x : mm) ptr.push_back(&x);
     double sum = 0;

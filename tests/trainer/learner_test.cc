@@ -190,6 +190,18 @@ TEST(PairObjective, EachLossEqualsItsDefinitionOnDirectSequenceLogProbs) {
   }
 }
 
+TEST(Kto, MismatchedPairsTakeTheCompletionOfAnotherExample) {
+  // Pairs give two rows per example (chosen, rejected): the partner is never the same example.
+  const auto paired = MismatchPartners(6, 2);
+  EXPECT_EQ(paired, (std::vector<size_t>{2, 3, 4, 5, 0, 1}));
+  for (size_t k = 0; k < paired.size(); ++k) EXPECT_NE(paired[k] / 2, k / 2);
+  EXPECT_EQ(MismatchPartners(3, 1), (std::vector<size_t>{1, 2, 0}));
+  TokenSeq a{{5, 6, 7, 8}, {0, 0, 1, 1}}, b{{9, 10, 11}, {0, 1, 1}};
+  auto m = PromptWithCompletion(a, b);
+  EXPECT_EQ(m.ids, (std::vector<int32_t>{5, 6, 10, 11}));
+  EXPECT_EQ(m.target, (std::vector<uint8_t>{0, 0, 1, 1}));
+}
+
 // An objective whose loss is NaN on demand.
 class PoisonObjective : public Objective {
  public:
