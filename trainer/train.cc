@@ -546,9 +546,10 @@ std::string ReferenceFingerprint(const std::string& ref_dir, const std::vector<c
 }
 
 // Reference log-probs of `seqs`: from <stage dir>/reference_logprobs.safetensors when it was made for the
-// same reference and rows, else computed (rank 0 writes the cache when `cache`).
+// same reference and rows, else computed with `reference` (loaded from ref_dir when empty; rank 0 writes
+// the cache when `cache`).
 absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index, const std::string& stage,
-                                                     const std::string& ref_dir, bool cache,
+                                                     const std::string& ref_dir, model::Transformer reference, bool cache,
                                                      const std::vector<const TokenSeq*>& seqs, int64_t micro, int32_t pad) {
   const std::string path = (fs::path(StageDir(p, index, stage)) / "reference_logprobs.safetensors").string();
   const std::string key = ReferenceFingerprint(ref_dir, seqs);
@@ -566,17 +567,24 @@ absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index,
     std::memcpy(v.data(), (*f)->Data(*t), v.size() * sizeof(float));
     return v;
   };
+  auto compute = [&]() -> absl::StatusOr<std::vector<float>> {
+    if (reference.is_empty()) {
+      ASSIGN_OR_RETURN(reference, LoadFrozen(ref_dir));
+    }
+    std::vector<float> v;
+    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
+      v = SequenceLogProbs(*reference, seqs, micro, pad);
+      return absl::OkStatus();
+    }));
+    return v;
+  };
   std::vector<float> out;
   if (p.rank0()) {
     if (auto v = load()) {
       spdlog::info("{}: reference log-probs of {} rows from {}", stage, seqs.size(), path);
       out = std::move(*v);
     } else {
-      ASSIGN_OR_RETURN(auto ref, LoadFrozen(ref_dir));
-      RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
-        out = SequenceLogProbs(*ref, seqs, micro, pad);
-        return absl::OkStatus();
-      }));
+      ASSIGN_OR_RETURN(out, compute());
       if (cache) {
         fs::create_directories(fs::path(path).parent_path());
         model::TensorToWrite t{"logprobs", model::StDType::kF32, {static_cast<int64_t>(out.size())}, out.data()};
@@ -588,11 +596,7 @@ absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index,
   RETURN_IF_ERROR(p.group->Barrier());
   if (!p.rank0()) {
     if (auto v = load()) return *v;
-    ASSIGN_OR_RETURN(auto ref, LoadFrozen(ref_dir));
-    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
-      out = SequenceLogProbs(*ref, seqs, micro, pad);
-      return absl::OkStatus();
-    }));
+    return compute();
   }
   return out;
 }
@@ -661,23 +665,23 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
   }
   // Reference sequence log-probs of every row, computed once (and cached) with the frozen reference.
   const std::string ref_dir = cfg.reference.empty() ? start : cfg.reference;
+  // KTO's reference point needs the reference on the mismatched pairs of every batch: kept loaded.
+  model::Transformer reference{nullptr};
+  if (kto) {
+    ASSIGN_OR_RETURN(reference, LoadFrozen(ref_dir));
+  }
   std::vector<float> ref_c, ref_r, ref_rows;
   if (with_ref) {
     std::vector<const TokenSeq*> seqs;
     for (const auto* v : {&chosen, &rejected, &rows}) {
       for (const auto& x : *v) seqs.push_back(&x);
     }
-    ASSIGN_OR_RETURN(auto all, ReferenceLogProbs(p, index, stage, ref_dir, cfg.reference_cache, seqs,
+    ASSIGN_OR_RETURN(auto all, ReferenceLogProbs(p, index, stage, ref_dir, reference, cfg.reference_cache, seqs,
                                                  cfg.micro_batch_size * 2, tools.pad));
     auto at = all.begin();
     ref_c.assign(at, at + static_cast<std::ptrdiff_t>(chosen.size())), at += static_cast<std::ptrdiff_t>(chosen.size());
     ref_r.assign(at, at + static_cast<std::ptrdiff_t>(rejected.size())), at += static_cast<std::ptrdiff_t>(rejected.size());
     ref_rows.assign(at, all.end());
-  }
-  // KTO's reference point needs the reference on the mismatched pairs of every batch.
-  model::Transformer reference{nullptr};
-  if (kto) {
-    ASSIGN_OR_RETURN(reference, LoadFrozen(ref_dir));
   }
 
   auto train_idx = ds.Indices(data::Split::kTrain), held_idx = ds.Indices(data::Split::kHeldout);
