@@ -41,9 +41,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   InitLogging("warn");
   ConfigureRuntime(static_cast<int>(threads));
-  const auto info = DescribeRuntime();
-  std::printf("machine: %d threads, BLAS %s (core %s)%s\n", info.threads, info.blas_library.c_str(),
-              info.openblas_core.c_str(), info.reference_blas ? " -- REFERENCE BLAS, ~30x slow: run scripts/setup.sh" : "");
+  bench::PrintMachine();
 
   auto cfg = model::ModelInitConfig::Small().ToHfConfig().value();
   auto critic_cfg = cfg;

@@ -45,9 +45,7 @@ int main(int argc, char** argv) {
   ConfigureRuntime(static_cast<int>(threads));
 
   auto cfg = model::ModelInitConfig::Small().ToHfConfig().value();
-  const auto info = DescribeRuntime();
-  std::printf("machine: %d threads, BLAS %s (core %s), oneDNN cap %s\n", info.threads, info.blas_library.c_str(),
-              info.openblas_core.c_str(), info.onednn_max_isa.empty() ? "none" : info.onednn_max_isa.c_str());
+  bench::PrintMachine();
   std::printf("GEMM 1024^3: f32 %.0f GFLOP/s, bf16 %.0f GFLOP/s\n", GemmGflops(torch::kFloat32),
               GemmGflops(torch::kBFloat16));
 

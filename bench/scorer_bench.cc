@@ -44,8 +44,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   InitLogging("warn");
   ConfigureRuntime(static_cast<int>(threads));
-  const auto info = DescribeRuntime();
-  std::printf("machine: %d threads, BLAS %s (core %s)\n", info.threads, info.blas_library.c_str(), info.openblas_core.c_str());
+  bench::PrintMachine();
 
   // Small-config reward model and reference policy as HF folders (random weights).
   const std::string dir = (fs::temp_directory_path() / ("scorer-bench-" + std::to_string(getpid()))).string();
