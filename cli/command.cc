@@ -144,7 +144,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
-          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand()};
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand(), EvalCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }

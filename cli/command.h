@@ -66,5 +66,6 @@ Command ServeRolloutCommand();  // `rlhf serve rollout`
 Command TrainCommand();
 Command ScoreCommand();        // `rlhf score`
 Command ServeScorerCommand();  // `rlhf serve scorer`
+Command EvalCommand();         // `rlhf eval`
 
 }  // namespace rlhf::cli

@@ -228,4 +228,38 @@ grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerRea
   return grpc::Status::OK;
 }
 
+const config::Section<RolloutServerConfig>& RolloutServerConfig::Spec() {
+  static const auto* s = [] {
+    using S = RolloutServerConfig;
+    auto* s = new config::Section<S>("rollout");
+    s->Add("model", &S::model, "model folder to serve (serve rollout; rlhf train serves its policy)");
+    s->Add("address", &S::address, "host:port of the gRPC server (serve rollout)");
+    s->Add("slots", &S::slots, "sequences decoded together", config::AtLeast(1));
+    s->Add("capacity", &S::capacity, "KV cache length per sequence (prompt + completion)", config::AtLeast(2));
+    s->Add("max_new_tokens", &S::max_new_tokens, "the most new tokens a request may ask for", config::AtLeast(1));
+    s->Add("dtype", &S::dtype, "compute dtype: \"\" = the checkpoint's, float32, bfloat16",
+           config::OneOf({"", "float32", "bfloat16", "f32", "bf16"}));
+    return s;
+  }();
+  return *s;
+}
+
+absl::StatusOr<std::unique_ptr<ServedRollout>> LoadRolloutService(const RolloutServerConfig& config,
+                                                                  const std::string& model_dir,
+                                                                  int64_t initial_version) {
+  auto out = std::make_unique<ServedRollout>();
+  ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(config.dtype));
+  ASSIGN_OR_RETURN(out->model, model::LoadModel(model_dir, load));
+  if (auto t = text::Tokenizer::FromFile(model_dir); t.ok()) {
+    out->tokenizer = std::make_unique<text::Tokenizer>(std::move(*t));
+  }
+  const auto& ids = out->model->config().eos_token_ids;
+  std::vector<int32_t> eos(ids.begin(), ids.end());
+  RolloutServiceOptions opts;
+  opts.generator = {config.slots, config.capacity, true};
+  opts.max_new_tokens = config.max_new_tokens;
+  out->service = std::make_unique<RolloutService>(out->model.get(), out->tokenizer.get(), eos, opts, initial_version);
+  return out;
+}
+
 }  // namespace rlhf::rollout

@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "common/config/config.h"
 #include "common/model/transformer.h"
+#include "common/text/tokenizer.h"
 #include "common/rpc.h"
 #include "rlhf/rollout.grpc.pb.h"
 #include "rollout/generator.h"
@@ -76,5 +78,27 @@ class RolloutService final : public Rollout::Service {
   std::mutex staged_mu_;
   std::unique_ptr<Staged> pending_;  // committed, waiting for the next group boundary
 };
+
+// The keys of a rollout worker (`rlhf serve rollout`, and the embedded worker of `rlhf train`).
+struct RolloutServerConfig {
+  std::string model;                      // model folder to serve (serve rollout; train serves its policy)
+  std::string address = "0.0.0.0:50051";  // host:port to listen on (serve rollout)
+  int64_t slots = 16;                     // sequences decoded together
+  int64_t capacity = 1024;                // KV cache length per sequence (prompt + completion)
+  int64_t max_new_tokens = 1024;          // the most a request may ask for
+  std::string dtype;                      // "" = the checkpoint's, float32, bfloat16
+  static const config::Section<RolloutServerConfig>& Spec();  // under "rollout"
+};
+
+// A rollout service together with the model and tokenizer it serves.
+struct ServedRollout {
+  model::Transformer model{nullptr};
+  std::unique_ptr<text::Tokenizer> tokenizer;  // null when the folder has none (prompts must be ids)
+  std::unique_ptr<RolloutService> service;
+};
+// Loads `model_dir` (in config.dtype) and builds the service over it with the config's limits.
+absl::StatusOr<std::unique_ptr<ServedRollout>> LoadRolloutService(const RolloutServerConfig& config,
+                                                                  const std::string& model_dir,
+                                                                  int64_t initial_version = 0);
 
 }  // namespace rlhf::rollout

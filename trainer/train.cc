@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +22,11 @@
 #include "common/sample_json.h"
 #include "common/text/chat_template.h"
 #include "common/text/tokenizer.h"
+#include "rollout/weight_client.h"
+#include "services/coordinator/coordinator.h"
+#include "services/coordinator/eval.h"
+#include "services/coordinator/roles.h"
+#include "services/scoring/scorer.h"
 #include "trainer/batching.h"
 #include "trainer/learner.h"
 #include "trainer/objectives.h"
@@ -144,7 +150,17 @@ struct RlStageConfig {
   std::string reference;         // reference policy for KL when samples carry no ref_logprobs; "" = the starting policy
   std::string samples;           // JSONL of scored samples (rewards filled in), groups of one prompt consecutive
   int64_t rollout_batch_size = 8;  // prompts per policy step (times group_size samples)
-  int64_t steps = 0;             // policy steps; 0 = every full rollout batch of the file
+  int64_t steps = 0;             // policy steps; 0 = every full rollout batch of the file (epochs when online)
+  // online (rl.data.path set): the coordinator generates and scores the samples of each step
+  int64_t epochs = 1;            // passes over the training prompts
+  double temperature = 1.0;      // sampling of the rollouts
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  double min_p = 0.0;
+  int64_t max_new_tokens = 64;
+  std::vector<std::string> stop;
+  bool dynamic_sampling = false;  // filter groups whose rewards are all equal (DAPO), recorded in the ledger
+  bool scorer_reference = false;  // take reference log-probs from the scorer (reward.reference_model) instead of rl.reference
 };
 
 const config::Section<RlStageConfig>& RlStageSection() {
@@ -157,7 +173,19 @@ const config::Section<RlStageConfig>& RlStageSection() {
     s->Add("samples", &R::samples, "JSONL of scored samples (groups of one prompt consecutive)");
     s->Add("rollout_batch_size", &R::rollout_batch_size, "prompts per policy step (each with group_size samples)",
            config::AtLeast(1));
-    s->Add("steps", &R::steps, "policy steps; 0 = every full rollout batch of the file", config::AtLeast(0));
+    s->Add("steps", &R::steps, "policy steps; 0 = every full rollout batch of the file (online: rl.epochs decide)",
+           config::AtLeast(0));
+    s->Add("epochs", &R::epochs, "online: passes over the training prompts of rl.data", config::AtLeast(1));
+    s->Add("temperature", &R::temperature, "online: sampling temperature of the rollouts", config::AtLeast(1e-6));
+    s->Add("top_p", &R::top_p, "online: nucleus mass of the rollouts; 1 = off", config::InRange(0, 1));
+    s->Add("top_k", &R::top_k, "online: keep the k most likely tokens; 0 = off", config::AtLeast(0));
+    s->Add("min_p", &R::min_p, "online: keep tokens with p >= min_p * p_max; 0 = off", config::InRange(0, 1));
+    s->Add("max_new_tokens", &R::max_new_tokens, "online: longest completion of a rollout", config::AtLeast(1));
+    s->Add("stop", &R::stop, "online: stop strings of the rollouts (besides the model's eos ids)");
+    s->Add("dynamic_sampling", &R::dynamic_sampling,
+           "online: filter prompt groups whose rewards are all equal (DAPO); they are recorded as filtered");
+    s->Add("scorer_reference", &R::scorer_reference,
+           "online: reference log-probs from the scorer (reward.reference_model) instead of rl.reference");
     return s;
   }();
   return *s;
@@ -235,6 +263,10 @@ class MetricsLog {
   std::string path_;
   std::ofstream out_;
 };
+
+double Seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // ---- pipeline state -------------------------------------------------------------------------------------
 struct Pipeline {
@@ -805,95 +837,376 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
   return absl::OkStatus();
 }
 
-// ---- ppo / grpo on scored samples -----------------------------------------------------------------------------
-absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
-  const auto sc = RlStageSection().Read(*p.config);
-  auto rc = RlSection().Read(*p.config);
-  const auto po = OptimSection("rl.optim").Read(*p.config);
-  const auto co = OptimSection("rl.critic_optim").Read(*p.config);
-  const bool with_critic = stage == "ppo";
-  if (rc.advantage == "auto") rc.advantage = with_critic ? "gae" : "grpo";
-  if (rc.advantage == "gae" && !with_critic) return absl::InvalidArgumentError("rl.advantage=gae needs the ppo stage (a critic)");
-  if (sc.samples.empty()) return absl::InvalidArgumentError("set rl.samples: a JSONL of scored samples");
+// ---- ppo / grpo -----------------------------------------------------------------------------------------------
+// Offline (rl.samples): policy steps over a file of scored samples. Online (rl.data.path): the coordinator
+// (services/coordinator) leases the prompts to rollout workers, has the samples scored, and hands the
+// learner one batch per step; the new weights go to the workers before the next step (strictly on-policy).
 
-  // Samples, grouped by prompt.
-  ASSIGN_OR_RETURN(auto samples, ReadSamplesJsonl(sc.samples));
-  const int64_t g = rc.group_size;
-  if (samples.size() % static_cast<size_t>(g) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", samples.size(), " samples, not whole groups of ", g));
-  }
-  const int64_t groups = static_cast<int64_t>(samples.size()) / g;
-  if (sc.rollout_batch_size % p.group->size() != 0) {
-    return absl::InvalidArgumentError("rl.rollout_batch_size must be a multiple of the number of ranks");
-  }
-  int64_t total = groups / sc.rollout_batch_size;
-  if (sc.steps > 0) total = std::min(total, sc.steps);
-  if (total == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", groups, " prompts, fewer than rl.rollout_batch_size"));
-  }
+// Rank 0's bytes, on every rank.
+absl::StatusOr<std::string> BroadcastBytes(comm::Group& group, std::string bytes) {
+  if (group.size() == 1) return bytes;
+  std::vector<torch::Tensor> len = {torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kInt64)};
+  RETURN_IF_ERROR(group.Broadcast(len, 0));
+  const int64_t n = len[0].item<int64_t>();
+  std::vector<torch::Tensor> data = {group.rank() == 0
+                                         ? torch::from_blob(bytes.data(), {n}, torch::kUInt8).clone()
+                                         : torch::empty({n}, torch::kUInt8)};
+  if (n > 0) RETURN_IF_ERROR(group.Broadcast(data, 0));
+  return std::string(reinterpret_cast<const char*>(data[0].data_ptr<uint8_t>()), static_cast<size_t>(n));
+}
 
-  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
-  ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
-  model::Transformer critic{nullptr}, reference{nullptr};
-  if (with_critic) {
-    const std::string from = !sc.critic.empty() ? sc.critic : !p.reward_model.empty() ? p.reward_model : start;
-    ASSIGN_OR_RETURN(critic, LoadForTraining(from, model::Head::kTokenClassification, p.seed + 1));
-    if (p.rank0()) spdlog::info("{}: critic starts from {} (value head)", stage, from);
-  }
-  bool all_ref = true;
-  for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();
-  if (!all_ref && rc.kl_placement != "none" && rc.kl_coef > 0) {
-    ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
-  }
-  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
-  Learner learner(p.group, p.bucket_bytes);
-  learner.AddModel("policy", policy, po, 1);
-  if (with_critic) learner.AddModel("critic", critic, co, 1);
-  RlUpdate update(&learner, policy, critic, reference, rc, tools.pad);
-  // Optimizer steps per policy step, for the schedules.
-  const int64_t batch_samples = sc.rollout_batch_size * g;
-  const int64_t per_step = rc.ppo_epochs * (rc.minibatch_size > 0 ? batch_samples / rc.minibatch_size : 1);
-  learner.SetTotalSteps(total * per_step);
+struct RlSetup {
+  RlStageConfig sc;
+  std::string start;  // starting policy folder
+  model::Transformer policy{nullptr}, critic{nullptr};
+  std::optional<TextTools> tools;
+};
 
+// Evaluation on the held-out prompts, written to <stage>/<name>.jsonl; rank 0 only.
+absl::StatusOr<json> RunEval(coordinator::RolloutPool& pool, coordinator::ScorerClient& scorer,
+                             const std::vector<Prompt>& prompts, const coordinator::EvalConfig& ec, int64_t version,
+                             uint64_t seed, const std::string& path) {
+  ASSIGN_OR_RETURN(auto r, coordinator::Evaluate(pool, scorer, prompts, ec, version, seed));
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& s : r.generations) out << SampleToJson(s) << "\n";
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  spdlog::info("eval at policy version {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}", version,
+               r.correct, r.prompts, 100 * r.accuracy, 100 * r.accuracy_low, 100 * r.accuracy_high, r.mean_reward,
+               r.k > 0 ? absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k) : std::string());
+  return r.ToJson();
+}
+
+absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner& learner,
+                         RlUpdate& update, const data::Dataset& ds, int64_t total) {
+  const auto& sc = rs.sc;
+  const int64_t g = update.config().group_size;
+  const std::string dir = StageDir(p, index, stage);
+  const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
+  const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
+  const auto data_cfg = DataSection("rl").Read(*p.config);
+  const auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
+  const double t_start = Seconds();
   int64_t step = 0;
+  json extra = json::object();
   if (p.resume) {
     step = p.resume->step;
+    extra = p.resume->extra;
     RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
-    update.kl_controller().Restore(p.resume->extra.value("kl_coef", rc.kl_coef));
+    update.kl_controller().Restore(extra.value("kl_coef", update.config().kl_coef));
     if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, step, p.resume_dir);
     p.resume.reset();
   }
+  // Rank 0 runs the coordinator and talks to the roles; the other ranks get each batch by broadcast.
+  std::unique_ptr<coordinator::Roles> roles;
+  std::unique_ptr<coordinator::RolloutPool> pool;
+  std::unique_ptr<coordinator::ScorerClient> scorer;
+  std::unique_ptr<coordinator::Coordinator> coord;
+  std::vector<Prompt> eval_prompts;
   if (p.rank0()) {
-    spdlog::info("{}: {} policy steps of {} prompts x {} samples, advantage {}, {} optimizer steps each", stage, total,
-                 sc.rollout_batch_size, g, update.advantage(), per_step);
-  }
-  for (; step < total; ++step) {
-    // This rank's groups of the batch.
-    auto [lo, hi] = ShardRange(static_cast<size_t>(sc.rollout_batch_size), p.group->rank(), p.group->size());
-    const size_t first = static_cast<size_t>(step * sc.rollout_batch_size);
-    std::vector<Sample> mine(samples.begin() + static_cast<std::ptrdiff_t>((first + lo) * g),
-                             samples.begin() + static_cast<std::ptrdiff_t>((first + hi) * g));
-    ASSIGN_OR_RETURN(auto m, update.Update(mine, p.seed + static_cast<uint64_t>(step)));
-    const bool last = step + 1 == total;
-    p.log.Write(index, stage, step + 1, m);
-    if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
-      spdlog::info("{} step {}/{}: reward {:.4f} loss {:.4f} pg {:.4f} vf {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} "
-                   "{:.0f} tok/s",
-                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["vf_loss"], m["kl_ref"],
-                   m["clip_fraction"], m["entropy"], m["tokens_per_second"]);
+    fs::create_directories(dir);
+    const auto* chat = rs.tools->chat ? &rs.tools->chat->chat_template : nullptr;
+    ASSIGN_OR_RETURN(auto train_prompts, coordinator::PromptsOf(ds, ds.Indices(data::Split::kTrain), chat,
+                                                                rs.tools->vars, reward_cfg.answer_field));
+    ASSIGN_OR_RETURN(eval_prompts, coordinator::PromptsOf(ds, coordinator::SplitIndices(ds, ec.split), chat,
+                                                          rs.tools->vars, reward_cfg.answer_field));
+    ASSIGN_OR_RETURN(roles, coordinator::Roles::Start(roles_cfg, *p.config, rs.start, 0));
+    const RpcConfig rpc = roles->rpc();
+    auto publish = [&, rpc](Rollout::Stub* stub, int64_t version) -> absl::Status {
+      const double t0 = Seconds();
+      auto r = rollout::PushWeights(stub, *rs.policy, version, roles_cfg.weight_chunk_bytes, rpc);
+      if (!r.ok()) return r.status();
+      Metrics::Process()
+          .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight update to one rollout worker",
+                     {0.01, 0.1, 1, 10, 100})
+          .Observe(Seconds() - t0);
+      return absl::OkStatus();
+    };
+    pool = std::make_unique<coordinator::RolloutPool>(roles->rollout_channels(), rpc, roles_cfg.retry(), publish);
+    scorer = std::make_unique<coordinator::ScorerClient>(roles->scorer_channel(), rpc, roles_cfg.retry());
+    coordinator::CoordinatorOptions co;
+    co.rollout_batch_size = sc.rollout_batch_size;
+    co.group_size = static_cast<int32_t>(g);
+    co.params.set_temperature(static_cast<float>(sc.temperature));
+    co.params.set_top_p(static_cast<float>(sc.top_p));
+    co.params.set_top_k(static_cast<int32_t>(sc.top_k));
+    co.params.set_min_p(static_cast<float>(sc.min_p));
+    co.params.set_max_new_tokens(static_cast<int32_t>(sc.max_new_tokens));
+    for (const auto& st : sc.stop) co.params.add_stop(st);
+    co.params.set_seed(p.seed);
+    co.epochs = sc.epochs;
+    co.dynamic_sampling = sc.dynamic_sampling;
+    co.want_ref_logprobs = sc.scorer_reference;
+    coord = std::make_unique<coordinator::Coordinator>(co, std::move(train_prompts), p.seed, pool.get(), scorer.get());
+    if (extra.contains("ledger")) RETURN_IF_ERROR(coord->Restore(extra["ledger"]));
+    // Every worker holds the policy of this step (a fresh or restarted worker may hold anything).
+    RETURN_IF_ERROR(pool->Sync(step, /*force=*/true));
+    spdlog::info("{}: online, {} training prompts x {} epochs, {} held-out prompts for eval; rollout workers: {} ({}), "
+                 "scorer: {}", stage, coord->ledger().num_prompts(), sc.epochs, eval_prompts.size(), pool->size(),
+                 roles->embedded_rollout() ? "embedded" : "remote", roles->embedded_scorer() ? "embedded" : roles_cfg.scorer_address);
+    if (!extra.contains("eval_before")) {
+      ASSIGN_OR_RETURN(extra["eval_before"], RunEval(*pool, *scorer, eval_prompts, ec, step, p.seed,
+                                                     (fs::path(dir) / "eval_before.jsonl").string()));
     }
-    if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {
+  }
+  auto& reg = Metrics::Process();
+  auto& version_gauge = reg.Gauge("rlhf_policy_version", "weights version held by this process", {{"role", "learner"}});
+  auto& tokens_total = reg.Counter("rlhf_rollout_tokens_total", "completion tokens generated by the rollout workers");
+  auto& reassigned_total = reg.Counter("rlhf_samples_reassigned_total", "prompt leases handed out again after a failure");
+  auto& reward_gauge = reg.Gauge("rlhf_reward_mean", "mean reward of the latest rollout batch");
+  auto& kl_gauge = reg.Gauge("rlhf_kl_mean", "mean KL to the reference of the latest batch");
+  // Role throughput, accumulated over the run (and across resumes).
+  auto acc = [&](const char* k) -> double& {
+    if (!extra.contains("acc")) extra["acc"] = json::object();
+    if (!extra["acc"].contains(k)) extra["acc"][k] = 0.0;
+    return extra["acc"][k].get_ref<double&>();
+  };
+  const double wall_before = acc("wall_seconds");  // of the run before this process resumed it
+  int64_t released_seen = p.rank0() ? coord->ledger().Totals().released : 0;
+  for (; sc.steps == 0 || step < sc.steps; ++step) {
+    coordinator::StepBatch batch;
+    std::string bytes;
+    if (p.rank0()) {
+      while (true) {
+        ASSIGN_OR_RETURN(batch, coord->NextBatch(step));
+        if (batch.empty() || static_cast<int64_t>(batch.prompts.size()) >= p.group->size()) break;
+        // An epoch's remainder too small to give every rank a group: recorded as filtered, not trained.
+        RETURN_IF_ERROR(coord->Discard(batch, "epoch remainder smaller than the number of learner ranks"));
+      }
+      ScoreRequest box;  // the samples travel to the other ranks as one message
+      for (const auto& smp : batch.samples) *box.add_samples() = smp;
+      bytes = box.SerializeAsString();
+    }
+    ASSIGN_OR_RETURN(bytes, BroadcastBytes(*p.group, std::move(bytes)));
+    ScoreRequest box;
+    if (!box.ParseFromString(bytes)) return absl::InternalError("online rl: a batch did not arrive whole");
+    if (box.samples_size() == 0) break;  // every epoch done
+    const int64_t groups = box.samples_size() / g;
+    auto [lo, hi] = ShardRange(static_cast<size_t>(groups), p.group->rank(), p.group->size());
+    std::vector<Sample> mine(box.samples().begin() + static_cast<std::ptrdiff_t>(lo * g),
+                             box.samples().begin() + static_cast<std::ptrdiff_t>(hi * g));
+    const double t_learn = Seconds();
+    ASSIGN_OR_RETURN(auto m, update.Update(mine, p.seed + static_cast<uint64_t>(step)));
+    const double learn_seconds = Seconds() - t_learn;
+    const int64_t version = step + 1;
+    version_gauge.Set(static_cast<double>(version));
+    if (p.rank0()) {
+      RETURN_IF_ERROR(coord->MarkTrained(batch));
+      const double t_sync = Seconds();
+      RETURN_IF_ERROR(pool->Sync(version));
+      m["weight_sync_seconds"] = Seconds() - t_sync;
+      acc("generate_seconds") += batch.generate_seconds;
+      acc("generated_tokens") += static_cast<double>(batch.generated_tokens);
+      acc("score_seconds") += batch.score_seconds;
+      acc("scored_samples") += static_cast<double>(batch.generated_samples);
+      acc("learn_seconds") += learn_seconds;
+      acc("learned_samples") += static_cast<double>(box.samples_size());
+      const auto t = coord->ledger().Totals();
+      m["rollout/reward_mean"] = batch.rewarded > 0 ? batch.reward_sum / static_cast<double>(batch.rewarded) : 0.0;
+      m["rollout/tokens_per_second"] = static_cast<double>(batch.generated_tokens) / std::max(batch.generate_seconds, 1e-9);
+      m["rollout/filtered"] = static_cast<double>(batch.filtered);
+      m["rollout/dropped"] = static_cast<double>(batch.dropped);
+      m["scorer/samples_per_second"] = static_cast<double>(batch.generated_samples) / std::max(batch.score_seconds, 1e-9);
+      m["ledger/trained"] = static_cast<double>(t.trained);
+      m["ledger/filtered"] = static_cast<double>(t.filtered);
+      m["ledger/dropped"] = static_cast<double>(t.dropped);
+      m["ledger/released"] = static_cast<double>(t.released);
+      m["epoch"] = static_cast<double>(batch.epoch);
+      m["policy_version"] = static_cast<double>(version);
+      tokens_total.Increment(static_cast<double>(batch.generated_tokens));
+      reassigned_total.Increment(static_cast<double>(t.released - released_seen));
+      released_seen = t.released;
+      reward_gauge.Set(m["rollout/reward_mean"]);
+      kl_gauge.Set(m["kl_ref"]);
+      if (ec.every > 0 && version % ec.every == 0 && !coord->Done()) {
+        ASSIGN_OR_RETURN(auto ev, RunEval(*pool, *scorer, eval_prompts, ec, version, p.seed,
+                                          (fs::path(dir) / absl::StrCat("eval_step_", version, ".jsonl")).string()));
+        m["eval/accuracy"] = ev["accuracy"].get<double>();
+        m["eval/mean_reward"] = ev["mean_reward"].get<double>();
+        if (!ev["pass_at_k"].is_null()) m["eval/pass_at_k"] = ev["pass_at_k"].get<double>();
+      }
+    }
+    p.log.Write(index, stage, step + 1, m);
+    if (p.rank0() && ((step + 1) % p.train.log_every == 0 || coord->Done())) {
+      spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f} pg {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} | "
+                   "rollout {:.0f} tok/s, filtered {}, dropped {} | trained {}/{} prompts of epoch {}",
+                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["kl_ref"], m["clip_fraction"],
+                   m["entropy"], m["rollout/tokens_per_second"], batch.filtered, batch.dropped,
+                   coord->ledger().Current().trained, coord->ledger().num_prompts(), coord->ledger().epoch());
+    }
+    bool done = false;
+    if (p.rank0()) done = coord->Done() || (sc.steps > 0 && step + 1 >= sc.steps);
+    if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || done) {
       TrainState st;
       st.stage = stage;
       st.stage_index = index;
       st.step = step + 1;
-      st.extra["kl_coef"] = update.kl_controller().value();
+      if (p.rank0()) {
+        extra["ledger"] = coord->State();
+        acc("wall_seconds") = wall_before + Seconds() - t_start;
+      }
+      extra["kl_coef"] = update.kl_controller().value();
+      st.extra = extra;
       RETURN_IF_ERROR(Checkpoint(p, learner, st));
     }
   }
+  if (!p.rank0()) return absl::OkStatus();
+  // The end: evaluation of the final policy and summary.json.
+  ASSIGN_OR_RETURN(auto eval_after, RunEval(*pool, *scorer, eval_prompts, ec, step, p.seed,
+                                            (fs::path(dir) / "eval_after.jsonl").string()));
+  RETURN_IF_ERROR(coord->ledger().Check());
+  const auto t = coord->ledger().Totals();
+  const bool finished = coord->Done();
+  const double wall = wall_before + Seconds() - t_start;
+  auto rate = [&](const char* num, const char* den) { return acc(den) > 0 ? acc(num) / acc(den) : 0.0; };
+  json summary = {
+      {"stage", stage},
+      {"steps", step},
+      {"policy_version", step},
+      {"epochs", sc.epochs},
+      {"prompts_per_epoch", coord->ledger().num_prompts()},
+      {"prompts_trained", t.trained},
+      {"prompts_filtered", t.filtered},
+      {"prompts_dropped", t.dropped},
+      {"prompts_released", t.released},
+      {"prompts_not_reached", finished ? 0 : t.pending},  // rl.steps stopped the run inside an epoch
+      {"duplicates", t.duplicates},
+      {"missing", t.leased + (finished ? t.pending : 0)},
+      {"reasons", t.reasons},
+      {"eval_before", extra["eval_before"]},
+      {"eval_after", eval_after},
+      {"wall_seconds", wall},
+      {"throughput",
+       {{"rollout_tokens_per_second", rate("generated_tokens", "generate_seconds")},
+        {"scorer_samples_per_second", rate("scored_samples", "score_seconds")},
+        {"learner_samples_per_second", rate("learned_samples", "learn_seconds")}}},
+      {"roles",
+       {{"rollout_workers", pool->size()},
+        {"rollout", roles->embedded_rollout() ? "embedded" : "remote"},
+        {"scorer", roles->embedded_scorer() ? "embedded" : "remote"},
+        {"learner_ranks", p.group->size()}}}};
+  const std::string path = (fs::path(p.run_dir) / "summary.json").string();
+  {
+    std::ofstream out(path + ".tmp", std::ios::trunc);
+    out << summary.dump(2) << "\n";
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  }
+  fs::rename(path + ".tmp", path);
+  spdlog::info("{}: held-out accuracy {:.1f}% -> {:.1f}%; prompts trained {}, filtered {}, dropped {}, released {}; "
+               "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),
+               100 * eval_after["accuracy"].get<double>(), t.trained, t.filtered, t.dropped, t.released, path);
+  return absl::OkStatus();
+}
+
+absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
+  RlSetup rs;
+  rs.sc = RlStageSection().Read(*p.config);
+  const auto& sc = rs.sc;
+  auto rc = RlSection().Read(*p.config);
+  const auto po = OptimSection("rl.optim").Read(*p.config);
+  const auto co = OptimSection("rl.critic_optim").Read(*p.config);
+  const auto data_cfg = DataSection("rl").Read(*p.config);
+  const bool with_critic = stage == "ppo";
+  const bool online = !data_cfg.path.empty();
+  if (rc.advantage == "auto") rc.advantage = with_critic ? "gae" : "grpo";
+  if (rc.advantage == "gae" && !with_critic) return absl::InvalidArgumentError("rl.advantage=gae needs the ppo stage (a critic)");
+  if (online == !sc.samples.empty()) {
+    return absl::InvalidArgumentError(
+        "set one of rl.data.path (online: prompts to generate from) or rl.samples (offline: scored samples)");
+  }
+  if (sc.rollout_batch_size % p.group->size() != 0) {
+    return absl::InvalidArgumentError("rl.rollout_batch_size must be a multiple of the number of ranks");
+  }
+  const int64_t g = rc.group_size;
+
+  std::vector<Sample> samples;  // offline
+  std::optional<data::Dataset> ds;  // online
+  int64_t total = 0;
+  if (online) {
+    ASSIGN_OR_RETURN(ds, LoadData(data_cfg, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
+                                                    data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
+    const int64_t n = static_cast<int64_t>(ds->Indices(data::Split::kTrain).size());
+    total = (n * sc.epochs + sc.rollout_batch_size - 1) / sc.rollout_batch_size;  // without filtered prompts
+    if (sc.steps > 0) total = std::min(total, sc.steps);
+    if (n == 0) return absl::InvalidArgumentError(absl::StrCat(data_cfg.path, " has no training prompts"));
+  } else {
+    ASSIGN_OR_RETURN(samples, ReadSamplesJsonl(sc.samples));
+    if (samples.size() % static_cast<size_t>(g) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", samples.size(), " samples, not whole groups of ", g));
+    }
+    const int64_t groups = static_cast<int64_t>(samples.size()) / g;
+    total = groups / sc.rollout_batch_size;
+    if (sc.steps > 0) total = std::min(total, sc.steps);
+    if (total == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(sc.samples, " holds ", groups, " prompts, fewer than rl.rollout_batch_size"));
+    }
+  }
+
+  rs.start = sc.policy.empty() ? p.policy : sc.policy;
+  ASSIGN_OR_RETURN(rs.policy, LoadForTraining(rs.start, std::nullopt, p.seed));
+  model::Transformer reference{nullptr};
+  if (with_critic) {
+    const std::string from = !sc.critic.empty() ? sc.critic : !p.reward_model.empty() ? p.reward_model : rs.start;
+    ASSIGN_OR_RETURN(rs.critic, LoadForTraining(from, model::Head::kTokenClassification, p.seed + 1));
+    if (p.rank0()) spdlog::info("{}: critic starts from {} (value head)", stage, from);
+  }
+  bool all_ref = online ? sc.scorer_reference : true;
+  for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();
+  if (!all_ref && rc.kl_placement != "none" && rc.kl_coef > 0) {
+    ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? rs.start : sc.reference));
+  }
+  ASSIGN_OR_RETURN(rs.tools, LoadTextTools(p.tokenizer_dir, rs.policy->config()));
+  Learner learner(p.group, p.bucket_bytes);
+  learner.AddModel("policy", rs.policy, po, 1);
+  if (with_critic) learner.AddModel("critic", rs.critic, co, 1);
+  RlUpdate update(&learner, rs.policy, rs.critic, reference, rc, rs.tools->pad);
+  // Optimizer steps per policy step, for the schedules.
+  const int64_t batch_samples = sc.rollout_batch_size * g;
+  const int64_t per_step = rc.ppo_epochs * (rc.minibatch_size > 0 ? batch_samples / rc.minibatch_size : 1);
+  learner.SetTotalSteps(total * per_step);
+  if (p.rank0()) {
+    spdlog::info("{}: {}{} policy steps of {} prompts x {} samples, advantage {}, {} optimizer steps each", stage,
+                 online ? "about " : "", total, sc.rollout_batch_size, g, update.advantage(), per_step);
+  }
+
+  if (online) {
+    RETURN_IF_ERROR(RunOnlineRl(p, index, stage, rs, learner, update, *ds, total));
+  } else {
+    int64_t step = 0;
+    if (p.resume) {
+      step = p.resume->step;
+      RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+      update.kl_controller().Restore(p.resume->extra.value("kl_coef", rc.kl_coef));
+      if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, step, p.resume_dir);
+      p.resume.reset();
+    }
+    for (; step < total; ++step) {
+      // This rank's groups of the batch.
+      auto [lo, hi] = ShardRange(static_cast<size_t>(sc.rollout_batch_size), p.group->rank(), p.group->size());
+      const size_t first = static_cast<size_t>(step * sc.rollout_batch_size);
+      std::vector<Sample> mine(samples.begin() + static_cast<std::ptrdiff_t>((first + lo) * g),
+                               samples.begin() + static_cast<std::ptrdiff_t>((first + hi) * g));
+      ASSIGN_OR_RETURN(auto m, update.Update(mine, p.seed + static_cast<uint64_t>(step)));
+      const bool last = step + 1 == total;
+      p.log.Write(index, stage, step + 1, m);
+      if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
+        spdlog::info("{} step {}/{}: reward {:.4f} loss {:.4f} pg {:.4f} vf {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} "
+                     "{:.0f} tok/s",
+                     stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["vf_loss"], m["kl_ref"],
+                     m["clip_fraction"], m["entropy"], m["tokens_per_second"]);
+      }
+      if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {
+        TrainState st;
+        st.stage = stage;
+        st.stage_index = index;
+        st.step = step + 1;
+        st.extra["kl_coef"] = update.kl_controller().value();
+        RETURN_IF_ERROR(Checkpoint(p, learner, st));
+      }
+    }
+  }
   const std::string dir = StageDir(p, index, stage);
-  RETURN_IF_ERROR(SaveStageModel(p, *policy, (fs::path(dir) / "model").string()));
-  if (with_critic) RETURN_IF_ERROR(SaveStageModel(p, *critic, (fs::path(dir) / "critic").string()));
+  RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, (fs::path(dir) / "model").string()));
+  if (with_critic) RETURN_IF_ERROR(SaveStageModel(p, *rs.critic, (fs::path(dir) / "critic").string()));
   p.policy = (fs::path(dir) / "model").string();
   return absl::OkStatus();
 }
@@ -909,7 +1222,10 @@ void RegisterTrainKeys(config::Schema& schema) {
     OptimSection(stage + ".optim").Register(schema);
   }
   RlStageSection().Register(schema);
+  DataSection("rl").Register(schema);
   RlSection().Register(schema);
+  coordinator::EvalConfig::Spec().Register(schema);
+  coordinator::RegisterRoleKeys(schema);
   OptimSection("rl.optim").Register(schema);
   OptimSection("rl.critic_optim").Register(schema);
 }

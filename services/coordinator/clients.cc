@@ -1,0 +1,222 @@
+#include "services/coordinator/clients.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace rlhf::coordinator {
+
+namespace {
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+void Backoff(const RetryPolicy& r, int64_t attempt) {
+  const double s = r.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(attempt, 10));
+  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
+}  // namespace
+
+bool Retryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted ||
+         code == absl::StatusCode::kDeadlineExceeded;
+}
+
+// ---- rollout ------------------------------------------------------------------------------------------------
+RolloutPool::RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
+                         Publisher publish)
+    : channels_(std::move(channels)), rpc_(rpc), retry_(retry), publish_(std::move(publish)) {
+  for (const auto& c : channels_) stubs_.push_back(Rollout::NewStub(c));
+}
+
+absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
+                                                                  const SamplingParams& params, int32_t n,
+                                                                  int64_t version) {
+  GenerateRequest req;
+  for (const auto& p : chunk) *req.add_prompts() = p;
+  *req.mutable_params() = params;
+  req.set_n(n);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc_);
+  auto reader = stubs_[w]->Generate(&ctx, req);
+  std::map<int64_t, size_t> where;  // prompt_index -> position in chunk
+  for (size_t i = 0; i < chunk.size(); ++i) where[chunk[i].prompt_index()] = i;
+  std::vector<std::vector<Sample>> groups(chunk.size());
+  GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    for (auto& s : *resp.mutable_samples()) {
+      auto it = where.find(s.prompt_index());
+      if (it == where.end()) {
+        ctx.TryCancel();
+        return absl::InternalError(absl::StrCat("rollout worker sent a sample of prompt ", s.prompt_index(),
+                                                ", which the request did not hold"));
+      }
+      groups[it->second].push_back(std::move(s));
+    }
+  }
+  RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  for (size_t i = 0; i < chunk.size(); ++i) {
+    auto& g = groups[i];
+    std::sort(g.begin(), g.end(), [](const Sample& a, const Sample& b) { return a.sample_index() < b.sample_index(); });
+    bool whole = static_cast<int32_t>(g.size()) == n;
+    for (size_t j = 0; whole && j < g.size(); ++j) whole = g[j].sample_index() == static_cast<int32_t>(j);
+    if (!whole) {
+      return absl::InternalError(absl::StrCat("rollout worker returned ", g.size(), " samples for prompt ",
+                                              chunk[i].prompt_index(), ", not samples 0..", n - 1));
+    }
+    for (const auto& s : g) {
+      if (s.policy_version() != version) {
+        return absl::AbortedError(absl::StrCat("rollout worker generated with policy version ", s.policy_version(),
+                                               ", the step needs ", version));
+      }
+    }
+  }
+  return groups;
+}
+
+RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n,
+                                          int64_t version) {
+  const double t0 = Now();
+  Result out;
+  out.groups.resize(prompts.size());
+  out.errors.assign(prompts.size(), absl::OkStatus());
+  out.relets.assign(prompts.size(), 0);
+  if (prompts.empty() || stubs_.empty()) {
+    if (stubs_.empty()) out.errors.assign(prompts.size(), absl::FailedPreconditionError("no rollout workers"));
+    return out;
+  }
+  // One task = a list of prompt positions tried together; a non-retryable failure of several prompts is
+  // retried prompt by prompt, so that one bad prompt does not take its neighbours with it.
+  std::function<void(std::vector<size_t>, size_t)> run = [&](std::vector<size_t> idx, size_t w) {
+    std::vector<Prompt> chunk;
+    for (size_t i : idx) chunk.push_back(prompts[i]);
+    absl::Status last;
+    for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
+      if (attempt > 0) {
+        for (size_t i : idx) ++out.relets[i];
+      }
+      auto r = Call(w, chunk, params, n, version);
+      if (r.ok()) {
+        for (size_t j = 0; j < idx.size(); ++j) out.groups[idx[j]] = std::move((*r)[j]);
+        return;
+      }
+      last = r.status();
+      spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), attempt + 1, retry_.max_attempts);
+      if (last.code() == absl::StatusCode::kAborted && publish_) {
+        if (auto s = publish_(stubs_[w].get(), version); !s.ok()) last = s;
+        continue;
+      }
+      if (!Retryable(last.code())) break;
+      Backoff(retry_, attempt);
+      w = (w + 1) % stubs_.size();  // another worker, when there is one
+    }
+    if (idx.size() > 1 && !Retryable(last.code())) {
+      for (size_t i : idx) run({i}, w);
+      return;
+    }
+    for (size_t i : idx) out.errors[i] = last;
+  };
+  // Contiguous chunks, one per worker, in parallel.
+  const size_t workers = std::min(stubs_.size(), prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < workers; ++w) {
+    const size_t lo = prompts.size() * w / workers, hi = prompts.size() * (w + 1) / workers;
+    std::vector<size_t> idx;
+    for (size_t i = lo; i < hi; ++i) idx.push_back(i);
+    threads.emplace_back(run, std::move(idx), w);
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : out.groups) {
+    for (const auto& s : g) out.tokens += s.completion_ids_size();
+  }
+  out.seconds = Now() - t0;
+  return out;
+}
+
+absl::Status RolloutPool::Sync(int64_t version, bool force) {
+  for (size_t w = 0; w < stubs_.size(); ++w) {
+    absl::Status last;
+    for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
+      if (attempt > 0) Backoff(retry_, attempt - 1);
+      auto h = CheckHealth(channels_[w], rpc_);
+      if (!h.ok()) {
+        last = h.status();
+        continue;
+      }
+      if (h->policy_version == version && !force) {
+        last = absl::OkStatus();
+        break;
+      }
+      if (!publish_) return absl::FailedPreconditionError("rollout pool: no weight publisher");
+      last = publish_(stubs_[w].get(), version);
+      if (last.ok() || !Retryable(last.code())) break;
+    }
+    if (!last.ok()) return absl::Status(last.code(), absl::StrCat("rollout worker ", w, ": ", last.message()));
+  }
+  return absl::OkStatus();
+}
+
+// ---- scoring ------------------------------------------------------------------------------------------------
+ScorerClient::ScorerClient(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc, RetryPolicy retry,
+                           int64_t max_request_samples)
+    : channel_(std::move(channel)), stub_(Scorer::NewStub(channel_)), rpc_(rpc), retry_(retry),
+      max_request_samples_(std::max<int64_t>(1, max_request_samples)) {}
+
+ScorerClient::Result ScorerClient::Score(std::vector<Sample> samples, bool want_ref) {
+  const double t0 = Now();
+  Result out;
+  out.errors.assign(samples.size(), absl::OkStatus());
+  size_t begin = 0;
+  while (begin < samples.size()) {
+    // A chunk of whole prompt groups, up to the limit (a single group larger than it is cut).
+    size_t end = begin;
+    while (end < samples.size()) {
+      size_t g = end + 1;
+      while (g < samples.size() && samples[g].prompt_id() == samples[end].prompt_id()) ++g;
+      if (end > begin && static_cast<int64_t>(g - begin) > max_request_samples_) break;
+      end = std::min(g, begin + static_cast<size_t>(max_request_samples_));
+      if (static_cast<int64_t>(end - begin) >= max_request_samples_) break;
+    }
+    ScoreRequest req;
+    for (size_t i = begin; i < end; ++i) *req.add_samples() = samples[i];
+    req.set_want_ref_logprobs(want_ref);
+    absl::Status last;
+    ScoreReply reply;
+    for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
+      if (attempt > 0) Backoff(retry_, attempt - 1);
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx, rpc_);
+      reply.Clear();
+      last = FromGrpc(stub_->Score(&ctx, req, &reply));
+      if (last.ok() && reply.results_size() != req.samples_size()) {
+        last = absl::InternalError(absl::StrCat("scorer answered ", reply.results_size(), " results for ",
+                                                req.samples_size(), " samples"));
+      }
+      if (last.ok() || !Retryable(last.code())) break;
+      spdlog::warn("scorer: {} (try {}/{})", std::string(last.message()), attempt + 1, retry_.max_attempts);
+    }
+    for (size_t i = begin; i < end; ++i) {
+      if (!last.ok()) {
+        out.errors[i] = last;
+        continue;
+      }
+      auto& r = *reply.mutable_results(static_cast<int>(i - begin));
+      if (r.has_error() && r.error().code() != 0) {
+        out.errors[i] = absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
+      } else if (!r.sample().has_reward()) {
+        out.errors[i] = absl::InternalError("scorer returned a sample without a reward and without an error");
+      } else {
+        samples[i] = std::move(*r.mutable_sample());
+      }
+    }
+    begin = end;
+  }
+  out.samples = std::move(samples);
+  out.seconds = Now() - t0;
+  return out;
+}
+
+}  // namespace rlhf::coordinator

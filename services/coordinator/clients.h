@@ -1,0 +1,95 @@
+// The coordinator's side of the rollout and scoring services: gRPC clients that retry what may be retried
+// and report, per prompt or per sample, what could not be done. The same classes talk to in-process
+// servers (the embedded single-process default) and to servers in other processes.
+//
+// Retry meaning of codes (DESIGN.md): UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED are retried
+// with backoff (another rollout worker first, when there is one); ABORTED from a rollout worker (samples of
+// another policy version) makes the pool publish the current weights to that worker and retry; any other
+// code is final for the prompts or samples it concerns.
+// Thread-safety: one call at a time per object.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/rpc.h"
+#include "common/status.h"
+#include "rlhf/rollout.grpc.pb.h"
+#include "rlhf/scoring.grpc.pb.h"
+
+namespace rlhf::coordinator {
+
+struct RetryPolicy {
+  int64_t max_attempts = 3;      // tries of one call (or one prompt chunk) before its prompts fail
+  double backoff_seconds = 0.2;  // wait before the second try; doubled for each further one
+};
+
+// True for the codes that are worth another try.
+bool Retryable(absl::StatusCode code);
+
+class RolloutPool {
+ public:
+  // Makes `stub`'s worker hold the weights of policy `version` (a weight push).
+  using Publisher = std::function<absl::Status(Rollout::Stub* stub, int64_t version)>;
+
+  RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
+              Publisher publish);
+
+  struct Result {
+    std::vector<std::vector<Sample>> groups;  // per prompt: its n samples, ordered by sample_index
+    std::vector<absl::Status> errors;         // per prompt: OK, or why it has no samples
+    std::vector<int64_t> relets;              // per prompt: times its lease moved to another try
+    int64_t tokens = 0;                       // completion tokens generated
+    double seconds = 0;                       // wall time of the call
+  };
+  // n samples for each prompt with the weights of `version`, the prompts spread over the workers in
+  // parallel chunks. Every sample is checked: the prompt it belongs to, n distinct sample indices, and the
+  // policy version (strictly on-policy). Never fails as a whole: failures are per prompt.
+  Result Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n, int64_t version);
+
+  // Brings every worker to `version`, asking Health and pushing weights where it differs (everywhere with
+  // `force`: a worker that reports the version may still hold other weights, e.g. at the start of a run).
+  absl::Status Sync(int64_t version, bool force = false);
+
+  size_t size() const { return stubs_.size(); }
+
+ private:
+  // One try of a chunk on worker w: the samples grouped per prompt of the chunk.
+  absl::StatusOr<std::vector<std::vector<Sample>>> Call(size_t w, const std::vector<Prompt>& chunk,
+                                                       const SamplingParams& params, int32_t n, int64_t version);
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<Rollout::Stub>> stubs_;
+  RpcConfig rpc_;
+  RetryPolicy retry_;
+  Publisher publish_;
+};
+
+class ScorerClient {
+ public:
+  // `max_request_samples`: samples per Score call (larger batches go in several calls).
+  ScorerClient(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc, RetryPolicy retry,
+               int64_t max_request_samples = 512);
+
+  struct Result {
+    std::vector<Sample> samples;       // the input, with rewards (and ref log-probs) where scored
+    std::vector<absl::Status> errors;  // per sample: OK, or why it has no reward
+    double seconds = 0;
+  };
+  // Scores `samples` (groups of one prompt should be in one call for pairwise judges: chunks never split a
+  // run of samples with the same prompt_id unless it alone exceeds the limit). A call that still fails after
+  // the retries gives its error to each of its samples.
+  Result Score(std::vector<Sample> samples, bool want_ref);
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<Scorer::Stub> stub_;
+  RpcConfig rpc_;
+  RetryPolicy retry_;
+  int64_t max_request_samples_;
+};
+
+}  // namespace rlhf::coordinator

@@ -1,0 +1,118 @@
+#include "services/coordinator/coordinator.h"
+
+#include <spdlog/spdlog.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace rlhf::coordinator {
+
+Coordinator::Coordinator(CoordinatorOptions options, std::vector<Prompt> prompts, uint64_t seed, RolloutPool* pool,
+                         ScorerClient* scorer)
+    : options_(std::move(options)), prompts_(std::move(prompts)), seed_(seed), pool_(pool), scorer_(scorer),
+      ledger_(static_cast<int64_t>(prompts_.size()), seed) {}
+
+bool Coordinator::Done() const { return ledger_.EpochFinished() && ledger_.epoch() + 1 >= options_.epochs; }
+
+absl::Status Coordinator::Restore(const nlohmann::json& state) {
+  ASSIGN_OR_RETURN(ledger_, Ledger::FromJson(state, static_cast<int64_t>(prompts_.size()), seed_));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version) {
+  StepBatch b;
+  const int32_t g = options_.group_size;
+  while (static_cast<int64_t>(b.prompts.size()) < options_.rollout_batch_size) {
+    if (ledger_.EpochFinished()) {
+      if (!b.prompts.empty() || ledger_.epoch() + 1 >= options_.epochs) break;  // a batch never spans epochs
+      RETURN_IF_ERROR(ledger_.NextEpoch());
+    }
+    b.epoch = ledger_.epoch();
+    const auto leased = ledger_.Lease(options_.rollout_batch_size - static_cast<int64_t>(b.prompts.size()));
+    if (leased.empty()) break;
+    std::vector<Prompt> ps;
+    for (int64_t i : leased) ps.push_back(prompts_[static_cast<size_t>(i)]);
+    auto gen = pool_->Generate(ps, options_.params, g, version);
+    b.generate_seconds += gen.seconds;
+    b.generated_tokens += gen.tokens;
+    for (size_t j = 0; j < leased.size(); ++j) {
+      for (int64_t r = 0; r < gen.relets[j]; ++r) RETURN_IF_ERROR(ledger_.Relet(leased[j]));
+    }
+    // A service that stays unreachable is not the prompts' fault: hand the leases back and stop the run (a
+    // resumed run leases them again) instead of dropping the epoch prompt by prompt.
+    auto unreachable = [&](const std::vector<absl::Status>& errors, const char* role) -> absl::Status {
+      for (const auto& e : errors) {
+        if (e.ok() || !Retryable(e.code())) continue;
+        for (int64_t p : leased) {
+          if (ledger_.state(p) == PromptState::kLeased) RETURN_IF_ERROR(ledger_.Release(p));
+        }
+        for (int64_t p : b.prompts) RETURN_IF_ERROR(ledger_.Release(p));
+        return absl::UnavailableError(absl::StrCat(role, " unreachable after the retries: ", e.message()));
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(unreachable(gen.errors, "rollout workers"));
+    std::vector<Sample> flat;
+    std::vector<size_t> owner;  // position in `leased` of each flat sample
+    for (size_t j = 0; j < leased.size(); ++j) {
+      if (!gen.errors[j].ok()) {
+        spdlog::warn("prompt {} dropped: rollout failed: {}", leased[j], std::string(gen.errors[j].message()));
+        RETURN_IF_ERROR(ledger_.Settle(leased[j], PromptState::kDropped,
+                                       absl::StrCat("rollout ", absl::StatusCodeToString(gen.errors[j].code()))));
+        ++b.dropped;
+        continue;
+      }
+      for (auto& s : gen.groups[j]) {
+        flat.push_back(std::move(s));
+        owner.push_back(j);
+      }
+    }
+    b.generated_samples += static_cast<int64_t>(flat.size());
+    auto scored = scorer_->Score(std::move(flat), options_.want_ref_logprobs);
+    b.score_seconds += scored.seconds;
+    RETURN_IF_ERROR(unreachable(scored.errors, "scorer"));
+    // Sort the groups (samples of one prompt are consecutive in `scored`).
+    for (size_t k = 0; k < scored.samples.size();) {
+      const size_t j = owner[k];
+      size_t end = k;
+      absl::Status err;
+      bool equal = true;
+      while (end < scored.samples.size() && owner[end] == j) {
+        if (!scored.errors[end].ok() && err.ok()) err = scored.errors[end];
+        if (scored.errors[end].ok()) {
+          b.reward_sum += scored.samples[end].reward();
+          ++b.rewarded;
+          equal = equal && scored.samples[end].reward() == scored.samples[k].reward();
+        }
+        ++end;
+      }
+      const int64_t p = leased[j];
+      if (!err.ok()) {
+        spdlog::warn("prompt {} dropped: scorer: {}", p, std::string(err.message()));
+        RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kDropped, absl::StrCat("scorer ", absl::StatusCodeToString(err.code()))));
+        ++b.dropped;
+      } else if (options_.dynamic_sampling && equal) {
+        RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kFiltered, "equal rewards"));
+        ++b.filtered;
+      } else {
+        b.prompts.push_back(p);
+        for (size_t i = k; i < end; ++i) b.samples.push_back(std::move(scored.samples[i]));
+      }
+      k = end;
+    }
+  }
+  RETURN_IF_ERROR(ledger_.Check());
+  return b;
+}
+
+absl::Status Coordinator::MarkTrained(const StepBatch& batch) {
+  for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kTrained));
+  return ledger_.Check();
+}
+
+absl::Status Coordinator::Discard(const StepBatch& batch, const std::string& reason) {
+  for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kFiltered, reason));
+  return ledger_.Check();
+}
+
+}  // namespace rlhf::coordinator

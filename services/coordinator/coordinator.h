@@ -1,0 +1,80 @@
+// The coordinator of online RL: owns the prompt cursor and ledger (services/coordinator/ledger.h) and
+// turns them into learner batches, strictly on-policy: the samples of a batch come from the policy version
+// the caller names (the weights of the last finished step).
+//
+// NextBatch leases prompts to the rollout pool, sends the samples to the scorer and sorts each group:
+//   dropped   a rollout worker refused the prompt, or the scorer failed one of its samples (a final error,
+//             not an unreachable service: that stops the step with UNAVAILABLE and keeps the prompts)
+//   filtered  dynamic sampling (DAPO) is on and every sample of the group got the same reward
+//   accepted  part of the batch; it becomes trained when the caller reports the learner step (MarkTrained)
+// and leases more prompts until the batch holds rollout_batch_size accepted groups or the epoch has no
+// pending prompt left (a batch never spans two epochs). Thread-safety: none; one step loop drives it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "services/coordinator/clients.h"
+#include "services/coordinator/ledger.h"
+
+namespace rlhf::coordinator {
+
+struct CoordinatorOptions {
+  int64_t rollout_batch_size = 8;  // accepted prompt groups per learner step
+  int32_t group_size = 4;          // samples per prompt (G)
+  SamplingParams params;           // sampling of the rollouts
+  int64_t epochs = 1;              // passes over the prompts
+  bool dynamic_sampling = false;   // filter groups whose rewards are all equal (DAPO)
+  bool want_ref_logprobs = false;  // ask the scorer for reference log-probs
+};
+
+struct StepBatch {
+  std::vector<int64_t> prompts;  // dataset positions of the accepted groups, in batch order
+  std::vector<Sample> samples;   // their samples, group after group (group_size each), scored
+  int64_t epoch = 0;
+  // Rollout statistics of everything generated for this batch (accepted, filtered and dropped groups).
+  int64_t generated_samples = 0, generated_tokens = 0, filtered = 0, dropped = 0;
+  double generate_seconds = 0, score_seconds = 0;
+  double reward_sum = 0;  // over the scored samples of every group (for the mean reward of the rollouts)
+  int64_t rewarded = 0;
+  bool empty() const { return prompts.empty(); }
+};
+
+class Coordinator {
+ public:
+  // `prompts`: the training prompts; prompt_index must be the position in this vector. The pool and the
+  // scorer are not owned and must outlive the coordinator.
+  Coordinator(CoordinatorOptions options, std::vector<Prompt> prompts, uint64_t seed, RolloutPool* pool,
+              ScorerClient* scorer);
+
+  // The next learner batch, generated with policy `version`. An empty batch when every epoch is done.
+  // UNAVAILABLE when the rollout workers or the scorer stay unreachable after the retries (the batch's
+  // leases are handed back first, so nothing is lost); INTERNAL for a ledger that does not add up.
+  absl::StatusOr<StepBatch> NextBatch(int64_t version);
+  // The learner step on `batch` succeeded: its prompts are trained.
+  absl::Status MarkTrained(const StepBatch& batch);
+  // The batch will not be trained (e.g. too small to share among the learner ranks): its prompts are
+  // recorded as filtered with `reason`.
+  absl::Status Discard(const StepBatch& batch, const std::string& reason);
+
+  bool Done() const;  // every epoch finished
+  const Ledger& ledger() const { return ledger_; }
+  const CoordinatorOptions& options() const { return options_; }
+
+  // Checkpoint state (the ledger) and its restore; see Ledger::FromJson.
+  nlohmann::json State() const { return ledger_.ToJson(); }
+  absl::Status Restore(const nlohmann::json& state);
+
+ private:
+  CoordinatorOptions options_;
+  std::vector<Prompt> prompts_;
+  uint64_t seed_;
+  RolloutPool* pool_;
+  ScorerClient* scorer_;
+  Ledger ledger_;
+};
+
+}  // namespace rlhf::coordinator

@@ -1,0 +1,75 @@
+// The rollout workers and the scorer an online run (or `rlhf eval`) talks to, and the prompts it sends.
+//
+// With no addresses configured the roles are embedded: a rollout service over its own copy of the policy
+// and a scorer service (from the reward.* keys) run in this process behind in-process gRPC channels, so
+// the single-process default exercises the same RPCs, weight pushes and retries as separate processes.
+// With addresses, the channels go to `rlhf serve rollout` / `rlhf serve scorer` processes.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config/config.h"
+#include "common/data/dataset.h"
+#include "common/rpc.h"
+#include "rlhf/rollout.pb.h"
+#include "services/coordinator/clients.h"
+
+namespace rlhf::rollout {
+struct ServedRollout;
+}
+namespace rlhf::scoring {
+class ScorerService;
+}
+
+namespace rlhf::coordinator {
+
+struct RolesConfig {
+  std::vector<std::string> rollout_addresses;  // host:port of rollout workers; empty = one embedded worker
+  std::string scorer_address;                  // host:port of the scorer; "" = embedded (reward.* keys)
+  int64_t max_attempts = 3;                    // tries of a call before its prompts fail
+  double backoff_seconds = 0.2;                // wait before the second try, doubled after
+  int64_t weight_chunk_bytes = 4 << 20;        // weight update chunk size
+  static const config::Section<RolesConfig>& Spec();  // under "roles"
+  RetryPolicy retry() const { return {max_attempts, backoff_seconds}; }
+};
+
+class Roles {
+ public:
+  // Connects to (or starts) the roles. `policy_dir` is the model an embedded rollout worker starts from,
+  // at `initial_version`; `config` supplies the rollout.*, reward.*, scorer.* and rpc.* keys.
+  static absl::StatusOr<std::unique_ptr<Roles>> Start(const RolesConfig& roles, const config::Config& config,
+                                                      const std::string& policy_dir, int64_t initial_version);
+  ~Roles();
+
+  std::vector<std::shared_ptr<grpc::Channel>> rollout_channels() const { return rollout_; }
+  std::shared_ptr<grpc::Channel> scorer_channel() const { return scorer_; }
+  bool embedded_rollout() const { return embedded_rollout_ != nullptr; }
+  bool embedded_scorer() const { return embedded_scorer_ != nullptr; }
+  const RpcConfig& rpc() const { return rpc_; }
+
+ private:
+  Roles() = default;
+  RpcConfig rpc_;
+  std::unique_ptr<rollout::ServedRollout> embedded_rollout_;
+  std::unique_ptr<scoring::ScorerService> embedded_scorer_;
+  std::unique_ptr<RpcServer> rollout_server_, scorer_server_;
+  std::vector<std::shared_ptr<grpc::Channel>> rollout_;
+  std::shared_ptr<grpc::Channel> scorer_;
+};
+
+// Registers the keys Roles::Start reads (roles.*, rollout.*, reward.*, scorer.*, rpc.*).
+void RegisterRoleKeys(config::Schema& schema);
+
+// The prompts of `indices` of a dataset as rollout prompts: prompt_index = position in `indices`, the id
+// of the example, the text (message lists rendered with `chat` and the generation prompt; `chat` may be
+// null for text prompts), and the answer (under `answer_field`) and every other field as pass-through JSON.
+absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const std::vector<size_t>& indices,
+                                              const text::ChatTemplate* chat, const data::ojson& template_vars,
+                                              const std::string& answer_field);
+
+// Indices of a dataset's split by name: heldout | train | all.
+std::vector<size_t> SplitIndices(const data::Dataset& data, const std::string& split);
+
+}  // namespace rlhf::coordinator
