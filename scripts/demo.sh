@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds, and trains a small model from scratch on a task it
-# generates, with the two first stages of RLHF as one `rlhf train` command, ending with measured results:
-#   1. the arithmetic task (examples/arithmetic.py): SFT pairs "a+b=" -> sum, preference pairs (right sum
-#      vs one 20-40 off), held-out prompts with answers; a byte-level BPE tokenizer; a random Llama model
-#   2. exact match of greedy answers on the held-out prompts before training
-#   3. rlhf train: sft -> reward_model (examples/sft_reward_model.yaml), with progress lines
-#   4. exact match after SFT, held-out accuracy of the reward model, and the learner's throughput
+# The main job: installs what is missing, builds, and trains a small model from scratch with online RL on a
+# task it generates, as one `rlhf train` command (examples/grpo_arithmetic.yaml), ending with measured results:
+#   1. the task (examples/arithmetic.py --op max): "max(a,b)=" prompts with answers; a byte-level BPE
+#      tokenizer; a random Llama model (hidden 128, 4 layers)
+#   2. rlhf train: a brief SFT stage (the answer format), then online GRPO with the exact-match verifier,
+#      the embedded rollout worker and scorer talking gRPC in process; held-out greedy accuracy before,
+#      during and after; progress lines
+#   3. the figures of summary.json: accuracy before -> after with 95% intervals, the prompt ledger, throughput
 # A few minutes on 2 CPU cores. Set DEMO_DIR to keep the files (default: a temporary folder).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,38 +17,31 @@ py=/usr/bin/python3
 if [ -n "${DEMO_DIR:-}" ]; then work="$DEMO_DIR"; mkdir -p "$work"; else work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; fi
 quiet="--set run.log_level=warn"
 
-echo "== 1. task data, tokenizer and a random model (Llama: hidden 192, 4 layers) in $work"
-$py "$root/examples/arithmetic.py" "$work/data" --n 3000
+echo "== 1. task data, tokenizer and a random model (Llama: hidden 128, 4 layers) in $work"
+$py "$root/examples/arithmetic.py" "$work/data" --op max
 "$rlhf" train-tokenizer --corpus "$work/data/corpus.txt" --merges 1 --out "$work/tok" --run-dir "$work/runs/tok" $quiet
-"$rlhf" init-model --hidden-size 192 --layers 4 --heads 6 --kv-heads 2 --intermediate-size 512 --vocab-size 300 \
+"$rlhf" init-model --hidden-size 128 --layers 4 --heads 4 --kv-heads 2 --intermediate-size 384 --vocab-size 300 \
   --tokenizer "$work/tok" --seed 1 --out "$work/m0" --run-dir "$work/runs/init" $quiet
 
-echo "== 2. greedy answers of the untrained model on 200 held-out prompts"
-"$rlhf" generate --model "$work/m0" --prompts "$work/data/eval.jsonl" --temperature 0 --max-new-tokens 6 \
-  --out "$work/before.jsonl" --run-dir "$work/runs/gen0" $quiet 2>/dev/null
-$py "$root/examples/exact_match.py" "$work/before.jsonl" --show 0
-
-echo "== 3. rlhf train: sft -> reward_model"
+echo "== 2. rlhf train: sft -> grpo (online: rollout worker, scorer, learner, coordinator in one process)"
 start=$(date +%s)
-"$rlhf" train --config "$root/examples/sft_reward_model.yaml" --model "$work/m0" \
-  --set sft.data.path="$work/data/sft.jsonl" --set reward_model.data.path="$work/data/pairs.jsonl" \
-  --run-dir "$work/runs/train" 2>&1 | grep --line-buffered -E " (sft|reward_model) step|stage [0-9]|checkpoint .*-0000|saved"
+"$rlhf" train --config "$root/examples/grpo_arithmetic.yaml" --model "$work/m0" \
+  --set sft.data.path="$work/data/sft.jsonl" --set rl.data.path="$work/data/prompts.jsonl" \
+  --run-dir "$work/runs/train" 2>&1 | grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval at|online,|held-out accuracy"
 echo "trained in $(( $(date +%s) - start )) s"
 
-echo "== 4. results"
-"$rlhf" generate --model "$work/runs/train/0-sft/model" --prompts "$work/data/eval.jsonl" --temperature 0 \
-  --max-new-tokens 6 --out "$work/after.jsonl" --run-dir "$work/runs/gen1" $quiet 2>/dev/null
-printf 'after SFT:    '
-$py "$root/examples/exact_match.py" "$work/after.jsonl" --show 3
-$py - "$work/runs/train/metrics.jsonl" <<'PY'
+echo "== 3. results (runs/train/summary.json)"
+$py - "$work/runs/train/summary.json" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-sft = [r for r in rows if r["stage"] == "sft"]
-rm = [r for r in rows if r["stage"] == "reward_model"]
-print(f"SFT:          train loss {sft[0]['loss']:.3f} -> {sft[-1]['loss']:.3f}, held-out loss {sft[-1]['eval/loss']:.3f} "
-      f"(perplexity {sft[-1]['eval/perplexity']:.2f}), {len(sft)} steps, "
-      f"{sum(r['tokens_per_second'] for r in sft) / len(sft):.0f} tokens/s")
-print(f"reward model: held-out accuracy {100 * rm[-1]['eval/accuracy']:.1f}% (right sum preferred over one 20-40 off), "
-      f"margin {rm[-1]['eval/margin']:.2f}, {len(rm)} steps")
+s = json.load(open(sys.argv[1]))
+b, a = s["eval_before"], s["eval_after"]
+ci = lambda e: f"95% CI {100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}"
+print(f"held-out greedy accuracy: {100 * b['accuracy']:.1f}% ({ci(b)}) after SFT -> {100 * a['accuracy']:.1f}% ({ci(a)}) "
+      f"after {s['steps']} GRPO steps, on {a['prompts']} held-out prompts")
+print(f"prompt ledger: {s['prompts_trained']} trained, {s['prompts_filtered']} filtered, {s['prompts_dropped']} dropped, "
+      f"{s['prompts_released']} released, {s['duplicates']} duplicates, {s['missing']} missing")
+t = s["throughput"]
+print(f"throughput: rollout {t['rollout_tokens_per_second']:.0f} tokens/s, scorer {t['scorer_samples_per_second']:.0f} "
+      f"samples/s, learner {t['learner_samples_per_second']:.0f} samples/s; wall {s['wall_seconds']:.0f} s")
 PY
-echo "run directory: config.yaml, log.txt, metrics.jsonl, checkpoints/, 0-sft/model, 1-reward_model/model (HF folders)"
+echo "run directory: config.yaml, log.txt, metrics.jsonl, summary.json, checkpoints/, 0-sft/model, 1-grpo/model, 1-grpo/eval_*.jsonl"

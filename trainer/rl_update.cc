@@ -231,9 +231,14 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
                              kl_tok.sum().item<double>(),
                              0.0,
                              static_cast<double>(n / c.group_size),
+                             0.0,
                              0.0};
     for (const auto& s : samples) v[4] += s.finish_reason() == FINISH_REASON_LENGTH ? 1 : 0;
-    v[7] = (algo::KlPenalty(old_s, ref_s, algo::KlOptions{}) * resp).sum().item<double>();  // k3, always >= 0
+    if (use_kl) v[7] = (algo::KlPenalty(old_s, ref_s, algo::KlOptions{}) * resp).sum().item<double>();  // k3, >= 0
+    // How far the learner's log-probs are from the behaviour log-probs the rollout sampled with (0 up to
+    // rounding when strictly on-policy: a check that both sides score the same tokens).
+    const auto gap = (old_s - behaviour.slice(1, 1)).abs() * resp;
+    v[10] = gap.sum().item<double>();
     if (c.group_size > 1) {
       v[9] = static_cast<double>(n / c.group_size) - algo::GroupsWithSignal(scores, c.group_size).sum().item<double>();
     }
@@ -280,12 +285,15 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     out["reward_std"] = stdev(v[1], v[2], N);
     out["response_length"] = v[3] / N;
     out["truncated_fraction"] = v[4] / N;
-    out["kl_ref"] = v[6] / T;            // per token, with the configured estimator
-    out["kl_ref_k3"] = v[7] / T;
-    out["kl_ref_sequence"] = v[6] / N;   // per sequence (what the adaptive controller tracks)
+    if (use_kl) {
+      out["kl_ref"] = v[6] / T;            // per token, with the configured estimator
+      out["kl_ref_k3"] = v[7] / T;
+      out["kl_ref_sequence"] = v[6] / N;   // per sequence (what the adaptive controller tracks)
+    }
+    out["behaviour_logprob_gap"] = v[10] / T;  // mean |learner - behaviour| log-prob per response token
     out["kl_coef"] = beta;
     out["zero_variance_group_fraction"] = c.group_size > 1 ? v[9] / v[8] : 0.0;
-    size_t i = 10;
+    size_t i = 11;
     for (const auto& k : sources) {
       out["reward_mean/" + k] = v[i] / N;
       out["reward_std/" + k] = stdev(v[i], v[i + 1], N);
@@ -325,11 +333,13 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
   ASSIGN_OR_RETURN(auto counts, group.SumDoubles({static_cast<double>(n)}));
   const int64_t global_n = static_cast<int64_t>(counts[0]);
   const int64_t mbs = c.minibatch_size > 0 ? c.minibatch_size : global_n;
-  if (global_n % mbs != 0 || n % (global_n / mbs) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("the rollout batch of ", global_n, " samples (", n,
-                                                   " on this rank) does not split into minibatches of ", mbs));
+  // global_n / mbs optimizer steps per epoch (at least one); each rank cuts its samples into that many
+  // near-equal parts, so a batch that does not divide evenly (the end of an epoch) still trains.
+  const int64_t num_minibatches = std::max<int64_t>(1, global_n / mbs);
+  if (n < num_minibatches) {
+    return absl::InvalidArgumentError(absl::StrCat("this rank holds ", n, " samples, fewer than the ", num_minibatches,
+                                                   " minibatches of the rollout batch"));
   }
-  const int64_t num_minibatches = global_n / mbs, local_mb = n / num_minibatches;
   std::map<std::string, double> sums;
   int64_t steps = 0;
   for (int64_t epoch = 0; epoch < c.ppo_epochs; ++epoch) {
@@ -340,7 +350,7 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
       std::shuffle(order.begin(), order.end(), rng);
     }
     for (int64_t k = 0; k < num_minibatches; ++k) {
-      std::vector<size_t> part(order.begin() + k * local_mb, order.begin() + (k + 1) * local_mb);
+      std::vector<size_t> part(order.begin() + k * n / num_minibatches, order.begin() + (k + 1) * n / num_minibatches);
       std::vector<MicroBatch> micro;
       for (const auto& chunk : Chunks(part, c.micro_batch_size)) {
         micro.push_back(SelectRows(full, std::vector<int64_t>(chunk.begin(), chunk.end())));
@@ -358,7 +368,7 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
   out["skipped_steps"] = static_cast<double>(learner_->skipped_steps());
   out["optimizer_steps"] = static_cast<double>(steps);
   // 5. Adaptive KL.
-  kl_.Update(out["kl_ref_sequence"], static_cast<double>(global_n));
+  if (out.count("kl_ref_sequence")) kl_.Update(out.at("kl_ref_sequence"), static_cast<double>(global_n));
   return out;
 }
 

@@ -268,6 +268,12 @@ double Seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// A metric of a step, NaN when the step has none (e.g. no KL without a reference).
+double Get(const std::map<std::string, double>& m, const std::string& k) {
+  auto it = m.find(k);
+  return it == m.end() ? std::nan("") : it->second;
+}
+
 // ---- pipeline state -------------------------------------------------------------------------------------
 struct Pipeline {
   const config::Config* config = nullptr;
@@ -884,7 +890,11 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
   const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
   const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
   const auto data_cfg = DataSection("rl").Read(*p.config);
-  const auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
+  auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
+  // The embedded scorer uses the reward model of an earlier reward_model stage, and places process steps
+  // on the policy's tokens, unless the config names others.
+  if (reward_cfg.reward_model_weight != 0 && reward_cfg.reward_model.empty()) reward_cfg.reward_model = p.reward_model;
+  if (reward_cfg.process_weight != 0 && reward_cfg.tokenizer.empty()) reward_cfg.tokenizer = p.tokenizer_dir;
   const double t_start = Seconds();
   int64_t step = 0;
   json extra = json::object();
@@ -909,7 +919,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
                                                                 rs.tools->vars, reward_cfg.answer_field));
     ASSIGN_OR_RETURN(eval_prompts, coordinator::PromptsOf(ds, coordinator::SplitIndices(ds, ec.split), chat,
                                                           rs.tools->vars, reward_cfg.answer_field));
-    ASSIGN_OR_RETURN(roles, coordinator::Roles::Start(roles_cfg, *p.config, rs.start, 0));
+    ASSIGN_OR_RETURN(roles, coordinator::Roles::Start(roles_cfg, *p.config, rs.start, 0, &reward_cfg));
     const RpcConfig rpc = roles->rpc();
     auto publish = [&, rpc](Rollout::Stub* stub, int64_t version) -> absl::Status {
       const double t0 = Seconds();
@@ -1016,8 +1026,9 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
       reassigned_total.Increment(static_cast<double>(t.released - released_seen));
       released_seen = t.released;
       reward_gauge.Set(m["rollout/reward_mean"]);
-      kl_gauge.Set(m["kl_ref"]);
-      if (ec.every > 0 && version % ec.every == 0 && !coord->Done()) {
+      if (m.count("kl_ref")) kl_gauge.Set(m.at("kl_ref"));
+      const bool last = coord->Done() || (sc.steps > 0 && version >= sc.steps);  // evaluated after the loop
+      if (ec.every > 0 && version % ec.every == 0 && !last) {
         ASSIGN_OR_RETURN(auto ev, RunEval(*pool, *scorer, eval_prompts, ec, version, p.seed,
                                           (fs::path(dir) / absl::StrCat("eval_step_", version, ".jsonl")).string()));
         m["eval/accuracy"] = ev["accuracy"].get<double>();
@@ -1029,7 +1040,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
     if (p.rank0() && ((step + 1) % p.train.log_every == 0 || coord->Done())) {
       spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f} pg {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} | "
                    "rollout {:.0f} tok/s, filtered {}, dropped {} | trained {}/{} prompts of epoch {}",
-                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["kl_ref"], m["clip_fraction"],
+                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], Get(m, "kl_ref"), m["clip_fraction"],
                    m["entropy"], m["rollout/tokens_per_second"], batch.filtered, batch.dropped,
                    coord->ledger().Current().trained, coord->ledger().num_prompts(), coord->ledger().epoch());
     }
@@ -1191,7 +1202,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
       if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
         spdlog::info("{} step {}/{}: reward {:.4f} loss {:.4f} pg {:.4f} vf {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} "
                      "{:.0f} tok/s",
-                     stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["vf_loss"], m["kl_ref"],
+                     stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], m["vf_loss"], Get(m, "kl_ref"),
                      m["clip_fraction"], m["entropy"], m["tokens_per_second"]);
       }
       if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {

@@ -15,6 +15,8 @@ const config::Section<EvalConfig>& EvalConfig::Spec() {
     s->Add("max_prompts", &E::max_prompts, "evaluate the first N prompts of the split; 0 = all", config::AtLeast(0));
     s->Add("max_new_tokens", &E::max_new_tokens, "longest answer, tokens", config::AtLeast(1));
     s->Add("success_threshold", &E::success_threshold, "a greedy answer is correct when its reward is >= this");
+    s->Add("success_part", &E::success_part,
+           "judge correctness by this reward source (e.g. exact_match, see reward.monitor); \"\" = the total reward");
     s->Add("k", &E::k, "pass@k from sampled answers; 0 = off", config::AtLeast(0));
     s->Add("samples", &E::samples, "answers sampled per prompt for pass@k (>= k); 0 = k", config::AtLeast(0));
     s->Add("temperature", &E::temperature, "sampling temperature of the pass@k answers", config::AtLeast(0));
@@ -116,6 +118,18 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
   greedy.set_max_new_tokens(static_cast<int32_t>(config.max_new_tokens));
   greedy.set_seed(seed);
   ASSIGN_OR_RETURN(auto g, Answer(pool, scorer, prompts, greedy, 1, version));
+  // The figure a sample is judged by: its reward, or one source of it.
+  absl::Status part_missing;
+  auto judged = [&](const Sample& s) -> double {
+    if (config.success_part.empty()) return s.reward();
+    auto it = s.reward_parts().find(config.success_part);
+    if (it == s.reward_parts().end()) {
+      part_missing = absl::InvalidArgumentError(absl::StrCat("eval.success_part: the scorer gives no '", config.success_part,
+                                                             "' (add it to reward.monitor or give it a weight)"));
+      return 0.0;
+    }
+    return it->second;
+  };
   double reward_sum = 0;
   int64_t rewarded = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -126,7 +140,7 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
       const double rew = g.samples[i][0].reward();
       reward_sum += rew;
       ++rewarded;
-      if (rew >= config.success_threshold) ++r.correct;
+      if (judged(g.samples[i][0]) >= config.success_threshold) ++r.correct;
     }
     for (auto& s : g.samples[i]) r.generations.push_back(std::move(s));
   }
@@ -143,7 +157,7 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
     for (size_t i = 0; i < prompts.size(); ++i) {
       int64_t c = 0;
       for (size_t j = 0; j < s.samples[i].size(); ++j) {
-        if (s.scored[i][j] && s.samples[i][j].reward() >= config.success_threshold) ++c;
+        if (s.scored[i][j] && judged(s.samples[i][j]) >= config.success_threshold) ++c;
       }
       sum += PassAtK(n, c, config.k);  // a prompt without samples has c = 0
       for (auto& x : s.samples[i]) r.generations.push_back(std::move(x));
@@ -151,6 +165,7 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
     r.k = config.k;
     r.pass_at_k = sum / static_cast<double>(prompts.size());
   }
+  RETURN_IF_ERROR(part_missing);
   return r;
 }
 

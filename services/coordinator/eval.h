@@ -21,6 +21,7 @@ struct EvalConfig {
   int64_t max_prompts = 0;         // evaluate the first N prompts of the split (file order); 0 = all
   int64_t max_new_tokens = 64;     // longest answer
   double success_threshold = 1.0;  // a greedy answer counts as correct when its reward is >= this
+  std::string success_part;        // judge correctness by this reward_parts source (e.g. exact_match); "" = the reward
   int64_t k = 0;                   // pass@k; 0 = off
   int64_t samples = 0;             // answers sampled per prompt for pass@k (n >= k); 0 = k
   double temperature = 1.0;        // sampling temperature of the pass@k answers

@@ -42,7 +42,8 @@ Roles::~Roles() {
 }
 
 absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, const config::Config& config,
-                                                    const std::string& policy_dir, int64_t initial_version) {
+                                                    const std::string& policy_dir, int64_t initial_version,
+                                                    const scoring::RewardConfig* reward) {
   std::unique_ptr<Roles> r(new Roles());
   r->rpc_ = RpcConfig::Spec().Read(config);
   if (roles.rollout_addresses.empty()) {
@@ -57,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, co
     for (const auto& a : roles.rollout_addresses) r->rollout_.push_back(MakeChannel(r->rpc_, a));
   }
   if (roles.scorer_address.empty()) {
-    ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(config)));
+    ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(reward ? *reward : scoring::RewardConfig::Spec().Read(config)));
     std::string sources;
     for (const auto& s : scorer->SourceNames()) sources += (sources.empty() ? "" : ", ") + s;
     r->embedded_scorer_ = std::make_unique<scoring::ScorerService>(std::move(scorer),

@@ -21,6 +21,7 @@ struct ServedRollout;
 }
 namespace rlhf::scoring {
 class ScorerService;
+struct RewardConfig;
 }
 
 namespace rlhf::coordinator {
@@ -39,8 +40,11 @@ class Roles {
  public:
   // Connects to (or starts) the roles. `policy_dir` is the model an embedded rollout worker starts from,
   // at `initial_version`; `config` supplies the rollout.*, reward.*, scorer.* and rpc.* keys.
+  // `reward` replaces the reward.* keys of `config` for an embedded scorer when given (a pipeline fills in
+  // the reward model it trained).
   static absl::StatusOr<std::unique_ptr<Roles>> Start(const RolesConfig& roles, const config::Config& config,
-                                                      const std::string& policy_dir, int64_t initial_version);
+                                                      const std::string& policy_dir, int64_t initial_version,
+                                                      const scoring::RewardConfig* reward = nullptr);
   ~Roles();
 
   std::vector<std::shared_ptr<grpc::Channel>> rollout_channels() const { return rollout_; }

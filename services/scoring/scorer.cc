@@ -55,6 +55,9 @@ const config::Section<RewardConfig>& RewardConfig::Spec() {
     s->Add("judge_first", &R::judge_first, "pairwise verdict text for the first response");
     s->Add("judge_second", &R::judge_second, "pairwise verdict text for the second response");
     s->Add("judge_chat_template", &R::judge_chat_template, "render the judge prompt as the user message of the judge's chat template");
+    s->Add("monitor", &R::monitor,
+           "rule-based sources (exact_match, format, length, missing_eos) computed with weight 0: in reward_parts "
+           "for statistics and eval.success_part, not in the reward");
     s->Add("process_weight", &R::process_weight, "weight of the aggregated per-step process reward; 0 = off");
     s->Add("process_source", &R::process_source, "checker (rule-based arithmetic steps) | model (process reward model)",
            config::OneOf({"checker", "model"}));
@@ -98,6 +101,10 @@ struct Scorer::FormatRe {
 };
 
 Scorer::Scorer(RewardConfig config) : config_(std::move(config)) {}
+
+bool Scorer::On(const char* name, double weight) const {
+  return weight != 0 || std::find(config_.monitor.begin(), config_.monitor.end(), name) != config_.monitor.end();
+}
 Scorer::~Scorer() = default;
 
 absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& config) {
@@ -105,7 +112,13 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& confi
   if (s->SourceNames().empty()) {
     return absl::InvalidArgumentError("no reward source is on: give one a weight (reward.*_weight)");
   }
-  if (config.format_weight != 0) {
+  for (const auto& m : config.monitor) {
+    if (m != "exact_match" && m != "format" && m != "length" && m != "missing_eos") {
+      return absl::InvalidArgumentError(absl::StrCat("reward.monitor: '", m,
+                                                     "' is not a rule-based source (exact_match, format, length, missing_eos)"));
+    }
+  }
+  if (s->On("format", config.format_weight)) {
     if (config.format_pattern.empty()) return absl::InvalidArgumentError("reward.format_weight needs reward.format_pattern");
     try {
       s->format_ = std::make_shared<FormatRe>(FormatRe{std::regex(config.format_pattern, std::regex::ECMAScript)});
@@ -361,7 +374,7 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
   };
   for (size_t i = 0; i < n; ++i) {
     const Sample& s = samples[i];
-    if (config_.exact_match_weight != 0) {
+    if (On("exact_match", config_.exact_match_weight)) {
       auto it = s.extra().find(config_.answer_field);
       if (it == s.extra().end()) {
         fail(i, "exact_match", absl::InvalidArgumentError(absl::StrCat("the sample has no '", config_.answer_field, "' field")));
@@ -372,11 +385,11 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
       }
     }
     if (format_) parts[i]["format"] = std::regex_match(s.completion(), format_->re) ? 1.f : 0.f;
-    if (config_.length_weight != 0) {
+    if (On("length", config_.length_weight)) {
       const double excess = std::max<double>(0.0, static_cast<double>(s.completion_ids_size() - config_.length_free_tokens));
       parts[i]["length"] = static_cast<float>(-excess / config_.length_scale_tokens);
     }
-    if (config_.missing_eos_weight != 0) parts[i]["missing_eos"] = s.finish_reason() == FINISH_REASON_LENGTH ? -1.f : 0.f;
+    if (On("missing_eos", config_.missing_eos_weight)) parts[i]["missing_eos"] = s.finish_reason() == FINISH_REASON_LENGTH ? -1.f : 0.f;
     if (config_.code_weight != 0) {
       std::map<std::string, std::string> files = {{config_.code_file, ExtractCode(s.completion())}};
       auto it = s.extra().find(config_.code_tests_field);

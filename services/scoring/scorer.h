@@ -85,6 +85,7 @@ struct RewardConfig {
   std::string process_separator = "\n"; // text that ends a step
   std::string process_aggregate = "mean";  // mean | min | last of the step scores
   std::string tokenizer;                // the policy's tokenizer (folder or file): places step ends on tokens
+  std::vector<std::string> monitor;     // rule-based sources computed with weight 0 (reward_parts only), e.g. exact_match
   std::string reference_model;          // HF folder of the frozen reference policy; "" = no reference log-probs
   int64_t batch_tokens = 8192;          // tokens (prompt + completion, padded) per model forward
   std::string dtype;                    // compute dtype of the models: "" = the checkpoint's, float32, bfloat16
@@ -130,6 +131,8 @@ class Scorer {
  private:
   explicit Scorer(RewardConfig config);
   SandboxLimits Limits() const;
+  // A source is computed when it has a weight or is monitored.
+  bool On(const char* name, double weight) const;
   void ScoreJudge(std::vector<Sample>& samples, const std::vector<int32_t>& groups,
                   std::vector<std::map<std::string, float>>& parts, const std::function<void(size_t, absl::Status)>& fail);
   void ScoreProcess(std::vector<Sample>& samples, std::vector<std::map<std::string, float>>& parts,

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Online GRPO as separate local processes on loopback (`rlhf serve rollout`, `rlhf serve scorer`, and
+# `rlhf train` as coordinator and learner) against the same run embedded in one process. The separate run
+# is killed right after a checkpoint and resumed. Both must end with the same ledger (every prompt of
+# every epoch trained, filtered or dropped once; no duplicates, nothing missing), the same losses step by
+# step and the same held-out evaluation. Bounded: every process has a timeout and is killed on exit.
+#   online_processes_test.sh RLHF PYTHON3
+set -euo pipefail
+rlhf="$1"
+py="$2"
+d="$(mktemp -d)"
+pids=()
+trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$d"' EXIT
+q="--set run.log_level=warn"
+
+# A task: 24 prompts "a+b=" with answers; 3 of them are too long for the rollout workers' context (64
+# tokens): the workers refuse those, and the ledger records them as dropped.
+"$py" - "$d" <<'PY'
+import json, sys
+d = sys.argv[1]
+with open(f"{d}/prompts.jsonl", "w") as f, open(f"{d}/corpus.txt", "w") as c:
+    for i in range(24):
+        a, b = i % 7, i // 7 + 1
+        p = f"{a}+{b}=" if i % 8 != 5 else "+".join(["1"] * 40) + f"+{a}="
+        f.write(json.dumps({"prompt": p, "answer": str(a + b)}) + "\n")
+    for i in range(200):
+        c.write(f"{i % 13}+{i % 7}={i % 13 + i % 7}\n")
+PY
+"$rlhf" train-tokenizer --corpus "$d/corpus.txt" --merges 20 --out "$d/tok" --run-dir "$d/r/tok" $q
+"$rlhf" init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 300 \
+  --tokenizer "$d/tok" --seed 3 --out "$d/m" --run-dir "$d/r/init" $q
+
+# Rewards: exact match, plus 1 for a completion that starts with printable ASCII (so that the groups of a
+# random model differ; the rest are filtered by dynamic sampling).
+reward=(--set reward.exact_match_weight=1 --set reward.format_weight=1 --set 'reward.format_pattern=[ -~][\s\S]*')
+args=(--model "$d/m" --stages grpo --seed 7 $q --set run.threads=1
+      --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.epochs=2
+      --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4 --set rl.micro_batch_size=8
+      --set rl.dynamic_sampling=true --set rl.kl_coef=0 --set rl.optim.lr=1e-3 --set rl.optim.eps=1e-3
+      --set eval.max_new_tokens=4 --set train.save_every=2 --set rollout.capacity=64 "${reward[@]}")
+
+echo "== embedded"
+timeout 300 "$rlhf" train "${args[@]}" --run-dir "$d/embedded"
+
+echo "== separate processes: rollout worker and scorer on loopback"
+ports=($("$py" -c "
+import socket
+ss = [socket.socket() for _ in range(2)]
+for s in ss: s.bind(('127.0.0.1', 0))
+print(' '.join(str(s.getsockname()[1]) for s in ss))"))
+timeout 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
+  --set rollout.capacity=64 --set run.threads=1 $q > "$d/rollout.log" 2>&1 &
+pids+=($!)
+timeout 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[1]}" --run-dir "$d/r/scorer" "${reward[@]}" $q \
+  > "$d/scorer.log" 2>&1 &
+pids+=($!)
+remote=(--set "roles.rollout_addresses=[127.0.0.1:${ports[0]}]" --set "roles.scorer_address=127.0.0.1:${ports[1]}"
+        --set roles.max_attempts=20 --set roles.backoff_seconds=0.1)
+# The servers may still be starting: the coordinator's retries wait for them.
+if RLHF_FAULT_KILL_AFTER_CHECKPOINT=2 timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" --run-dir "$d/separate"; then
+  echo "the fault injection did not stop the run"; exit 1
+fi
+test ! -f "$d/separate/summary.json"
+echo "== resumed"
+timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" --resume --run-dir "$d/separate"
+
+"$py" - "$d/embedded" "$d/separate" <<'PY'
+import json, sys
+a, b = (json.load(open(f"{r}/summary.json")) for r in sys.argv[1:3])
+for s in (a, b):
+    assert s["duplicates"] == 0 and s["missing"] == 0, s
+    assert s["prompts_trained"] + s["prompts_filtered"] + s["prompts_dropped"] == s["epochs"] * s["prompts_per_epoch"], s
+    assert s["prompts_dropped"] > 0 and s["prompts_trained"] > 0, s
+    assert s["reasons"].get("rollout INVALID_ARGUMENT") == s["prompts_dropped"], s
+    for e in (s["eval_before"], s["eval_after"]):
+        assert e["prompts"] > 0 and 0 <= e["accuracy_ci95"][0] <= e["accuracy"] <= e["accuracy_ci95"][1] <= 1, e
+assert a["roles"]["rollout"] == "embedded" and b["roles"]["rollout"] == "remote" and b["roles"]["scorer"] == "remote"
+for k in ("steps", "prompts_trained", "prompts_filtered", "prompts_dropped", "eval_before", "eval_after"):
+    assert a[k] == b[k], (k, a[k], b[k])
+la, lb = ([json.loads(l) for l in open(f"{r}/metrics.jsonl")] for r in sys.argv[1:3])
+assert len(la) == len(lb) == a["steps"], (len(la), len(lb), a["steps"])
+for x, y in zip(la, lb):
+    for k in ("loss", "reward_mean", "entropy", "ledger/trained", "ledger/filtered", "ledger/dropped"):
+        assert x[k] == y[k], (x["step"], k, x[k], y[k])
+print(f"same run embedded and as processes (killed after step 2, resumed): {a['steps']} steps, "
+      f"{a['prompts_trained']} trained, {a['prompts_filtered']} filtered, {a['prompts_dropped']} dropped of "
+      f"{a['epochs']} x {a['prompts_per_epoch']} prompts; accuracy {a['eval_before']['accuracy']:.3f} -> "
+      f"{a['eval_after']['accuracy']:.3f}")
+PY
