@@ -11,7 +11,6 @@
 #include "cli/command.h"
 #include "common/data/dataset.h"
 #include "common/sample_json.h"
-#include "common/text/chat_template.h"
 #include "services/coordinator/eval.h"
 #include "services/coordinator/roles.h"
 #include "services/scoring/scorer.h"
@@ -34,11 +33,6 @@ struct EvalFilesConfig {
   }
 };
 
-config::Section<data::DataConfig> EvalDataSection() {
-  config::Section<data::DataConfig> s("eval.data");
-  data::DataConfig::AddTo(s);
-  return s;
-}
 }  // namespace
 
 Command EvalCommand() {
@@ -47,7 +41,7 @@ Command EvalCommand() {
   c.help = "greedy accuracy, mean reward and pass@k of a model on the held-out split of a prompt/answer JSONL";
   c.add_sections = [](config::Schema& s) {
     EvalFilesConfig::Spec().Register(s);
-    EvalDataSection().Register(s);
+    coordinator::EvalDataSection().Register(s);
     coordinator::EvalConfig::Spec().Register(s);
     coordinator::RegisterRoleKeys(s);
   };
@@ -57,21 +51,12 @@ Command EvalCommand() {
   c.body = [](const Context& ctx) -> absl::Status {
     const auto files = EvalFilesConfig::Spec().Read(ctx.config);
     const auto ec = coordinator::EvalConfig::Spec().Read(ctx.config);
-    const auto dc = EvalDataSection().Read(ctx.config);
+    const auto dc = coordinator::EvalDataSection().Read(ctx.config);
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(ctx.config);
     const auto reward = scoring::RewardConfig::Spec().Read(ctx.config);
     if (files.model.empty()) return absl::InvalidArgumentError("give --model DIR");
     if (dc.path.empty()) return absl::InvalidArgumentError("give --data FILE.jsonl");
-    data::LoadStats stats;
-    ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc, &stats));
-    auto chat = text::ChatTemplate::FromFolder(files.model);
-    data::ojson vars = data::ojson::object();
-    if (chat.ok()) vars = {{"bos_token", chat->bos_token}, {"eos_token", chat->eos_token}};
-    ASSIGN_OR_RETURN(auto prompts, coordinator::PromptsOf(ds, coordinator::SplitIndices(ds, ec.split),
-                                                          chat.ok() ? &chat->chat_template : nullptr, vars,
-                                                          reward.answer_field));
-    spdlog::info("eval: {} prompts of split '{}' of {} ({} train, {} held out)", prompts.size(), ec.split, dc.path,
-                 stats.train, stats.heldout);
+    ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, files.model, reward.answer_field));
     ASSIGN_OR_RETURN(auto roles, coordinator::Roles::Start(roles_cfg, ctx.config, files.model, 0));
     int64_t version = 0;
     if (!roles->embedded_rollout()) {

@@ -2,7 +2,7 @@
 per line ("b*c=e", "a+e=f", "f-d=g", then "answer g"), for process supervision with the rule-based step
 checker (reward.process_source: checker). Files: sft.jsonl (prompt/completion), prompts.jsonl and eval.jsonl
 (prompt/answer, disjoint by construction), corpus.txt for the tokenizer.
-Usage: multistep.py OUT_DIR [--n 3000] [--eval 200] [--seed 0]"""
+Usage: multistep.py OUT_DIR [--n 3000] [--eval 200] [--max-operand 99] [--seed 0]"""
 import argparse
 import json
 import os
@@ -33,6 +33,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--eval", type=int, default=200)
+    ap.add_argument("--max-operand", type=int, default=99, help="operands in [0, N] (factors of a product at most 20)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     r = random.Random(a.seed)
@@ -40,8 +41,8 @@ def main():
     seen, rows = set(), []
     while len(rows) < a.n + a.eval:
         ops = [r.choice(OPS), r.choice(OPS)]
-        nums = [r.randint(0, 20) if i > 0 and ops[i - 1] == "*" or i < 2 and ops[i] == "*" else r.randint(0, 99)
-                for i in range(3)]
+        nums = [r.randint(0, min(20, a.max_operand)) if i > 0 and ops[i - 1] == "*" or i < 2 and ops[i] == "*"
+                else r.randint(0, a.max_operand) for i in range(3)]
         prompt = f"{nums[0]}{ops[0]}{nums[1]}{ops[1]}{nums[2]}="
         if prompt in seen:
             continue

@@ -16,8 +16,9 @@ namespace rlhf::trainer {
 void RlConfig::AddTo(config::Section<RlConfig>& s) {
   using R = RlConfig;
   s.Add("advantage", &R::advantage,
-        "estimator: auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline",
-        config::OneOf({"auto", "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"}));
+        "estimator: auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | "
+        "reinforce_pp_baseline | process (per-step rewards of the samples, GRPO-normalised)",
+        config::OneOf({"auto", "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "process"}));
   s.Add("group_size", &R::group_size, "G: samples per prompt (consecutive in the batch)", config::AtLeast(1));
   s.Add("ppo_epochs", &R::ppo_epochs, "passes over each rollout batch", config::AtLeast(1));
   s.Add("minibatch_size", &R::minibatch_size,
@@ -76,7 +77,8 @@ RlUpdate::RlUpdate(Learner* learner, model::Transformer policy, model::Transform
       pad_id_(pad_id),
       kl_(config_.kl_coef, config_.kl_target, config_.kl_horizon) {
   advantage_ = config_.advantage == "auto" ? (critic_.is_empty() ? "grpo" : "gae") : config_.advantage;
-  const bool group_estimator = advantage_ == "grpo" || advantage_ == "dr_grpo" || advantage_ == "rloo";
+  const bool group_estimator =
+      advantage_ == "grpo" || advantage_ == "dr_grpo" || advantage_ == "rloo" || advantage_ == "process";
   kl_placement_ = config_.kl_placement != "auto" ? config_.kl_placement : group_estimator ? "loss" : "reward";
   kl_estimator_ = config_.kl_estimator != "auto" ? config_.kl_estimator : kl_placement_ == "loss" ? "k3" : "k1";
 }
@@ -205,6 +207,32 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     }
     auto rewards = algo::TokenRewards(s, kl_in_reward ? kl_tok : torch::Tensor(), resp, beta);
     ASSIGN_OR_RETURN(adv, GlobalWhiten(group, algo::ReturnToGo(rewards, resp, c.gamma), mask));
+  } else if (advantage_ == "process") {
+    // Process supervision: the scorer's step rewards at the tokens that end the steps (completion token
+    // indices, moved to row coordinates here); a completion without a scored step counts as one step worth
+    // 0 at its last token.
+    int64_t steps = 1;
+    for (const auto& s : samples) steps = std::max<int64_t>(steps, s.step_rewards_size());
+    auto step_rewards = torch::zeros({n, steps}, torch::kFloat32);
+    auto step_ends = torch::full({n, steps}, -1, torch::kInt64);
+    for (int64_t i = 0; i < n; ++i) {
+      const Sample& s = samples[static_cast<size_t>(i)];
+      const int64_t p = s.prompt_ids_size(), len = s.completion_ids_size();
+      if (s.step_rewards_size() != s.step_ends_size()) {
+        return absl::InvalidArgumentError(absl::StrCat("sample ", i, ": advantage 'process' needs step_ends for every "
+                                                       "step reward (set reward.tokenizer on the scorer)"));
+      }
+      if (s.step_rewards_size() == 0) {
+        step_ends[i][0] = p + len - 2;  // the last response token, in [N, T-1] coordinates
+        continue;
+      }
+      for (int j = 0; j < s.step_rewards_size(); ++j) {
+        const int64_t e = std::clamp<int64_t>(s.step_ends(j), 0, len - 1);
+        step_rewards[i][j] = s.step_rewards(j);
+        step_ends[i][j] = p + e - 1;
+      }
+    }
+    adv = algo::ProcessAdvantages(step_rewards, step_ends, resp, c.group_size, c.group_eps);
   } else {
     ASSIGN_OR_RETURN(auto kind, algo::ParseGroupAdvantage(advantage_));
     adv = algo::BroadcastToTokens(algo::GroupAdvantages(clipped, c.group_size, kind, c.group_eps), resp);

@@ -8,6 +8,8 @@
 //        gae:    token rewards (score on the last token - beta * kl_t), GAE, whitened over the global batch
 //        grpo | dr_grpo | rloo: group-relative sequence advantages on every token
 //        reinforce_pp (_baseline): return-to-go of the token rewards, whitened over the global batch
+//        process: the samples' step rewards (scorer), normalised over the group; A_t sums the steps ending
+//                 at or after t
 //   4. ppo_epochs passes; each splits the batch into minibatches (one Learner::Step each) of micro-batches
 //   5. the adaptive KL coefficient (Ziegler et al.) moves toward its target
 // Samples of one prompt (a group) must be consecutive and on one rank. Dimension key: N samples on this
@@ -29,7 +31,7 @@
 namespace rlhf::trainer {
 
 struct RlConfig {
-  std::string advantage = "auto";       // auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline
+  std::string advantage = "auto";       // auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | process
   int64_t group_size = 1;               // G: samples per prompt in the batch
   int64_t ppo_epochs = 1;               // passes over the rollout batch
   int64_t minibatch_size = 0;           // samples per optimizer step over all ranks; 0 = the whole rollout batch

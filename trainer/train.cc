@@ -1222,6 +1222,67 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   return absl::OkStatus();
 }
 
+// ---- evaluations of the pipeline's policies ----------------------------------------------------------------
+// With eval.data.path set, the policy is evaluated (greedy accuracy, mean reward, pass@k; services/coordinator)
+// before the first stage and after each stage that changes it, on an embedded rollout worker and scorer;
+// the figures go to <run>/evals.json and summary.json. Rank 0 evaluates; the others wait.
+absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
+  const auto dc = coordinator::EvalDataSection().Read(*p.config);
+  if (dc.path.empty()) return absl::OkStatus();
+  if (p.rank0()) {
+    const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
+    const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
+    auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
+    if (reward_cfg.reward_model_weight != 0 && reward_cfg.reward_model.empty()) reward_cfg.reward_model = p.reward_model;
+    ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, p.tokenizer_dir, reward_cfg.answer_field));
+    coordinator::RolesConfig embedded = roles_cfg;
+    embedded.rollout_addresses.clear();  // the worker must hold this policy
+    ASSIGN_OR_RETURN(auto roles, coordinator::Roles::Start(embedded, *p.config, p.policy, 0, &reward_cfg));
+    coordinator::RolloutPool pool(roles->rollout_channels(), roles->rpc(), roles_cfg.retry(), {});
+    coordinator::ScorerClient scorer(roles->scorer_channel(), roles->rpc(), roles_cfg.retry());
+    ASSIGN_OR_RETURN(auto r, RunEval(pool, scorer, prompts, ec, 0, p.seed,
+                                     (fs::path(p.run_dir) / ("eval_" + name + ".jsonl")).string()));
+    const std::string path = (fs::path(p.run_dir) / "evals.json").string();
+    json all = json::object();
+    if (fs::exists(path)) all = json::parse(std::ifstream(path), nullptr, false);
+    if (!all.is_object()) all = json::object();
+    r["policy"] = p.policy;
+    all[name] = r;
+    std::ofstream(path + ".tmp", std::ios::trunc) << all.dump(2) << "\n";
+    fs::rename(path + ".tmp", path);
+    spdlog::info("eval of {} ({}): accuracy {:.1f}%", name, p.policy, 100 * r["accuracy"].get<double>());
+  }
+  return p.group->Barrier();
+}
+
+// summary.json of the pipeline: the evaluations in stage order, the first and the last; merged into the one
+// an online stage wrote.
+absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& names, double wall) {
+  if (!p.rank0()) return absl::OkStatus();
+  const std::string evals_path = (fs::path(p.run_dir) / "evals.json").string();
+  const std::string path = (fs::path(p.run_dir) / "summary.json").string();
+  json summary = json::object();
+  if (fs::exists(path)) summary = json::parse(std::ifstream(path), nullptr, false);
+  if (!summary.is_object()) summary = json::object();
+  if (fs::exists(evals_path)) {
+    json evals = json::parse(std::ifstream(evals_path), nullptr, false);
+    json ordered = json::array();
+    for (const auto& n : names) {
+      if (evals.is_object() && evals.contains(n)) ordered.push_back({{"after", n}, {"eval", evals[n]}});
+    }
+    summary["pipeline_evals"] = ordered;
+    if (!ordered.empty() && !summary.contains("eval_before")) {
+      summary["eval_before"] = ordered.front()["eval"];
+      summary["eval_after"] = ordered.back()["eval"];
+    }
+  }
+  summary["stages"] = p.train.stages;
+  if (!summary.contains("wall_seconds")) summary["wall_seconds"] = wall;
+  std::ofstream(path + ".tmp", std::ios::trunc) << summary.dump(2) << "\n";
+  fs::rename(path + ".tmp", path);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void RegisterTrainKeys(config::Schema& schema) {
@@ -1236,6 +1297,7 @@ void RegisterTrainKeys(config::Schema& schema) {
   DataSection("rl").Register(schema);
   RlSection().Register(schema);
   coordinator::EvalConfig::Spec().Register(schema);
+  coordinator::EvalDataSection().Register(schema);
   coordinator::RegisterRoleKeys(schema);
   OptimSection("rl.optim").Register(schema);
   OptimSection("rl.critic_optim").Register(schema);
@@ -1247,6 +1309,7 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
   p.run_dir = run_dir;
   p.seed = seed;
   p.train = TrainConfig::Spec().Read(config);
+  const double t_start = Seconds();
   const auto dist = comm::DistConfig::Spec().Read(config);
   p.bucket_bytes = dist.bucket_bytes;
   if (p.train.stages.empty()) return absl::InvalidArgumentError("train.stages is empty");
@@ -1293,6 +1356,7 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
       (stage == "reward_model" ? p.reward_model : p.policy) = out;
       continue;
     }
+    if (index == 0 && !p.resume) RETURN_IF_ERROR(EvaluatePolicy(p, "start"));
     if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
     if (stage == "sft") {
       RETURN_IF_ERROR(RunSft(p, index));
@@ -1301,7 +1365,11 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     } else {
       RETURN_IF_ERROR(RunPreference(p, index, stage));
     }
+    if (stage != "reward_model") RETURN_IF_ERROR(EvaluatePolicy(p, absl::StrCat(index, "-", stage)));
   }
+  std::vector<std::string> names = {"start"};
+  for (size_t i = 0; i < p.train.stages.size(); ++i) names.push_back(absl::StrCat(i, "-", p.train.stages[i]));
+  RETURN_IF_ERROR(WritePipelineSummary(p, names, Seconds() - t_start));
   if (p.rank0()) spdlog::info("training done: policy {}", p.policy);
   return absl::OkStatus();
 }

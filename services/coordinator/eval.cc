@@ -29,6 +29,12 @@ const config::Section<EvalConfig>& EvalConfig::Spec() {
   return *s;
 }
 
+config::Section<data::DataConfig> EvalDataSection() {
+  config::Section<data::DataConfig> s("eval.data");
+  data::DataConfig::AddTo(s);
+  return s;
+}
+
 nlohmann::json EvalResult::ToJson() const {
   nlohmann::json j = {{"prompts", prompts},
                       {"correct", correct},

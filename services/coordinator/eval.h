@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/config/config.h"
+#include "common/data/dataset.h"
 #include "services/coordinator/clients.h"
 
 namespace rlhf::coordinator {
@@ -42,6 +43,9 @@ struct EvalResult {
   std::vector<Sample> generations;  // greedy answers, then the sampled ones, with rewards where scored
   nlohmann::json ToJson() const;    // every figure above except the generations
 };
+
+// The data keys of an evaluation set (a prompt/answer JSONL), under "eval.data".
+config::Section<data::DataConfig> EvalDataSection();
 
 // The unbiased estimate of P(at least one of k draws without replacement from n answers, c of them
 // correct, is correct): 1 - C(n - c, k) / C(n, k).

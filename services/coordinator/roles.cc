@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/text/chat_template.h"
 #include "rollout/service.h"
 #include "services/scoring/scorer.h"
 #include "services/scoring/service.h"
@@ -97,6 +98,20 @@ absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const s
     out.push_back(std::move(p));
   }
   return out;
+}
+
+absl::StatusOr<std::vector<Prompt>> LoadEvalPrompts(const data::DataConfig& dc, const std::string& split,
+                                                    const std::string& model_dir, const std::string& answer_field) {
+  data::LoadStats stats;
+  ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc, &stats));
+  auto chat = text::ChatTemplate::FromFolder(model_dir);
+  data::ojson vars = data::ojson::object();
+  if (chat.ok()) vars = {{"bos_token", chat->bos_token}, {"eos_token", chat->eos_token}};
+  ASSIGN_OR_RETURN(auto prompts, PromptsOf(ds, SplitIndices(ds, split), chat.ok() ? &chat->chat_template : nullptr,
+                                           vars, answer_field));
+  spdlog::info("eval: {} prompts of split '{}' of {} ({} train, {} held out)", prompts.size(), split, dc.path,
+               stats.train, stats.heldout);
+  return prompts;
 }
 
 }  // namespace rlhf::coordinator

@@ -76,4 +76,9 @@ absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const s
 // Indices of a dataset's split by name: heldout | train | all.
 std::vector<size_t> SplitIndices(const data::Dataset& data, const std::string& split);
 
+// The prompts of one split of a prompt/answer JSONL, rendered with the chat template of `model_dir` where
+// the prompts are message lists (what `rlhf eval` and the pipeline's evaluations send).
+absl::StatusOr<std::vector<Prompt>> LoadEvalPrompts(const data::DataConfig& data, const std::string& split,
+                                                    const std::string& model_dir, const std::string& answer_field);
+
 }  // namespace rlhf::coordinator

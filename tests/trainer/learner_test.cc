@@ -357,6 +357,62 @@ TEST(RlUpdate, MissingEosPenaltyAndMaskingOfTruncatedResponses) {
   EXPECT_NEAR(masked["response_length"], base["response_length"], 1e-9);  // statistics still see every sample
 }
 
+TEST(RlUpdate, ProcessAdvantageSumsTheNormalisedStepsEndingAtOrAfterEachToken) {
+  // On a fresh batch the ratio is 1, so the token-mean policy loss is -mean(A) over response tokens: with
+  // A computed here by hand from the step rewards at their completion-token ends (a sample without steps
+  // is one step worth 0 at its last token), normalised by the mean and unbiased std of its group's steps.
+  auto samples = ScoredSamples(2, 3, 50, 4);
+  std::mt19937 rng(9);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    auto& s = samples[i];
+    if (i == 4) continue;  // no scored step
+    const int len = s.completion_ids_size();
+    for (int e = 0; e < len; e += 2) {
+      s.add_step_rewards(static_cast<float>(rng() % 2));
+      s.add_step_ends(std::min(e + 1, len - 1));
+    }
+  }
+  double sum = 0, tokens = 0;
+  for (size_t g0 = 0; g0 < samples.size(); g0 += 3) {
+    std::vector<double> all;
+    for (size_t i = g0; i < g0 + 3; ++i) {
+      if (samples[i].step_rewards_size() == 0) all.push_back(0.0);
+      for (float r : samples[i].step_rewards()) all.push_back(r);
+    }
+    double mean = 0, var = 0;
+    for (double r : all) mean += r / static_cast<double>(all.size());
+    for (double r : all) var += (r - mean) * (r - mean) / static_cast<double>(all.size() - 1);
+    const double sd = std::sqrt(var) + 1e-6;
+    for (size_t i = g0; i < g0 + 3; ++i) {
+      const auto& s = samples[i];
+      const int len = s.completion_ids_size();
+      std::vector<std::pair<int, double>> steps;
+      if (s.step_rewards_size() == 0) steps.push_back({len - 1, 0.0});
+      for (int j = 0; j < s.step_rewards_size(); ++j) steps.push_back({s.step_ends(j), s.step_rewards(j)});
+      for (int t = 0; t < len; ++t) {
+        double a = 0;
+        for (const auto& [end, r] : steps) a += end >= t ? (r - mean) / sd : 0.0;
+        sum += a;
+        tokens += 1;
+      }
+    }
+  }
+  auto policy = TinyModel(11);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", policy, OptimConfig{}, 10);
+  RlConfig rc;
+  rc.group_size = 3;
+  rc.advantage = "process";
+  rc.kl_placement = "none";
+  RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
+  auto m = update.Update(samples, 1);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_NEAR((*m)["pg_loss"], -sum / tokens, 1e-5);
+  // Step rewards without their ends cannot be placed.
+  samples[0].clear_step_ends();
+  EXPECT_EQ(update.Update(samples, 1).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(KlController, MovesTowardTheTargetAsZieglerEtAl) {
   KlController fixed(0.1, 0, 100);
   fixed.Update(5.0, 64);

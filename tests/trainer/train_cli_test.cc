@@ -209,6 +209,42 @@ TEST_F(TrainCli, ExactResumeOfDpoReusesTheCachedReferenceLogProbs) {
   EXPECT_NE(r.out.find("reference log-probs of 96 rows computed"), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, PipelineEvaluationsAndRlhfEvalAgree) {
+  // With eval.data.path the pipeline evaluates the starting policy and each stage's output; `rlhf eval` of
+  // the same folder on the same split gives the same figures.
+  const std::string run = dir_ + "/runs/pipeline-eval";
+  const std::string ev = " --set eval.data.path=" + dir_ + "/prompts.jsonl --set eval.split=all --set eval.max_new_tokens=4"
+                         " --set reward.exact_match_weight=1 --set eval.k=2 --set eval.samples=3";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("sft") + " --set sft.max_steps=2" + ev + " --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto summary = nlohmann::json::parse(ReadFile(run + "/summary.json"));
+  ASSERT_EQ(summary["pipeline_evals"].size(), 2u) << summary.dump();
+  EXPECT_EQ(summary["pipeline_evals"][0]["after"], "start");
+  EXPECT_EQ(summary["pipeline_evals"][1]["after"], "0-sft");
+  EXPECT_EQ(summary["eval_after"], summary["pipeline_evals"][1]["eval"]);
+  EXPECT_EQ(summary["eval_after"]["prompts"], 16);
+  EXPECT_EQ(summary["eval_after"]["k"], 2);
+  EXPECT_TRUE(fs::exists(run + "/eval_0-sft.jsonl"));
+  r = RunCommand("timeout 120 " + kRlhf + " eval --model " + run + "/0-sft/model --data " + dir_ + "/prompts.jsonl" + ev +
+                 " --set run.log_level=warn --set run.threads=1 --run-dir " + run + "-eval");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("accuracy "), std::string::npos) << r.out;
+  auto e = nlohmann::json::parse(ReadFile(run + "-eval/eval.json"));
+  for (const char* k : {"prompts", "correct", "accuracy", "mean_reward", "pass_at_k", "accuracy_ci95"}) {
+    EXPECT_EQ(e[k], summary["eval_after"][k]) << k;
+  }
+  // 16 greedy answers, then 3 sampled per prompt.
+  std::ifstream gen(run + "-eval/generations.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(gen, line);) ++lines;
+  EXPECT_EQ(lines, 16 + 48);
+  // A bad split name is refused with the key named.
+  r = RunCommand(kRlhf + " eval --model " + run + "/0-sft/model --data " + dir_ + "/prompts.jsonl --set eval.split=test" +
+                 " --set reward.exact_match_weight=1 --run-dir " + run + "-bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("eval.split"), std::string::npos) << r.out;
+}
+
 TEST_F(TrainCli, EveryPreferenceTrainerRunsFromConfig) {
   const std::string kto_data = " --set kto.data.path=" + dir_ + "/kto.jsonl";
   for (const std::string stage : {"dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "kto-unpaired"}) {
