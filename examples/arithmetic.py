@@ -6,7 +6,7 @@ prompts.jsonl (the --n prompts with answers) and corpus.txt (for the tokenizer).
 
 --op max: prompts "max(a,b)=" (0 <= a != b < 100, all 9900 of them) with the larger number as completion.
 Files: sft.jsonl, pairs.jsonl (two per prompt: the larger number against a wrong answer of a kind small
-models give),
+models give), judge.jsonl and constitution.txt (to SFT-train a Yes/No judge on the pairs' answers),
 prompts.jsonl (prompt / answer) and corpus.txt. There is no eval.jsonl: every stage splits the prompts by a
 hash of their text (data.heldout_fraction), so the held-out prompts of SFT, RL and `rlhf eval` are the same
 ones and no stage trains on them.
@@ -51,6 +51,17 @@ def main():
             for wrong in r.sample(sorted(cands), 2):
                 pairs.append({"prompt": q, "chosen": str(hi), "rejected": str(wrong)})
         write(os.path.join(a.out, "pairs.jsonl"), pairs)
+        # A judge's training data: the judge template of examples/online_dpo_judge.yaml filled in with the
+        # constitution, a prompt and a right or wrong answer, completed by " Yes" or " No".
+        rule = "Answer with the larger of the two numbers."
+        with open(os.path.join(a.out, "constitution.txt"), "w") as f:
+            f.write(rule + "\n")
+        judge = []
+        for pr in pairs:
+            for answer, verdict in ((pr["chosen"], " Yes"), (pr["rejected"], " No")):
+                judge.append({"prompt": f"{rule}\n{pr['prompt']}{answer}\nRight?", "completion": verdict})
+        r.shuffle(judge)
+        write(os.path.join(a.out, "judge.jsonl"), judge)
         write(os.path.join(a.out, "prompts.jsonl"), ({"prompt": q, "answer": str(max(x, y))} for q, (x, y) in zip(p, rows)))
         with open(os.path.join(a.out, "corpus.txt"), "w") as f:
             for q, (x, y) in zip(p, rows):

@@ -52,7 +52,8 @@ struct TrainConfig {
     static const auto* s = [] {
       using T = TrainConfig;
       auto* s = new config::Section<T>("train");
-      s->Add("stages", &T::stages, "pipeline of stages, in order: sft | reward_model | dpo | kto | orpo | simpo | cpo | rrhf | ppo | grpo");
+      s->Add("stages", &T::stages, "pipeline of stages, in order: sft | reward_model | dpo | kto | orpo | simpo | cpo | rrhf | "
+             "ppo | grpo | online_dpo | rft");
       s->Add("model", &T::model, "starting policy: HF model folder with its tokenizer files");
       s->Add("save_every", &T::save_every, "checkpoint every N steps of a stage; 0 = at the end of each stage",
              config::AtLeast(0));
@@ -191,6 +192,32 @@ const config::Section<RlStageConfig>& RlStageSection() {
   return *s;
 }
 
+// Online DPO and rejection-sampling fine-tuning: the online loop of the rl.* keys with another update.
+struct OnlinePrefConfig {
+  double beta = 0.1;                  // online_dpo: strength of the implicit KL to the reference
+  std::string loss_type = "sigmoid";  // online_dpo: sigmoid | ipo | hinge | robust
+  double threshold = 1.0;             // rft: a prompt's best sample is kept when its reward is >= this
+  static const config::Section<OnlinePrefConfig>& Dpo() {
+    static const auto* s = [] {
+      using O = OnlinePrefConfig;
+      auto* s = new config::Section<O>("online_dpo");
+      s->Add("beta", &O::beta, "strength of the implicit KL to the reference (rl.reference)", config::AtLeast(0));
+      s->Add("loss_type", &O::loss_type, "sigmoid | ipo | hinge | robust", config::OneOf({"sigmoid", "ipo", "hinge", "robust"}));
+      return s;
+    }();
+    return *s;
+  }
+  static const config::Section<OnlinePrefConfig>& Rft() {
+    static const auto* s = [] {
+      using O = OnlinePrefConfig;
+      auto* s = new config::Section<O>("rft");
+      s->Add("threshold", &O::threshold, "keep a prompt's best sample when its reward is >= this; SFT on the kept ones");
+      return s;
+    }();
+    return *s;
+  }
+};
+
 const config::Section<RlConfig>& RlSection() {
   static const auto* s = [] {
     auto* s = new config::Section<RlConfig>("rl");
@@ -212,7 +239,8 @@ config::Section<OptimConfig> OptimSection(const std::string& prefix) {
   return s;
 }
 
-const std::vector<std::string> kStages = {"sft", "reward_model", "dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "ppo", "grpo"};
+const std::vector<std::string> kStages = {"sft", "reward_model", "dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "ppo", "grpo",
+                                          "online_dpo", "rft"};
 const std::vector<std::string> kOfflineStages = {"sft", "reward_model", "dpo", "kto", "orpo", "simpo", "cpo", "rrhf"};
 
 // ---- metrics log ----------------------------------------------------------------------------------------
@@ -882,10 +910,20 @@ absl::StatusOr<json> RunEval(coordinator::RolloutPool& pool, coordinator::Scorer
   return r.ToJson();
 }
 
-absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner& learner,
-                         RlUpdate& update, const data::Dataset& ds, int64_t total) {
+// What an online stage does with each batch: the learner step on this rank's groups, and the stage's own
+// state that a checkpoint keeps (the KL coefficient of PPO / GRPO).
+struct OnlineTrainer {
+  int64_t group_size = 1;
+  bool filter_equal = false;  // the stage needs groups with different rewards (online DPO)
+  std::function<absl::StatusOr<std::map<std::string, double>>(const std::vector<Sample>&, uint64_t)> step;
+  std::function<void(json&)> save = [](json&) {};
+  std::function<void(const json&)> restore = [](const json&) {};
+};
+
+absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner& learner,
+                       OnlineTrainer& trainer, const data::Dataset& ds, int64_t total) {
   const auto& sc = rs.sc;
-  const int64_t g = update.config().group_size;
+  const int64_t g = trainer.group_size;
   const std::string dir = StageDir(p, index, stage);
   const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
   const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
@@ -902,7 +940,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
     step = p.resume->step;
     extra = p.resume->extra;
     RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
-    update.kl_controller().Restore(extra.value("kl_coef", update.config().kl_coef));
+    trainer.restore(extra);
     if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, step, p.resume_dir);
     p.resume.reset();
   }
@@ -944,7 +982,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
     for (const auto& st : sc.stop) co.params.add_stop(st);
     co.params.set_seed(p.seed);
     co.epochs = sc.epochs;
-    co.dynamic_sampling = sc.dynamic_sampling;
+    co.dynamic_sampling = sc.dynamic_sampling || trainer.filter_equal;
     co.want_ref_logprobs = sc.scorer_reference;
     coord = std::make_unique<coordinator::Coordinator>(co, std::move(train_prompts), p.seed, pool.get(), scorer.get());
     if (extra.contains("ledger")) RETURN_IF_ERROR(coord->Restore(extra["ledger"]));
@@ -995,7 +1033,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
     std::vector<Sample> mine(box.samples().begin() + static_cast<std::ptrdiff_t>(lo * g),
                              box.samples().begin() + static_cast<std::ptrdiff_t>(hi * g));
     const double t_learn = Seconds();
-    ASSIGN_OR_RETURN(auto m, update.Update(mine, p.seed + static_cast<uint64_t>(step)));
+    ASSIGN_OR_RETURN(auto m, trainer.step(mine, p.seed + static_cast<uint64_t>(step)));
     const double learn_seconds = Seconds() - t_learn;
     const int64_t version = step + 1;
     version_gauge.Set(static_cast<double>(version));
@@ -1038,11 +1076,15 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
     }
     p.log.Write(index, stage, step + 1, m);
     if (p.rank0() && ((step + 1) % p.train.log_every == 0 || coord->Done())) {
-      spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f} pg {:.4f} kl_ref {:.4f} clip {:.3f} entropy {:.3f} | "
-                   "rollout {:.0f} tok/s, filtered {}, dropped {} | trained {}/{} prompts of epoch {}",
-                   stage, step + 1, total, m["reward_mean"], m["loss"], m["pg_loss"], Get(m, "kl_ref"), m["clip_fraction"],
-                   m["entropy"], m["rollout/tokens_per_second"], batch.filtered, batch.dropped,
-                   coord->ledger().Current().trained, coord->ledger().num_prompts(), coord->ledger().epoch());
+      std::string parts;  // the update's own figures, those this stage reports
+      for (const char* k : {"pg_loss", "kl_ref", "clip_fraction", "entropy", "accuracy", "margin", "kept_fraction"}) {
+        if (m.count(k)) parts += absl::StrFormat(" %s %.4f", k, m.at(k));
+      }
+      spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f}{} | rollout {:.0f} tok/s, filtered {}, dropped {} | "
+                   "trained {}/{} prompts of epoch {}",
+                   stage, step + 1, total, m["reward_mean"], m["loss"], parts, m["rollout/tokens_per_second"],
+                   batch.filtered, batch.dropped, coord->ledger().Current().trained, coord->ledger().num_prompts(),
+                   coord->ledger().epoch());
     }
     bool done = false;
     if (p.rank0()) done = coord->Done() || (sc.steps > 0 && step + 1 >= sc.steps);
@@ -1055,7 +1097,7 @@ absl::Status RunOnlineRl(Pipeline& p, int64_t index, const std::string& stage, R
         extra["ledger"] = coord->State();
         acc("wall_seconds") = wall_before + Seconds() - t_start;
       }
-      extra["kl_coef"] = update.kl_controller().value();
+      trainer.save(extra);
       st.extra = extra;
       RETURN_IF_ERROR(Checkpoint(p, learner, st));
     }
@@ -1180,7 +1222,12 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   }
 
   if (online) {
-    RETURN_IF_ERROR(RunOnlineRl(p, index, stage, rs, learner, update, *ds, total));
+    OnlineTrainer trainer;
+    trainer.group_size = g;
+    trainer.step = [&](const std::vector<Sample>& mine, uint64_t seed) { return update.Update(mine, seed); };
+    trainer.save = [&](json& extra) { extra["kl_coef"] = update.kl_controller().value(); };
+    trainer.restore = [&](const json& extra) { update.kl_controller().Restore(extra.value("kl_coef", rc.kl_coef)); };
+    RETURN_IF_ERROR(RunOnline(p, index, stage, rs, learner, trainer, *ds, total));
   } else {
     int64_t step = 0;
     if (p.resume) {
@@ -1221,6 +1268,141 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   p.policy = (fs::path(dir) / "model").string();
   return absl::OkStatus();
 }
+
+// online_dpo: G samples per prompt from the current policy, scored; chosen = the best, rejected = the worst
+// (groups with equal rewards are filtered), DPO loss against the frozen reference (rl.reference, default the
+// starting policy). rft: N samples per prompt; the best one is kept when its reward reaches rft.threshold,
+// and the policy takes one SFT step on the kept samples. Both on the online loop of the rl.* keys.
+absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& stage) {
+  RlSetup rs;
+  rs.sc = RlStageSection().Read(*p.config);
+  const auto rc = RlSection().Read(*p.config);
+  const auto po = OptimSection("rl.optim").Read(*p.config);
+  const auto data_cfg = DataSection("rl").Read(*p.config);
+  const bool dpo = stage == "online_dpo";
+  const auto oc = dpo ? OnlinePrefConfig::Dpo().Read(*p.config) : OnlinePrefConfig::Rft().Read(*p.config);
+  if (data_cfg.path.empty()) return absl::InvalidArgumentError(absl::StrCat(stage, " is online: set rl.data.path"));
+  if (dpo && rc.group_size < 2) return absl::InvalidArgumentError("online_dpo needs rl.group_size >= 2 (a pair per prompt)");
+  if (rs.sc.rollout_batch_size % p.group->size() != 0) {
+    return absl::InvalidArgumentError("rl.rollout_batch_size must be a multiple of the number of ranks");
+  }
+  ASSIGN_OR_RETURN(auto ds, LoadData(data_cfg, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
+                                                      data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
+  const int64_t n = static_cast<int64_t>(ds.Indices(data::Split::kTrain).size());
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(data_cfg.path, " has no training prompts"));
+  int64_t total = (n * rs.sc.epochs + rs.sc.rollout_batch_size - 1) / rs.sc.rollout_batch_size;
+  if (rs.sc.steps > 0) total = std::min(total, rs.sc.steps);
+  rs.start = rs.sc.policy.empty() ? p.policy : rs.sc.policy;
+  ASSIGN_OR_RETURN(rs.policy, LoadForTraining(rs.start, std::nullopt, p.seed));
+  model::Transformer reference{nullptr};
+  if (dpo) {
+    ASSIGN_OR_RETURN(reference, LoadFrozen(rs.sc.reference.empty() ? rs.start : rs.sc.reference));
+  }
+  ASSIGN_OR_RETURN(rs.tools, LoadTextTools(p.tokenizer_dir, rs.policy->config()));
+  const int32_t pad = rs.tools->pad;
+  Learner learner(p.group, p.bucket_bytes);
+  learner.AddModel("policy", rs.policy, po, 1);
+  learner.SetTotalSteps(total);
+  std::unique_ptr<Objective> objective;
+  if (dpo) {
+    PairLossConfig c;
+    c.loss = PairLoss::kDpo;
+    ASSIGN_OR_RETURN(c.dpo.type, algo::ParseDpoLoss(oc.loss_type));
+    c.dpo.beta = oc.beta;
+    objective = std::make_unique<PairObjective>(rs.policy, c);
+  } else {
+    objective = std::make_unique<SftObjective>(rs.policy);
+  }
+  auto row = [](const Sample& s, bool trained) {
+    TokenSeq q;
+    for (int32_t id : s.prompt_ids()) q.ids.push_back(id), q.target.push_back(0);
+    for (int32_t id : s.completion_ids()) q.ids.push_back(id), q.target.push_back(trained ? 1 : 0);
+    return q;
+  };
+  const int64_t g = rc.group_size, micro = rc.micro_batch_size;
+  OnlineTrainer trainer;
+  trainer.group_size = g;
+  trainer.filter_equal = dpo;
+  trainer.step = [&](const std::vector<Sample>& mine, uint64_t) -> absl::StatusOr<std::map<std::string, double>> {
+    std::vector<MicroBatch> mbs;
+    double kept = 0, groups = static_cast<double>(mine.size()) / static_cast<double>(g), reward_sum = 0;
+    for (const auto& s : mine) reward_sum += s.reward();
+    std::vector<TokenSeq> chosen, rejected, rows;
+    for (size_t k = 0; k + static_cast<size_t>(g) <= mine.size(); k += static_cast<size_t>(g)) {
+      size_t best = k, worst = k;
+      for (size_t i = k; i < k + static_cast<size_t>(g); ++i) {
+        if (mine[i].reward() > mine[best].reward()) best = i;
+        if (mine[i].reward() < mine[worst].reward()) worst = i;
+      }
+      if (dpo) {
+        if (mine[best].reward() == mine[worst].reward()) continue;
+        chosen.push_back(row(mine[best], true)), rejected.push_back(row(mine[worst], true));
+        kept += 1;
+      } else if (mine[best].reward() >= oc.threshold) {
+        rows.push_back(row(mine[best], true));
+        kept += 1;
+      }
+    }
+    ASSIGN_OR_RETURN(auto tot, p.group->SumDoubles({kept, groups, reward_sum, static_cast<double>(mine.size())}));
+    std::map<std::string, double> m;
+    m["kept_fraction"] = tot[1] > 0 ? tot[0] / tot[1] : 0.0;
+    m["reward_mean"] = tot[3] > 0 ? tot[2] / tot[3] : 0.0;
+    m["samples"] = tot[3];
+    if (tot[0] == 0) return m;  // nothing to learn from on any rank: no step
+    if (dpo) {
+      std::vector<const TokenSeq*> all;
+      for (const auto* v : {&chosen, &rejected}) {
+        for (const auto& x : *v) all.push_back(&x);
+      }
+      std::vector<float> ref;
+      RETURN_IF_ERROR(GuardExceptions("online dpo reference", [&]() -> absl::Status {
+        ref = SequenceLogProbs(*reference, all, micro, pad);
+        return absl::OkStatus();
+      }));
+      for (size_t i = 0; i < chosen.size(); i += static_cast<size_t>(micro)) {
+        const size_t end = std::min(chosen.size(), i + static_cast<size_t>(micro));
+        std::vector<const TokenSeq*> c, r;
+        std::vector<float> rcs, rrs;
+        for (size_t j = i; j < end; ++j) {
+          c.push_back(&chosen[j]), r.push_back(&rejected[j]);
+          rcs.push_back(ref[j]), rrs.push_back(ref[chosen.size() + j]);
+        }
+        auto mb = PairRows(c, r, pad);
+        mb.fields["ref_chosen"] = torch::tensor(rcs), mb.fields["ref_rejected"] = torch::tensor(rrs);
+        mbs.push_back(std::move(mb));
+      }
+    } else {
+      for (size_t i = 0; i < rows.size(); i += static_cast<size_t>(micro)) {
+        std::vector<const TokenSeq*> part;
+        for (size_t j = i; j < std::min(rows.size(), i + static_cast<size_t>(micro)); ++j) part.push_back(&rows[j]);
+        mbs.push_back(PadRows(part, pad));
+      }
+    }
+    if (mbs.empty()) {
+      // This rank kept nothing but others did: it joins the step with a row that trains no token.
+      if (dpo) {
+        auto q = row(mine[0], false);
+        std::vector<const TokenSeq*> one = {&q};
+        auto mb = PairRows(one, one, pad);
+        mb.fields["ref_chosen"] = torch::zeros({1}), mb.fields["ref_rejected"] = torch::zeros({1});
+        mbs.push_back(std::move(mb));
+      } else {
+        auto q = row(mine[0], false);
+        mbs.push_back(PadRows({&q}, pad));
+      }
+    }
+    ASSIGN_OR_RETURN(auto r, learner.Step(mbs, *objective));
+    for (const auto& [k, v] : r.metrics) m[k] = v;
+    return m;
+  };
+  if (p.rank0()) spdlog::info("{}: about {} steps of {} prompts x {} samples", stage, total, rs.sc.rollout_batch_size, g);
+  RETURN_IF_ERROR(RunOnline(p, index, stage, rs, learner, trainer, ds, total));
+  const std::string dir = StageDir(p, index, stage);
+  RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, (fs::path(dir) / "model").string()));
+  p.policy = (fs::path(dir) / "model").string();
+  return absl::OkStatus();
+}
+
 
 // ---- evaluations of the pipeline's policies ----------------------------------------------------------------
 // With eval.data.path set, the policy is evaluated (greedy accuracy, mean reward, pass@k; services/coordinator)
@@ -1298,6 +1480,8 @@ void RegisterTrainKeys(config::Schema& schema) {
   RlSection().Register(schema);
   coordinator::EvalConfig::Spec().Register(schema);
   coordinator::EvalDataSection().Register(schema);
+  OnlinePrefConfig::Dpo().Register(schema);
+  OnlinePrefConfig::Rft().Register(schema);
   coordinator::RegisterRoleKeys(schema);
   OptimSection("rl.optim").Register(schema);
   OptimSection("rl.critic_optim").Register(schema);
@@ -1362,6 +1546,8 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
       RETURN_IF_ERROR(RunSft(p, index));
     } else if (stage == "ppo" || stage == "grpo") {
       RETURN_IF_ERROR(RunRl(p, index, stage));
+    } else if (stage == "online_dpo" || stage == "rft") {
+      RETURN_IF_ERROR(RunOnlinePreference(p, index, stage));
     } else {
       RETURN_IF_ERROR(RunPreference(p, index, stage));
     }

@@ -245,6 +245,39 @@ TEST_F(TrainCli, PipelineEvaluationsAndRlhfEvalAgree) {
   EXPECT_NE(r.out.find("eval.split"), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
+  // Two online steps each through the embedded rollout worker and scorer. Online DPO starts at the
+  // reference (the starting policy), so its first loss is -log sigmoid(0) = log 2.
+  const std::string online = " --set rl.data.path=" + dir_ + "/prompts.jsonl --set rl.data.heldout_fraction=0.25"
+                             " --set rl.steps=2 --set rl.rollout_batch_size=4 --set rl.max_new_tokens=4"
+                             " --set rl.micro_batch_size=4 --set reward.exact_match_weight=1 --set reward.format_weight=1"
+                             " --set 'reward.format_pattern=[ -~][\\s\\S]*' --set eval.max_new_tokens=4";
+  for (const std::string stage : {"online_dpo", "rft"}) {
+    const std::string run = dir_ + "/runs/online-" + stage;
+    const std::string g = stage == "online_dpo" ? "4" : "3";
+    auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args(stage) + online + " --set rl.group_size=" + g +
+                        " --set rft.threshold=0.5 --run-dir " + run);
+    ASSERT_EQ(r.code, 0) << r.out;
+    auto summary = nlohmann::json::parse(ReadFile(run + "/summary.json"));
+    EXPECT_EQ(summary["stage"], stage);
+    EXPECT_EQ(summary["steps"], 2);
+    EXPECT_EQ(summary["duplicates"], 0);
+    EXPECT_EQ(summary["missing"], 0);
+    EXPECT_GT(summary["prompts_trained"].get<int>(), 0);
+    EXPECT_TRUE(summary["eval_after"].contains("accuracy"));
+    std::ifstream in(run + "/metrics.jsonl");
+    std::string first;
+    ASSERT_TRUE(static_cast<bool>(std::getline(in, first)));
+    auto m = nlohmann::json::parse(first);
+    EXPECT_TRUE(m.contains("kept_fraction")) << first;
+    if (stage == "online_dpo") {
+      EXPECT_NEAR(m["loss"].get<double>(), std::log(2.0), 1e-5) << first;
+      EXPECT_EQ(m["kept_fraction"], 1.0) << "groups with equal rewards are filtered before the step";
+    }
+    EXPECT_TRUE(fs::exists(run + "/0-" + stage + "/model/model.safetensors"));
+  }
+}
+
 TEST_F(TrainCli, EveryPreferenceTrainerRunsFromConfig) {
   const std::string kto_data = " --set kto.data.path=" + dir_ + "/kto.jsonl";
   for (const std::string stage : {"dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "kto-unpaired"}) {
