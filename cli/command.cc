@@ -144,7 +144,7 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
-          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand(), EvalCommand()};
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand(), EvalCommand(), ConstitutionalCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }

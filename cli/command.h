@@ -11,6 +11,13 @@
 #include "common/config/config.h"
 #include "common/status.h"
 
+namespace rlhf::model {
+struct HfConfig;
+}
+namespace rlhf::text {
+class Tokenizer;
+}
+
 namespace rlhf::cli {
 
 struct RunConfig {
@@ -67,5 +74,10 @@ Command TrainCommand();
 Command ScoreCommand();        // `rlhf score`
 Command ServeScorerCommand();  // `rlhf serve scorer`
 Command EvalCommand();         // `rlhf eval`
+Command ConstitutionalCommand();  // `rlhf constitutional`
+
+// The ids that end a completion: config.json's eos ids, generation_config.json's, and the chat template's
+// eos token (defined in generate.cc).
+std::vector<int32_t> EosIds(const std::string& dir, const model::HfConfig& cfg, const text::Tokenizer& tok);
 
 }  // namespace rlhf::cli

@@ -59,6 +59,8 @@ struct GenerateConfig {
   }
 };
 
+}  // namespace
+
 std::vector<int32_t> EosIds(const std::string& dir, const model::HfConfig& cfg, const text::Tokenizer& tok) {
   std::vector<int32_t> ids(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
   std::ifstream g(std::filesystem::path(dir) / "generation_config.json");
@@ -83,7 +85,6 @@ std::vector<int32_t> EosIds(const std::string& dir, const model::HfConfig& cfg, 
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;
 }
-}  // namespace
 
 Command GenerateCommand() {
   Command c;

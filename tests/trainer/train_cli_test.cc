@@ -278,6 +278,39 @@ TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
   }
 }
 
+TEST_F(TrainCli, ConstitutionalDataFeedsSftAndDpo) {
+  // The policy answers, critiques and revises; the trace holds all three texts for every prompt, and the
+  // pairs and SFT files are what `rlhf train` reads.
+  const std::string out = dir_ + "/constitutional";
+  { std::ofstream(dir_ + "/constitution.txt") << "Answer with the sum.\n"; }
+  auto r = RunCommand("timeout 120 " + kRlhf + " constitutional --model " + dir_ + "/m --prompts " + dir_ +
+                      "/prompts.jsonl --constitution " + dir_ + "/constitution.txt --out " + out +
+                      " --set constitutional.max_new_tokens=6 --set constitutional.critique_max_new_tokens=6"
+                      " --set constitutional.revision_max_new_tokens=6 --set constitutional.temperature=1"
+                      " --set run.log_level=warn --run-dir " + dir_ + "/runs/constitutional");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("16 prompts: "), std::string::npos) << r.out;
+  std::ifstream trace(out + "/trace.jsonl");
+  int n = 0;
+  for (std::string line; std::getline(trace, line); ++n) {
+    auto j = nlohmann::json::parse(line);
+    for (const char* k : {"prompt", "response", "critique", "revision"}) EXPECT_TRUE(j.contains(k)) << line;
+  }
+  EXPECT_EQ(n, 16);
+  int pairs = 0;
+  std::ifstream pf(out + "/pairs.jsonl");
+  for (std::string line; std::getline(pf, line); ++pairs) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_NE(j["chosen"], j["rejected"]) << line;
+  }
+  ASSERT_GE(pairs, 4) << "a random model should rarely repeat itself";
+  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("'sft;dpo'") + " --set sft.data.path=" + out + "/sft.jsonl" +
+                 " --set dpo.data.path=" + out + "/pairs.jsonl --set sft.data.heldout_fraction=0 --set dpo.data.heldout_fraction=0"
+                 " --set sft.batch_size=2 --set dpo.batch_size=2 --set sft.max_steps=2 --set dpo.max_steps=2"
+                 " --run-dir " + dir_ + "/runs/constitutional-train");
+  EXPECT_EQ(r.code, 0) << r.out;
+}
+
 TEST_F(TrainCli, EveryPreferenceTrainerRunsFromConfig) {
   const std::string kto_data = " --set kto.data.path=" + dir_ + "/kto.jsonl";
   for (const std::string stage : {"dpo", "kto", "orpo", "simpo", "cpo", "rrhf", "kto-unpaired"}) {
