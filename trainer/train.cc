@@ -1086,8 +1086,10 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
                    batch.filtered, batch.dropped, coord->ledger().Current().trained, coord->ledger().num_prompts(),
                    coord->ledger().epoch());
     }
-    bool done = false;
-    if (p.rank0()) done = coord->Done() || (sc.steps > 0 && step + 1 >= sc.steps);
+    // Rank 0 knows when the run is over; every rank must take the last checkpoint (it holds a barrier).
+    bool done = sc.steps > 0 && step + 1 >= sc.steps;
+    ASSIGN_OR_RETURN(auto over, p.group->SumDoubles({p.rank0() && coord->Done() ? 1.0 : 0.0}));
+    done = done || over[0] > 0;
     if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || done) {
       TrainState st;
       st.stage = stage;

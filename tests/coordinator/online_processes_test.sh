@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Online GRPO as separate local processes on loopback (`rlhf serve rollout`, `rlhf serve scorer`, and
-# `rlhf train` as coordinator and learner) against the same run embedded in one process. The separate run
+# `rlhf train` as coordinator and learner) against the same run embedded in one process, and embedded with
+# two data-parallel learner ranks under mpirun. The separate run
 # is killed right after a checkpoint and resumed. Both must end with the same ledger (every prompt of
 # every epoch trained, filtered or dropped once; no duplicates, nothing missing), the same losses step by
 # step and the same held-out evaluation. Bounded: every process has a timeout and is killed on exit.
@@ -42,6 +43,11 @@ args=(--model "$d/m" --stages grpo --seed 7 $q --set run.threads=1
 echo "== embedded"
 timeout 300 "$rlhf" train "${args[@]}" --run-dir "$d/embedded"
 
+echo "== embedded, two learner ranks (mpirun)"
+timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" train "${args[@]}" --set dist.master_addr=127.0.0.1 \
+  --set train.save_every=3 \
+  --run-dir "$d/ranks2"
+
 echo "== separate processes: rollout worker and scorer on loopback"
 ports=($("$py" -c "
 import socket
@@ -64,7 +70,7 @@ test ! -f "$d/separate/summary.json"
 echo "== resumed"
 timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" --resume --run-dir "$d/separate"
 
-"$py" - "$d/embedded" "$d/separate" <<'PY'
+"$py" - "$d/embedded" "$d/separate" "$d/ranks2" <<'PY'
 import json, sys
 a, b = (json.load(open(f"{r}/summary.json")) for r in sys.argv[1:3])
 for s in (a, b):
@@ -82,6 +88,15 @@ assert len(la) == len(lb) == a["steps"], (len(la), len(lb), a["steps"])
 for x, y in zip(la, lb):
     for k in ("loss", "reward_mean", "entropy", "ledger/trained", "ledger/filtered", "ledger/dropped"):
         assert x[k] == y[k], (x["step"], k, x[k], y[k])
+# Two learner ranks: the same ledger and evaluation, the same update up to summation order.
+c = json.load(open(sys.argv[3] + "/summary.json"))
+assert c["roles"]["learner_ranks"] == 2, c
+for k in ("steps", "prompts_trained", "prompts_filtered", "prompts_dropped", "eval_before"):
+    assert a[k] == c[k], (k, a[k], c[k])
+lc = [json.loads(l) for l in open(f"{sys.argv[3]}/metrics.jsonl")]
+for x, y in zip(la, lc):
+    for k in ("reward_mean", "grad_norm/policy", "entropy"):
+        assert abs(x[k] - y[k]) <= 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
 print(f"same run embedded and as processes (killed after step 2, resumed): {a['steps']} steps, "
       f"{a['prompts_trained']} trained, {a['prompts_filtered']} filtered, {a['prompts_dropped']} dropped of "
       f"{a['epochs']} x {a['prompts_per_epoch']} prompts; accuracy {a['eval_before']['accuracy']:.3f} -> "
