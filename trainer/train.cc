@@ -896,6 +896,31 @@ struct RlSetup {
   std::optional<TextTools> tools;
 };
 
+// The reward.* keys for an embedded scorer of the pipeline: the reward model of an earlier reward_model
+// stage, and step ends placed on the policy's tokens, unless the config names others.
+scoring::RewardConfig PipelineReward(const Pipeline& p) {
+  auto r = scoring::RewardConfig::Spec().Read(*p.config);
+  if (r.reward_model_weight != 0 && r.reward_model.empty()) r.reward_model = p.reward_model;
+  if (r.process_weight != 0 && r.tokenizer.empty()) r.tokenizer = p.tokenizer_dir;
+  return r;
+}
+
+// The training prompts of an online stage (rl.data) and about how many policy steps they make (fewer when
+// groups are filtered), bounded by rl.steps.
+struct OnlinePrompts {
+  data::Dataset data;
+  int64_t total_steps = 0;
+};
+absl::StatusOr<OnlinePrompts> LoadOnlinePrompts(const RlStageConfig& sc, const data::DataConfig& dc) {
+  ASSIGN_OR_RETURN(auto ds, LoadData(dc, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
+                                                data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
+  const int64_t n = static_cast<int64_t>(ds.Indices(data::Split::kTrain).size());
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(dc.path, " has no training prompts"));
+  int64_t total = (n * sc.epochs + sc.rollout_batch_size - 1) / sc.rollout_batch_size;
+  if (sc.steps > 0) total = std::min(total, sc.steps);
+  return OnlinePrompts{std::move(ds), total};
+}
+
 // Evaluation on the held-out prompts, written to <stage>/<name>.jsonl; rank 0 only.
 absl::StatusOr<json> RunEval(coordinator::RolloutPool& pool, coordinator::ScorerClient& scorer,
                              const std::vector<Prompt>& prompts, const coordinator::EvalConfig& ec, int64_t version,
@@ -927,12 +952,7 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
   const std::string dir = StageDir(p, index, stage);
   const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
   const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
-  const auto data_cfg = DataSection("rl").Read(*p.config);
-  auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
-  // The embedded scorer uses the reward model of an earlier reward_model stage, and places process steps
-  // on the policy's tokens, unless the config names others.
-  if (reward_cfg.reward_model_weight != 0 && reward_cfg.reward_model.empty()) reward_cfg.reward_model = p.reward_model;
-  if (reward_cfg.process_weight != 0 && reward_cfg.tokenizer.empty()) reward_cfg.tokenizer = p.tokenizer_dir;
+  const auto reward_cfg = PipelineReward(p);
   const double t_start = Seconds();
   int64_t step = 0;
   json extra = json::object();
@@ -1177,12 +1197,9 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   std::optional<data::Dataset> ds;  // online
   int64_t total = 0;
   if (online) {
-    ASSIGN_OR_RETURN(ds, LoadData(data_cfg, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
-                                                    data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
-    const int64_t n = static_cast<int64_t>(ds->Indices(data::Split::kTrain).size());
-    total = (n * sc.epochs + sc.rollout_batch_size - 1) / sc.rollout_batch_size;  // without filtered prompts
-    if (sc.steps > 0) total = std::min(total, sc.steps);
-    if (n == 0) return absl::InvalidArgumentError(absl::StrCat(data_cfg.path, " has no training prompts"));
+    ASSIGN_OR_RETURN(auto op, LoadOnlinePrompts(sc, data_cfg));
+    ds.emplace(std::move(op.data));
+    total = op.total_steps;
   } else {
     ASSIGN_OR_RETURN(samples, ReadSamplesJsonl(sc.samples));
     if (samples.size() % static_cast<size_t>(g) != 0) {
@@ -1288,12 +1305,9 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
   if (rs.sc.rollout_batch_size % p.group->size() != 0) {
     return absl::InvalidArgumentError("rl.rollout_batch_size must be a multiple of the number of ranks");
   }
-  ASSIGN_OR_RETURN(auto ds, LoadData(data_cfg, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
-                                                      data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
-  const int64_t n = static_cast<int64_t>(ds.Indices(data::Split::kTrain).size());
-  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(data_cfg.path, " has no training prompts"));
-  int64_t total = (n * rs.sc.epochs + rs.sc.rollout_batch_size - 1) / rs.sc.rollout_batch_size;
-  if (rs.sc.steps > 0) total = std::min(total, rs.sc.steps);
+  ASSIGN_OR_RETURN(auto op, LoadOnlinePrompts(rs.sc, data_cfg));
+  const data::Dataset& ds = op.data;
+  const int64_t total = op.total_steps;
   rs.start = rs.sc.policy.empty() ? p.policy : rs.sc.policy;
   ASSIGN_OR_RETURN(rs.policy, LoadForTraining(rs.start, std::nullopt, p.seed));
   model::Transformer reference{nullptr};
@@ -1416,8 +1430,7 @@ absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
   if (p.rank0()) {
     const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
-    auto reward_cfg = scoring::RewardConfig::Spec().Read(*p.config);
-    if (reward_cfg.reward_model_weight != 0 && reward_cfg.reward_model.empty()) reward_cfg.reward_model = p.reward_model;
+    const auto reward_cfg = PipelineReward(p);
     ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, p.tokenizer_dir, reward_cfg.answer_field));
     coordinator::RolesConfig embedded = roles_cfg;
     embedded.rollout_addresses.clear();  // the worker must hold this policy

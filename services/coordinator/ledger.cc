@@ -21,6 +21,16 @@ const char* StateName(PromptState s) {
   return "?";
 }
 
+void LedgerCounts::Add(const LedgerCounts& o) {
+  size += o.size;
+  trained += o.trained;
+  filtered += o.filtered;
+  dropped += o.dropped;
+  released += o.released;
+  duplicates += o.duplicates;
+  for (const auto& [k, v] : o.reasons) reasons[k] += v;
+}
+
 Ledger::Ledger(int64_t num_prompts, uint64_t seed)
     : seed_(seed), state_(static_cast<size_t>(num_prompts), PromptState::kPending),
       reason_(static_cast<size_t>(num_prompts)) {
@@ -96,14 +106,7 @@ absl::Status Ledger::NextEpoch() {
   if (!EpochFinished()) {
     return absl::FailedPreconditionError(absl::StrCat("ledger: epoch ", epoch_, " still has unsettled prompts"));
   }
-  LedgerCounts c = Current();
-  finished_.size += c.size;
-  finished_.trained += c.trained;
-  finished_.filtered += c.filtered;
-  finished_.dropped += c.dropped;
-  finished_.released += c.released;
-  finished_.duplicates += c.duplicates;
-  for (const auto& [k, v] : c.reasons) finished_.reasons[k] += v;
+  finished_.Add(Current());
   std::fill(state_.begin(), state_.end(), PromptState::kPending);
   std::fill(reason_.begin(), reason_.end(), std::string());
   released_ = duplicates_ = 0;
@@ -131,16 +134,11 @@ LedgerCounts Ledger::Current() const {
 }
 
 LedgerCounts Ledger::Totals() const {
-  LedgerCounts t = finished_, c = Current();
-  t.size += c.size;
+  LedgerCounts t = finished_;
+  const LedgerCounts c = Current();
+  t.Add(c);
   t.pending = c.pending;
   t.leased = c.leased;
-  t.trained += c.trained;
-  t.filtered += c.filtered;
-  t.dropped += c.dropped;
-  t.released += c.released;
-  t.duplicates += c.duplicates;
-  for (const auto& [k, v] : c.reasons) t.reasons[k] += v;
   return t;
 }
 

@@ -33,6 +33,8 @@ struct LedgerCounts {
   int64_t released = 0;    // leases handed back and leased again later
   int64_t duplicates = 0;  // settle attempts for a prompt already settled (refused)
   std::map<std::string, int64_t> reasons;  // filtered / dropped, by reason
+  // Adds another epoch's counts (all but pending and leased, which describe one moment).
+  void Add(const LedgerCounts& o);
 };
 
 class Ledger {
