@@ -1,5 +1,8 @@
 #include "rollout/sampler.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <limits>
 
 namespace rlhf::rollout {
@@ -13,6 +16,58 @@ uint64_t SplitMix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
+
+// The smallest probability of a row's kept set: with the row sorted in descending order, the first q_k whose
+// running mass q_1 + ... + q_k reaches `need`. No sort: a histogram of the mass over value buckets finds the
+// bucket where the running mass crosses `need`, then a selection by mass (three-way quickselect) among that
+// bucket's values; expected O(V) per row, flat or peaked.
+float SmallestKept(const float* row, int64_t V, double need, std::vector<float>* scratch) {
+  constexpr int kBuckets = 2048;
+  float top = 0;
+  for (int64_t i = 0; i < V; ++i) top = std::max(top, row[i]);
+  if (!(top > 0)) return 0;
+  const float scale = (kBuckets - 1) / top;
+  auto bucket = [&](float x) { return std::min(kBuckets - 1, std::max(0, static_cast<int>(x * scale))); };
+  std::vector<double> mass(kBuckets, 0.0);
+  for (int64_t i = 0; i < V; ++i) mass[bucket(row[i])] += row[i];
+  int b = kBuckets - 1;
+  for (; b > 0 && mass[b] < need; --b) need -= mass[b];
+  auto& v = *scratch;
+  v.clear();
+  for (int64_t i = 0; i < V; ++i) {
+    if (bucket(row[i]) == b) v.push_back(row[i]);
+  }
+  size_t lo = 0, hi = v.size();
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  while (true) {
+    state = SplitMix64(state);
+    const float pivot = v[lo + state % (hi - lo)];
+    // [lo, gt): greater than the pivot, [gt, lt): equal, [lt, hi): smaller.
+    size_t gt = lo, i = lo, lt = hi;
+    double mass_gt = 0, mass_eq = 0;
+    while (i < lt) {
+      const float x = v[i];
+      if (x > pivot) {
+        std::swap(v[gt++], v[i++]);
+        mass_gt += x;
+      } else if (x < pivot) {
+        std::swap(v[i], v[--lt]);
+      } else {
+        mass_eq += x;
+        ++i;
+      }
+    }
+    if (mass_gt >= need) {
+      hi = gt;  // need > 0, so this part is not empty
+    } else if (mass_gt + mass_eq >= need || lt == hi) {
+      return pivot;  // crossing inside the ties (or rounding left the total short: keep everything)
+    } else {
+      need -= mass_gt + mass_eq;
+      lo = lt;
+    }
+  }
+}
+
 }  // namespace
 
 torch::Tensor TopK(const torch::Tensor& logits, int64_t k) {
@@ -23,25 +78,16 @@ torch::Tensor TopK(const torch::Tensor& logits, int64_t k) {
 
 torch::Tensor TopP(const torch::Tensor& logits, double p) {
   if (p >= 1.0) return logits;
-  auto probs = torch::softmax(logits, -1);
-  // The kept set is the most probable tokens whose preceding mass is < p. Find the smallest kept
-  // probability per row from the top 256 when they reach p (peaked distributions: no full sort), else
-  // from a sort of that row; then keep every token at least that probable (ties at the edge all stay).
-  const int64_t V = logits.size(-1);
-  auto smallest_kept = [&](const torch::Tensor& sorted) {  // sorted [n, k] descending
-    auto before = sorted.cumsum(-1) - sorted;
-    auto count = before.lt(p).sum(-1, /*keepdim=*/true).clamp_min(1);  // >= 1: the top token always stays
-    return sorted.gather(-1, count - 1);                                  // [n, 1]
-  };
-  const int64_t k = std::min<int64_t>(V, 256);
-  auto top = std::get<0>(probs.topk(k, -1));
-  auto threshold = smallest_kept(top);
-  auto uncovered = top.sum(-1).lt(p).nonzero().squeeze(1);
-  if (uncovered.numel() > 0 && k < V) {
-    auto rows = probs.index_select(0, uncovered);
-    auto sorted = std::get<0>(rows.sort(-1, /*descending=*/true));
-    threshold.index_copy_(0, uncovered, smallest_kept(sorted));
-  }
+  // Keep every token at least as probable as the smallest kept one (ties at the edge all stay).
+  auto probs = torch::softmax(logits.to(torch::kFloat32), -1).contiguous();
+  const int64_t N = probs.size(0), V = probs.size(-1);
+  auto threshold = torch::empty({N, 1}, torch::kFloat32);
+  const float* in = probs.data_ptr<float>();
+  float* out = threshold.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch;
+    for (int64_t r = begin; r < end; ++r) out[r] = SmallestKept(in + r * V, V, p, &scratch);
+  });
   return logits.masked_fill(probs.lt(threshold), kNegInf);
 }
 

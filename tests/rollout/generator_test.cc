@@ -40,6 +40,45 @@ TEST(Sampler, StagesKeepExactlyTheRightTokens) {
   EXPECT_EQ(Kept(TopP(shuffled, 0.79)), (std::vector<int64_t>{2, 3}));
 }
 
+// The kept set of TopP by its definition: sort descending, keep while the mass before a token is below p, then
+// every token at least as probable as the last one kept.
+std::vector<int64_t> KeptBySort(const torch::Tensor& logits_row, double p) {
+  auto probs = torch::softmax(logits_row, -1).to(torch::kFloat64);  // float32 as TopP, summed in double
+  auto sorted = std::get<0>(probs.sort(-1, /*descending=*/true));
+  double before = 0, smallest = 0;
+  for (int64_t i = 0; i < sorted.size(0); ++i) {
+    if (before >= p) break;
+    smallest = sorted[i].item<double>();
+    before += smallest;
+  }
+  std::vector<int64_t> k;
+  for (int64_t i = 0; i < probs.size(0); ++i) {
+    if (probs[i].item<double>() >= smallest) k.push_back(i);
+  }
+  return k;
+}
+
+TEST(Sampler, TopPMatchesTheSortOnFlatPeakedAndTiedRows) {
+  torch::manual_seed(3);
+  const int64_t V = 3000;
+  std::vector<torch::Tensor> rows = {
+      torch::randn({V}) * 0.01,                           // flat: nearly every token is needed
+      torch::randn({V}) * 4,                              // peaked
+      torch::randint(0, 3, {V}).to(torch::kFloat32),      // three levels, many ties
+      torch::full({V}, 1.f),                              // all equal
+      torch::cat({torch::full({1}, 30.f), torch::zeros({V - 1})}),  // one token holds nearly all the mass
+  };
+  for (double p : {0.05, 0.5, 0.9, 0.999}) {
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const auto want = KeptBySort(rows[r], p);
+      // Rows of one batch are independent: the same row inside a batch of others gives the same set.
+      auto batch = torch::stack({rows[(r + 1) % rows.size()], rows[r]});
+      auto got = TopP(batch, p)[1].unsqueeze(0);
+      EXPECT_EQ(Kept(got), want) << "row " << r << ", p " << p;
+    }
+  }
+}
+
 TEST(Sampler, FrequenciesMatchTheTemperedSoftmax) {
   auto logits = torch::tensor({{2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -3.0f}});
   SamplingParams p;
