@@ -38,7 +38,8 @@ std::string SampleToJson(const Sample& s) {
   j["seed"] = s.seed();
   j["temperature"] = s.temperature();
   if (!s.prompt().empty()) j["prompt"] = s.prompt();
-  if (!s.completion().empty()) j["completion"] = s.completion();
+  // A sample with a text prompt has a text completion, even an empty one (eos at once): always written then.
+  if (!s.completion().empty() || !s.prompt().empty()) j["completion"] = s.completion();
   if (s.has_reward()) j["reward"] = s.reward();
   if (!s.reward_parts().empty()) {
     json parts = json::object();

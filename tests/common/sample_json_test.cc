@@ -34,6 +34,9 @@ TEST(SampleJson, RoundTripKeepsEveryField) {
   ASSERT_TRUE(back.ok()) << back.status();
   // (maps have no defined wire order, so compare messages, not bytes)
   EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*back, s)) << SampleToJson(*back);
+  // An empty completion of a text prompt (eos at once) is still written, so readers find the field.
+  s.set_completion("");
+  EXPECT_NE(SampleToJson(s).find("\"completion\":\"\""), std::string::npos) << SampleToJson(s);
 }
 
 TEST(SampleJson, UnknownFieldsPassThrough) {
