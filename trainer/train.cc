@@ -196,6 +196,7 @@ const config::Section<RlStageConfig>& RlStageSection() {
 struct OnlinePrefConfig {
   double beta = 0.1;                  // online_dpo: strength of the implicit KL to the reference
   std::string loss_type = "sigmoid";  // online_dpo: sigmoid | ipo | hinge | robust
+  double min_margin = 0.0;            // online_dpo: a pair is trained only when best - worst >= this (and > 0)
   double threshold = 1.0;             // rft: a prompt's best sample is kept when its reward is >= this
   static const config::Section<OnlinePrefConfig>& Dpo() {
     static const auto* s = [] {
@@ -203,6 +204,10 @@ struct OnlinePrefConfig {
       auto* s = new config::Section<O>("online_dpo");
       s->Add("beta", &O::beta, "strength of the implicit KL to the reference (rl.reference)", config::AtLeast(0));
       s->Add("loss_type", &O::loss_type, "sigmoid | ipo | hinge | robust", config::OneOf({"sigmoid", "ipo", "hinge", "robust"}));
+      s->Add("min_margin", &O::min_margin,
+             "train a prompt's pair only when the best reward exceeds the worst by at least this (a noisy judge's "
+             "near-ties are skipped; they count against kept_fraction); 0 = any difference",
+             config::AtLeast(0));
       return s;
     }();
     return *s;
@@ -1351,7 +1356,8 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
         if (mine[i].reward() < mine[worst].reward()) worst = i;
       }
       if (dpo) {
-        if (mine[best].reward() == mine[worst].reward()) continue;
+        const double gap = mine[best].reward() - mine[worst].reward();
+        if (!(gap > 0) || gap < oc.min_margin) continue;
         chosen.push_back(row(mine[best], true)), rejected.push_back(row(mine[worst], true));
         kept += 1;
       } else if (mine[best].reward() >= oc.threshold) {

@@ -276,6 +276,19 @@ TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
     }
     EXPECT_TRUE(fs::exists(run + "/0-" + stage + "/model/model.safetensors"));
   }
+  // A margin no pair reaches (the rewards here differ by 1 or 2): every pair is skipped, no step is taken.
+  const std::string run = dir_ + "/runs/online-dpo-margin";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("online_dpo") + online +
+                      " --set rl.group_size=4 --set online_dpo.min_margin=3 --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream in(run + "/metrics.jsonl");
+  int steps = 0;
+  for (std::string line; std::getline(in, line); ++steps) {
+    auto m = nlohmann::json::parse(line);
+    EXPECT_EQ(m["kept_fraction"], 0.0) << line;
+    EXPECT_FALSE(m.contains("grad_norm/policy")) << "no pair, no optimizer step: " << line;
+  }
+  EXPECT_EQ(steps, 2);
 }
 
 TEST_F(TrainCli, ConstitutionalDataFeedsSftAndDpo) {
