@@ -18,10 +18,7 @@ if [ -n "${DEMO_DIR:-}" ]; then work="$DEMO_DIR"; mkdir -p "$work"; else work="$
 quiet="--set run.log_level=warn"
 
 echo "== 1. task data, tokenizer and a random model (Llama: hidden 128, 4 layers) in $work"
-$py "$root/examples/arithmetic.py" "$work/data" --op max
-"$rlhf" train-tokenizer --corpus "$work/data/corpus.txt" --merges 1 --out "$work/tok" --run-dir "$work/runs/tok" $quiet
-"$rlhf" init-model --hidden-size 128 --layers 4 --heads 4 --kv-heads 2 --intermediate-size 384 --vocab-size 300 \
-  --tokenizer "$work/tok" --seed 1 --out "$work/m0" --run-dir "$work/runs/init" $quiet
+bash "$root/examples/arithmetic_start.sh" "$rlhf" "$work"
 
 echo "== 2. rlhf train: sft -> grpo (online: rollout worker, scorer, learner, coordinator in one process)"
 start=$(date +%s)
