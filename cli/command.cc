@@ -149,6 +149,6 @@ std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand()
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }
 
-std::vector<Command> ServeCommands() { return {ServeRolloutCommand(), ServeScorerCommand()}; }
+std::vector<Command> ServeCommands() { return {ServeRolloutCommand(), ServeScorerCommand(), ServeLearnerCommand()}; }
 
 }  // namespace rlhf::cli

@@ -41,6 +41,10 @@ struct Command {
   std::string name;
   std::string help;
   std::function<void(config::Schema&)> add_sections;
+  // For a command that reads another command's keys: `rlhf config-keys` documents only `own_sections`
+  // and names the other command (`keys_of`) for the rest.
+  std::string keys_of;
+  std::function<void(config::Schema&)> own_sections;
   // flag name (without --), config key, help
   struct Flag {
     std::string flag, key, help;
@@ -73,6 +77,7 @@ Command ServeRolloutCommand();  // `rlhf serve rollout`
 Command TrainCommand();
 Command ScoreCommand();        // `rlhf score`
 Command ServeScorerCommand();  // `rlhf serve scorer`
+Command ServeLearnerCommand();  // `rlhf serve learner` (train.cc)
 Command EvalCommand();         // `rlhf eval`
 Command ConstitutionalCommand();  // `rlhf constitutional`
 

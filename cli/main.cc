@@ -41,8 +41,10 @@ int main(int argc, char** argv) {
       if (!which.empty() && full_name != which && cmd.name != which) return;
       found = true;
       rlhf::config::Schema s;
-      cmd.add_sections(s);
-      std::cout << "\n## rlhf " << full_name << "\n\n" << cmd.help << ".\n\n" << s.Markdown();
+      (cmd.own_sections ? cmd.own_sections : cmd.add_sections)(s);
+      std::cout << "\n## rlhf " << full_name << "\n\n" << cmd.help << ".\n\n";
+      if (!cmd.keys_of.empty()) std::cout << "Every key of `rlhf " << cmd.keys_of << "`, and:\n\n";
+      std::cout << s.Markdown();
     };
     for (const auto& cmd : rlhf::cli::AllCommands()) print(cmd, cmd.name);
     for (const auto& cmd : rlhf::cli::DataCommands()) print(cmd, "data " + cmd.name);

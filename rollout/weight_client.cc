@@ -2,21 +2,15 @@
 
 namespace rlhf::rollout {
 
-absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
-                                               int64_t chunk_bytes, const RpcConfig& rpc) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc);
-  UpdateWeightsReply reply;
-  auto writer = stub->UpdateWeights(&ctx, &reply);
+bool ModelChunks(model::TransformerImpl& model, int64_t version, int64_t chunk_bytes, const ChunkWriter& write) {
   torch::NoGradGuard ng;
-  bool ok = true;
   for (const auto& p : model.named_parameters(true)) {
     auto t = p.value().detach().contiguous();
     DType dt = t.scalar_type() == torch::kBFloat16 ? DTYPE_BF16 : t.scalar_type() == torch::kFloat16 ? DTYPE_F16 : DTYPE_F32;
     if (dt == DTYPE_F32 && t.scalar_type() != torch::kFloat32) t = t.to(torch::kFloat32);
     const auto* bytes = static_cast<const char*>(t.data_ptr());
     const int64_t n = t.numel() * static_cast<int64_t>(t.element_size());
-    for (int64_t off = 0; off < n && ok; off += chunk_bytes) {
+    for (int64_t off = 0; off < n; off += chunk_bytes) {
       WeightChunk c;
       c.set_version(version);
       c.set_name(p.key());
@@ -24,10 +18,20 @@ absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::Trans
       for (int64_t d : t.sizes()) c.add_shape(d);
       c.set_offset(off);
       c.set_data(bytes + off, static_cast<size_t>(std::min(chunk_bytes, n - off)));
-      ok = writer->Write(c);
+      if (!write(c)) return false;
     }
-    if (!ok) break;
   }
+  return true;
+}
+
+absl::StatusOr<UpdateWeightsReply> PushChunks(Rollout::Stub* stub, int64_t version,
+                                              const std::function<bool(const ChunkWriter&)>& produce,
+                                              const RpcConfig& rpc) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc);
+  UpdateWeightsReply reply;
+  auto writer = stub->UpdateWeights(&ctx, &reply);
+  bool ok = produce([&](const WeightChunk& c) { return writer->Write(c); });
   if (ok) {
     WeightChunk commit;
     commit.set_version(version);
@@ -38,6 +42,11 @@ absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::Trans
   RETURN_IF_ERROR(FromGrpc(writer->Finish()));
   if (!ok) return absl::UnavailableError("the weight stream broke before the commit");
   return reply;
+}
+
+absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
+                                               int64_t chunk_bytes, const RpcConfig& rpc) {
+  return PushChunks(stub, version, [&](const ChunkWriter& w) { return ModelChunks(model, version, chunk_bytes, w); }, rpc);
 }
 
 }  // namespace rlhf::rollout

@@ -2,14 +2,29 @@
 // below the message-size limit, then commits them as `version`.
 #pragma once
 
+#include <functional>
+#include <vector>
+
 #include "common/model/transformer.h"
 #include "common/rpc.h"
 #include "rlhf/rollout.grpc.pb.h"
 
 namespace rlhf::rollout {
 
-// Sends every parameter of `model` (in its dtype) in chunks of at most `chunk_bytes`, the last chunk with
-// commit = true. Returns the worker's reply, or its error (nothing is applied unless the commit succeeds).
+// Writes one chunk; false when the stream broke.
+using ChunkWriter = std::function<bool(const WeightChunk&)>;
+
+// Every parameter of `model` (in its dtype; other dtypes as f32) as chunks of at most `chunk_bytes` of data,
+// stamped with `version`, without the commit chunk. Stops early and returns false when `write` does.
+bool ModelChunks(model::TransformerImpl& model, int64_t version, int64_t chunk_bytes, const ChunkWriter& write);
+
+// One UpdateWeights call: the chunks `produce` writes, then the commit of `version`. Returns the worker's
+// reply, or its error (nothing is applied unless the commit succeeds).
+absl::StatusOr<UpdateWeightsReply> PushChunks(Rollout::Stub* stub, int64_t version,
+                                              const std::function<bool(const ChunkWriter&)>& produce,
+                                              const RpcConfig& rpc);
+
+// PushChunks of ModelChunks(model).
 absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
                                                int64_t chunk_bytes, const RpcConfig& rpc);
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <optional>
 
@@ -30,6 +31,7 @@
 #include "trainer/batching.h"
 #include "trainer/learner.h"
 #include "trainer/objectives.h"
+#include "trainer/online_learner.h"
 #include "trainer/rl_update.h"
 #include "trainer/train_checkpoint.h"
 
@@ -256,20 +258,20 @@ class MetricsLog {
     writer_ = writer;
     if (!writer_) return absl::OkStatus();
     path_ = (fs::path(run_dir) / "metrics.jsonl").string();
-    if (keep_stage >= 0 && fs::exists(path_)) {
-      std::ifstream in(path_);
-      std::string line, kept;
-      while (std::getline(in, line)) {
-        auto j = json::parse(line, nullptr, false);
-        if (j.is_discarded()) continue;
-        int64_t si = j.value("stage_index", int64_t{0}), st = j.value("step", int64_t{0});
-        if (si < keep_stage || (si == keep_stage && st <= keep_step)) kept += line + "\n";
-      }
-      std::ofstream out(path_, std::ios::trunc);
-      out << kept;
-    } else if (keep_stage < 0) {
+    if (keep_stage >= 0) {
+      Keep(keep_stage, keep_step);
+    } else {
       std::ofstream out(path_, std::ios::trunc);
     }
+    out_.open(path_, std::ios::app);
+    if (!out_) return absl::UnavailableError(absl::StrCat("cannot open ", path_));
+    return absl::OkStatus();
+  }
+  // Drops the lines after (stage_index, step) of an open log (a coordinator learns its step from the learner).
+  absl::Status DropAfter(int64_t stage_index, int64_t step) {
+    if (!writer_) return absl::OkStatus();
+    out_.close();
+    Keep(stage_index, step);
     out_.open(path_, std::ios::app);
     if (!out_) return absl::UnavailableError(absl::StrCat("cannot open ", path_));
     return absl::OkStatus();
@@ -292,6 +294,19 @@ class MetricsLog {
   }
 
  private:
+  void Keep(int64_t keep_stage, int64_t keep_step) {
+    if (!fs::exists(path_)) return;
+    std::ifstream in(path_);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      auto j = json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;
+      int64_t si = j.value("stage_index", int64_t{0}), st = j.value("step", int64_t{0});
+      if (si < keep_stage || (si == keep_stage && st <= keep_step)) kept += line + "\n";
+    }
+    std::ofstream out(path_, std::ios::trunc);
+    out << kept;
+  }
   bool writer_ = false;
   std::string path_;
   std::ofstream out_;
@@ -321,6 +336,7 @@ struct Pipeline {
   std::string tokenizer_dir; // folder with tokenizer files
   std::optional<TrainState> resume;  // the checkpoint state when this stage resumes
   std::string resume_dir;
+  std::string serve_learner_address;  // `rlhf serve learner`: online stages serve rlhf.Learner here
   bool rank0() const { return group->rank() == 0; }
 };
 
@@ -881,19 +897,6 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
 // (services/coordinator) leases the prompts to rollout workers, has the samples scored, and hands the
 // learner one batch per step; the new weights go to the workers before the next step (strictly on-policy).
 
-// Rank 0's bytes, on every rank.
-absl::StatusOr<std::string> BroadcastBytes(comm::Group& group, std::string bytes) {
-  if (group.size() == 1) return bytes;
-  std::vector<torch::Tensor> len = {torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kInt64)};
-  RETURN_IF_ERROR(group.Broadcast(len, 0));
-  const int64_t n = len[0].item<int64_t>();
-  std::vector<torch::Tensor> data = {group.rank() == 0
-                                         ? torch::from_blob(bytes.data(), {n}, torch::kUInt8).clone()
-                                         : torch::empty({n}, torch::kUInt8)};
-  if (n > 0) RETURN_IF_ERROR(group.Broadcast(data, 0));
-  return std::string(reinterpret_cast<const char*>(data[0].data_ptr<uint8_t>()), static_cast<size_t>(n));
-}
-
 struct RlSetup {
   RlStageConfig sc;
   std::string start;  // starting policy folder
@@ -948,10 +951,56 @@ struct OnlineTrainer {
   std::function<absl::StatusOr<std::map<std::string, double>>(const std::vector<Sample>&, uint64_t)> step;
   std::function<void(json&)> save = [](json&) {};
   std::function<void(const json&)> restore = [](const json&) {};
+  std::function<absl::StatusOr<std::string>()> finish;  // saves the stage's models; the policy folder
 };
 
-absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner& learner,
+// `rlhf serve learner`: the stage's learner answers a coordinator process (trainer/online_learner.h).
+absl::Status ServeOnline(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner& learner,
+                         OnlineTrainer& trainer) {
+  LearnerHooks h;
+  h.stage = stage;
+  h.group_size = trainer.group_size;
+  if (p.resume) {
+    h.version = p.resume->step;
+    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+    trainer.restore(p.resume->extra);
+    h.extra_json = p.resume->extra.dump();
+    if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, h.version, p.resume_dir);
+    p.resume.reset();
+  }
+  int64_t logged = h.version;
+  h.step = [&](const std::vector<Sample>& mine, uint64_t seed) -> absl::StatusOr<std::map<std::string, double>> {
+    ASSIGN_OR_RETURN(auto m, trainer.step(mine, seed));
+    p.log.Write(index, stage, ++logged, m);
+    return m;
+  };
+  h.checkpoint = [&](int64_t step, const std::string& extra_json) -> absl::Status {
+    TrainState st;
+    st.stage = stage;
+    st.stage_index = index;
+    st.step = step;
+    st.extra = extra_json.empty() ? json::object() : json::parse(extra_json, nullptr, false);
+    if (!st.extra.is_object()) return absl::InvalidArgumentError("learner checkpoint: the coordinator state is not a JSON object");
+    trainer.save(st.extra);
+    return Checkpoint(p, learner, st);
+  };
+  h.finish = [&]() -> absl::StatusOr<std::string> {
+    ASSIGN_OR_RETURN(p.policy, trainer.finish());
+    return p.policy;
+  };
+  h.weights = [&](int64_t version, int64_t chunk_bytes, const rollout::ChunkWriter& w) {
+    return rollout::ModelChunks(*rs.policy, version, chunk_bytes, w);
+  };
+  const auto rpc = RpcConfig::Spec().Read(*p.config);
+  return ServeLearner(*p.group, rpc, p.serve_learner_address, std::move(h));
+}
+
+// The online loop. `learner` is null when the learner is another process (roles.learner_address): then
+// each batch goes to it over rlhf.Learner, its weights go on to the rollout workers, and its checkpoints
+// hold this coordinator's state.
+absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, Learner* learner,
                        OnlineTrainer& trainer, const data::Dataset& ds, int64_t total) {
+  if (!p.serve_learner_address.empty()) return ServeOnline(p, index, stage, rs, *learner, trainer);
   const auto& sc = rs.sc;
   const int64_t g = trainer.group_size;
   const std::string dir = StageDir(p, index, stage);
@@ -961,10 +1010,27 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
   const double t_start = Seconds();
   int64_t step = 0;
   json extra = json::object();
-  if (p.resume) {
+  int64_t learner_ranks = p.group->size();
+  std::unique_ptr<RemoteLearner> remote;
+  if (learner == nullptr) {
+    remote = std::make_unique<RemoteLearner>(MakeChannel(RpcConfig::Spec().Read(*p.config), roles_cfg.learner_address),
+                                             RpcConfig::Spec().Read(*p.config), roles_cfg.retry());
+    ASSIGN_OR_RETURN(auto st, remote->State());
+    if (st.stage() != stage || st.group_size() != g) {
+      return absl::FailedPreconditionError(absl::StrCat("the learner at ", roles_cfg.learner_address, " serves stage ",
+                                                        st.stage(), " with groups of ", st.group_size(), "; this is ",
+                                                        stage, " with groups of ", g));
+    }
+    step = st.version();
+    learner_ranks = std::max(1, st.ranks());
+    RETURN_IF_ERROR(p.log.DropAfter(index, step));
+    if (!st.extra_json().empty()) extra = json::parse(st.extra_json());
+    spdlog::info("{}: learner at {} ({} rank{}), policy version {}", stage, roles_cfg.learner_address, learner_ranks,
+                 learner_ranks == 1 ? "" : "s", step);
+  } else if (p.resume) {
     step = p.resume->step;
     extra = p.resume->extra;
-    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, *learner, *p.resume));
     trainer.restore(extra);
     if (p.rank0()) spdlog::info("{}: resumed at policy step {} from {}", stage, step, p.resume_dir);
     p.resume.reset();
@@ -984,9 +1050,26 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
                                                           rs.tools->vars, reward_cfg.answer_field));
     ASSIGN_OR_RETURN(roles, coordinator::Roles::Start(roles_cfg, *p.config, rs.start, 0, &reward_cfg));
     const RpcConfig rpc = roles->rpc();
-    auto publish = [&, rpc](Rollout::Stub* stub, int64_t version) -> absl::Status {
+    // A remote learner's weights are fetched once per version, then go to every worker that needs them.
+    auto fetched = std::make_shared<std::pair<int64_t, std::vector<WeightChunk>>>(-1, std::vector<WeightChunk>());
+    auto publish = [&, rpc, fetched](Rollout::Stub* stub, int64_t version) -> absl::Status {
       const double t0 = Seconds();
-      auto r = rollout::PushWeights(stub, *rs.policy, version, roles_cfg.weight_chunk_bytes, rpc);
+      absl::StatusOr<UpdateWeightsReply> r;
+      if (remote) {
+        if (fetched->first != version) {
+          ASSIGN_OR_RETURN(fetched->second, remote->Weights(roles_cfg.weight_chunk_bytes));
+          fetched->first = version;
+        }
+        r = rollout::PushChunks(stub, version, [&](const rollout::ChunkWriter& w) {
+          for (auto c : fetched->second) {
+            c.set_version(version);
+            if (!w(c)) return false;
+          }
+          return true;
+        }, rpc);
+      } else {
+        r = rollout::PushWeights(stub, *rs.policy, version, roles_cfg.weight_chunk_bytes, rpc);
+      }
       if (!r.ok()) return r.status();
       Metrics::Process()
           .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight update to one rollout worker",
@@ -1041,7 +1124,7 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
     if (p.rank0()) {
       while (true) {
         ASSIGN_OR_RETURN(batch, coord->NextBatch(step));
-        if (batch.empty() || static_cast<int64_t>(batch.prompts.size()) >= p.group->size()) break;
+        if (batch.empty() || static_cast<int64_t>(batch.prompts.size()) >= learner_ranks) break;
         // An epoch's remainder too small to give every rank a group: recorded as filtered, not trained.
         RETURN_IF_ERROR(coord->Discard(batch, "epoch remainder smaller than the number of learner ranks"));
       }
@@ -1049,7 +1132,7 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
       for (const auto& smp : batch.samples) *box.add_samples() = smp;
       bytes = box.SerializeAsString();
     }
-    ASSIGN_OR_RETURN(bytes, BroadcastBytes(*p.group, std::move(bytes)));
+    ASSIGN_OR_RETURN(bytes, comm::BroadcastBytes(*p.group, std::move(bytes)));
     ScoreRequest box;
     if (!box.ParseFromString(bytes)) return absl::InternalError("online rl: a batch did not arrive whole");
     if (box.samples_size() == 0) break;  // every epoch done
@@ -1058,7 +1141,13 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
     std::vector<Sample> mine(box.samples().begin() + static_cast<std::ptrdiff_t>(lo * g),
                              box.samples().begin() + static_cast<std::ptrdiff_t>(hi * g));
     const double t_learn = Seconds();
-    ASSIGN_OR_RETURN(auto m, trainer.step(mine, p.seed + static_cast<uint64_t>(step)));
+    std::map<std::string, double> m;
+    if (remote) {
+      ASSIGN_OR_RETURN(auto reply, remote->Train(step, mine, p.seed + static_cast<uint64_t>(step)));
+      m.insert(reply.metrics().begin(), reply.metrics().end());
+    } else {
+      ASSIGN_OR_RETURN(m, trainer.step(mine, p.seed + static_cast<uint64_t>(step)));
+    }
     const double learn_seconds = Seconds() - t_learn;
     const int64_t version = step + 1;
     version_gauge.Set(static_cast<double>(version));
@@ -1124,10 +1213,22 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
         extra["ledger"] = coord->State();
         acc("wall_seconds") = wall_before + Seconds() - t_start;
       }
-      trainer.save(extra);
-      st.extra = extra;
-      RETURN_IF_ERROR(Checkpoint(p, learner, st));
+      if (remote) {
+        RETURN_IF_ERROR(remote->Checkpoint(st.step, extra.dump()));
+        spdlog::info("checkpoint of step {} on the learner", st.step);
+      } else {
+        trainer.save(extra);
+        st.extra = extra;
+        RETURN_IF_ERROR(Checkpoint(p, *learner, st));
+      }
     }
+  }
+  if (remote) {
+    ASSIGN_OR_RETURN(auto model, remote->Finish());
+    spdlog::info("{}: the learner saved {}", stage, model);
+  } else {
+    ASSIGN_OR_RETURN(auto model, trainer.finish());
+    p.policy = model;
   }
   if (!p.rank0()) return absl::OkStatus();
   // The end: evaluation of the final policy and summary.json.
@@ -1163,7 +1264,8 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
        {{"rollout_workers", pool->size()},
         {"rollout", roles->embedded_rollout() ? "embedded" : "remote"},
         {"scorer", roles->embedded_scorer() ? "embedded" : "remote"},
-        {"learner_ranks", p.group->size()}}}};
+        {"learner", remote ? roles_cfg.learner_address : "embedded"},
+        {"learner_ranks", learner_ranks}}}};
   const std::string path = (fs::path(p.run_dir) / "summary.json").string();
   {
     std::ofstream out(path + ".tmp", std::ios::trunc);
@@ -1175,6 +1277,28 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
                "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),
                100 * eval_after["accuracy"].get<double>(), t.trained, t.filtered, t.dropped, t.released, path);
   return absl::OkStatus();
+}
+
+// With roles.learner_address, this process coordinates an online stage and another one learns.
+bool LearnsElsewhere(const Pipeline& p) {
+  return p.serve_learner_address.empty() && !coordinator::RolesConfig::Spec().Read(*p.config).learner_address.empty();
+}
+
+// The coordinator of an online stage whose learner is `rlhf serve learner`: no model is loaded here (the
+// tokenizer and chat template come from the starting policy's folder, an embedded rollout worker starts from
+// it and takes the learner's weights before the first step).
+absl::Status CoordinateOnly(Pipeline& p, int64_t index, const std::string& stage, RlSetup& rs, int64_t group_size,
+                            bool filter_equal, const data::Dataset& ds, int64_t total) {
+  if (p.group->size() != 1) {
+    return absl::InvalidArgumentError("roles.learner_address: the coordinator is one process (the learner has the ranks)");
+  }
+  rs.start = rs.sc.policy.empty() ? p.policy : rs.sc.policy;
+  ASSIGN_OR_RETURN(auto cfg, model::LoadHfConfig(rs.start));
+  ASSIGN_OR_RETURN(rs.tools, LoadTextTools(p.tokenizer_dir, cfg));
+  OnlineTrainer trainer;
+  trainer.group_size = group_size;
+  trainer.filter_equal = filter_equal;
+  return RunOnline(p, index, stage, rs, nullptr, trainer, ds, total);
 }
 
 absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
@@ -1205,6 +1329,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
     ASSIGN_OR_RETURN(auto op, LoadOnlinePrompts(sc, data_cfg));
     ds.emplace(std::move(op.data));
     total = op.total_steps;
+    if (LearnsElsewhere(p)) return CoordinateOnly(p, index, stage, rs, g, false, *ds, total);
   } else {
     ASSIGN_OR_RETURN(samples, ReadSamplesJsonl(sc.samples));
     if (samples.size() % static_cast<size_t>(g) != 0) {
@@ -1245,13 +1370,21 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
                  online ? "about " : "", total, sc.rollout_batch_size, g, update.advantage(), per_step);
   }
 
+  // The stage's outputs: the policy (and critic) folders; returns the policy's.
+  auto save_models = [&]() -> absl::StatusOr<std::string> {
+    const std::string dir = StageDir(p, index, stage);
+    RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, (fs::path(dir) / "model").string()));
+    if (with_critic) RETURN_IF_ERROR(SaveStageModel(p, *rs.critic, (fs::path(dir) / "critic").string()));
+    return (fs::path(dir) / "model").string();
+  };
   if (online) {
     OnlineTrainer trainer;
     trainer.group_size = g;
     trainer.step = [&](const std::vector<Sample>& mine, uint64_t seed) { return update.Update(mine, seed); };
     trainer.save = [&](json& extra) { extra["kl_coef"] = update.kl_controller().value(); };
     trainer.restore = [&](const json& extra) { update.kl_controller().Restore(extra.value("kl_coef", rc.kl_coef)); };
-    RETURN_IF_ERROR(RunOnline(p, index, stage, rs, learner, trainer, *ds, total));
+    trainer.finish = save_models;
+    return RunOnline(p, index, stage, rs, &learner, trainer, *ds, total);
   } else {
     int64_t step = 0;
     if (p.resume) {
@@ -1286,10 +1419,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
       }
     }
   }
-  const std::string dir = StageDir(p, index, stage);
-  RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, (fs::path(dir) / "model").string()));
-  if (with_critic) RETURN_IF_ERROR(SaveStageModel(p, *rs.critic, (fs::path(dir) / "critic").string()));
-  p.policy = (fs::path(dir) / "model").string();
+  ASSIGN_OR_RETURN(p.policy, save_models());
   return absl::OkStatus();
 }
 
@@ -1313,6 +1443,7 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
   ASSIGN_OR_RETURN(auto op, LoadOnlinePrompts(rs.sc, data_cfg));
   const data::Dataset& ds = op.data;
   const int64_t total = op.total_steps;
+  if (LearnsElsewhere(p)) return CoordinateOnly(p, index, stage, rs, rc.group_size, dpo, ds, total);
   rs.start = rs.sc.policy.empty() ? p.policy : rs.sc.policy;
   ASSIGN_OR_RETURN(rs.policy, LoadForTraining(rs.start, std::nullopt, p.seed));
   model::Transformer reference{nullptr};
@@ -1418,11 +1549,12 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
     return m;
   };
   if (p.rank0()) spdlog::info("{}: about {} steps of {} prompts x {} samples", stage, total, rs.sc.rollout_batch_size, g);
-  RETURN_IF_ERROR(RunOnline(p, index, stage, rs, learner, trainer, ds, total));
-  const std::string dir = StageDir(p, index, stage);
-  RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, (fs::path(dir) / "model").string()));
-  p.policy = (fs::path(dir) / "model").string();
-  return absl::OkStatus();
+  trainer.finish = [&]() -> absl::StatusOr<std::string> {
+    const std::string model = (fs::path(StageDir(p, index, stage)) / "model").string();
+    RETURN_IF_ERROR(SaveStageModel(p, *rs.policy, model));
+    return model;
+  };
+  return RunOnline(p, index, stage, rs, &learner, trainer, ds, total);
 }
 
 
@@ -1508,11 +1640,13 @@ void RegisterTrainKeys(config::Schema& schema) {
   OptimSection("rl.critic_optim").Register(schema);
 }
 
-absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed) {
+absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed,
+                         const std::string& serve_learner_address) {
   Pipeline p;
   p.config = &config;
   p.run_dir = run_dir;
   p.seed = seed;
+  p.serve_learner_address = serve_learner_address;
   p.train = TrainConfig::Spec().Read(config);
   const double t_start = Seconds();
   const auto dist = comm::DistConfig::Spec().Read(config);
@@ -1527,11 +1661,24 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
   if (p.train.model.empty()) return absl::InvalidArgumentError("set train.model (--model DIR): the starting policy");
   p.policy = p.train.model;
   p.tokenizer_dir = p.train.model;
+  const bool coordinate_only = LearnsElsewhere(p);
+  if (coordinate_only) {
+    for (const auto& s : p.train.stages) {
+      if (s != "ppo" && s != "grpo" && s != "online_dpo" && s != "rft") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "roles.learner_address: this process only coordinates online stages; stage '", s,
+            "' belongs in the learner's pipeline (rlhf serve learner)"));
+      }
+    }
+  }
   ASSIGN_OR_RETURN(p.group, comm::Group::Create(dist));
   torch::manual_seed(seed);
 
   int64_t resume_stage = 0;
-  if (p.train.resume) {
+  if (coordinate_only) {
+    // The learner holds the checkpoints; the log is cut at its step once the stage knows it (RunOnline).
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), std::numeric_limits<int64_t>::max(), 0));
+  } else if (p.train.resume) {
     ASSIGN_OR_RETURN(p.resume_dir, FindLatestCheckpoint(run_dir));
     ASSIGN_OR_RETURN(auto state, ReadTrainState(p.resume_dir));
     if (state.stage_index >= static_cast<int64_t>(p.train.stages.size()) ||
@@ -1561,7 +1708,8 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
       (stage == "reward_model" ? p.reward_model : p.policy) = out;
       continue;
     }
-    if (index == 0 && !p.resume) RETURN_IF_ERROR(EvaluatePolicy(p, "start"));
+    // Pipeline evaluations run where the policy is: in the learner's process when that is another one.
+    if (index == 0 && !p.resume && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, "start"));
     if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
     if (stage == "sft") {
       RETURN_IF_ERROR(RunSft(p, index));
@@ -1572,7 +1720,7 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     } else {
       RETURN_IF_ERROR(RunPreference(p, index, stage));
     }
-    if (stage != "reward_model") RETURN_IF_ERROR(EvaluatePolicy(p, absl::StrCat(index, "-", stage)));
+    if (stage != "reward_model" && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, absl::StrCat(index, "-", stage)));
   }
   std::vector<std::string> names = {"start"};
   for (size_t i = 0; i < p.train.stages.size(); ++i) names.push_back(absl::StrCat(i, "-", p.train.stages[i]));

@@ -22,7 +22,10 @@ namespace rlhf::trainer {
 // Declares every key `rlhf train` reads.
 void RegisterTrainKeys(config::Schema& schema);
 
-// Runs the configured pipeline. `seed`: the run seed (run.seed).
-absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed);
+// Runs the configured pipeline. `seed`: the run seed (run.seed). With `serve_learner_address` (`rlhf serve
+// learner`), online stages serve rlhf.Learner there for a coordinator (`rlhf train` with
+// roles.learner_address) instead of coordinating themselves (trainer/online_learner.h).
+absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed,
+                         const std::string& serve_learner_address = "");
 
 }  // namespace rlhf::trainer

@@ -289,6 +289,18 @@ absl::StatusOr<double> Group::MaxDouble(double value) {
   return *std::max_element(all.begin(), all.end());
 }
 
+absl::StatusOr<std::string> BroadcastBytes(Group& group, std::string bytes) {
+  if (group.size() == 1) return bytes;
+  std::vector<torch::Tensor> len = {torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kInt64)};
+  RETURN_IF_ERROR(group.Broadcast(len, 0));
+  const int64_t n = len[0].item<int64_t>();
+  std::vector<torch::Tensor> data = {group.rank() == 0
+                                         ? torch::from_blob(bytes.data(), {n}, torch::kUInt8).clone()
+                                         : torch::empty({n}, torch::kUInt8)};
+  if (n > 0) RETURN_IF_ERROR(group.Broadcast(data, 0));
+  return std::string(reinterpret_cast<const char*>(data[0].data_ptr<uint8_t>()), static_cast<size_t>(n));
+}
+
 absl::Status AllReduceBucketed(Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
   if (group.size() == 1) return absl::OkStatus();
   size_t i = 0;

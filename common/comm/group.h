@@ -72,4 +72,7 @@ class Group {
 // collective per bucket instead of one per tensor). Tensors of one bucket share a dtype and device.
 absl::Status AllReduceBucketed(Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes);
 
+// Rank 0's `bytes` on every rank (the others' are ignored): a length, then the bytes.
+absl::StatusOr<std::string> BroadcastBytes(Group& group, std::string bytes);
+
 }  // namespace rlhf::comm

@@ -17,6 +17,8 @@ const config::Section<RolesConfig>& RolesConfig::Spec() {
     s->Add("rollout_addresses", &R::rollout_addresses,
            "host:port of `rlhf serve rollout` workers; empty = one embedded worker (rollout.* keys)");
     s->Add("scorer_address", &R::scorer_address, "host:port of `rlhf serve scorer`; \"\" = embedded (reward.* keys)");
+    s->Add("learner_address", &R::learner_address,
+           "host:port of `rlhf serve learner` (online stages): this process only coordinates; \"\" = it also learns");
     s->Add("max_attempts", &R::max_attempts, "tries of a rollout or scoring call before its prompts fail",
            config::AtLeast(1));
     s->Add("backoff_seconds", &R::backoff_seconds, "wait before the second try, doubled for each further one",

@@ -29,6 +29,7 @@ namespace rlhf::coordinator {
 struct RolesConfig {
   std::vector<std::string> rollout_addresses;  // host:port of rollout workers; empty = one embedded worker
   std::string scorer_address;                  // host:port of the scorer; "" = embedded (reward.* keys)
+  std::string learner_address;                 // host:port of `rlhf serve learner`; "" = this process learns
   int64_t max_attempts = 3;                    // tries of a call before its prompts fail
   double backoff_seconds = 0.2;                // wait before the second try, doubled after
   int64_t weight_chunk_bytes = 4 << 20;        // weight update chunk size

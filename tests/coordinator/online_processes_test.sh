@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Online GRPO as separate local processes on loopback (`rlhf serve rollout`, `rlhf serve scorer`, and
-# `rlhf train` as coordinator and learner) against the same run embedded in one process, and embedded with
-# two data-parallel learner ranks under mpirun. The separate run
-# is killed right after a checkpoint and resumed. Both must end with the same ledger (every prompt of
-# every epoch trained, filtered or dropped once; no duplicates, nothing missing), the same losses step by
-# step and the same held-out evaluation. Bounded: every process has a timeout and is killed on exit.
+# `rlhf train` as coordinator and learner; then also `rlhf serve learner` with `rlhf train` only
+# coordinating) against the same run embedded in one process, and embedded with two data-parallel learner
+# ranks under mpirun. Both separate runs are killed right after a checkpoint (the second one: its learner)
+# and resumed. All must end with the same ledger (every prompt of every epoch trained, filtered or dropped
+# once; no duplicates, nothing missing), the same losses step by step and the same held-out evaluation.
+# Bounded: every process has a timeout and is killed on exit.
 #   online_processes_test.sh RLHF PYTHON3
 set -euo pipefail
 rlhf="$1"
 py="$2"
 d="$(mktemp -d)"
 pids=()
-trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$d"' EXIT
+# SIGTERM, not SIGKILL: timeout passes TERM on to the server it runs (a killed timeout would orphan it).
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$d"' EXIT
 q="--set run.log_level=warn"
 
 # A task: 24 prompts "a+b=" with answers; 3 of them are too long for the rollout workers' context (64
@@ -51,13 +53,13 @@ timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" train "${ar
 echo "== separate processes: rollout worker and scorer on loopback"
 ports=($("$py" -c "
 import socket
-ss = [socket.socket() for _ in range(2)]
+ss = [socket.socket() for _ in range(3)]
 for s in ss: s.bind(('127.0.0.1', 0))
 print(' '.join(str(s.getsockname()[1]) for s in ss))"))
-timeout 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
+timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
   --set rollout.capacity=64 --set run.threads=1 $q > "$d/rollout.log" 2>&1 &
 pids+=($!)
-timeout 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[1]}" --run-dir "$d/r/scorer" "${reward[@]}" $q \
+timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[1]}" --run-dir "$d/r/scorer" "${reward[@]}" $q \
   > "$d/scorer.log" 2>&1 &
 pids+=($!)
 remote=(--set "roles.rollout_addresses=[127.0.0.1:${ports[0]}]" --set "roles.scorer_address=127.0.0.1:${ports[1]}"
@@ -70,10 +72,27 @@ test ! -f "$d/separate/summary.json"
 echo "== resumed"
 timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" --resume --run-dir "$d/separate"
 
-"$py" - "$d/embedded" "$d/separate" "$d/ranks2" <<'PY'
+echo "== the learner as a process too (rlhf serve learner), killed after its checkpoint of step 2 and resumed"
+learn=(--set "roles.learner_address=127.0.0.1:${ports[2]}")
+RLHF_FAULT_KILL_AFTER_CHECKPOINT=2 timeout -k 10 300 "$rlhf" serve learner "${args[@]}" --address "127.0.0.1:${ports[2]}" \
+  --run-dir "$d/learner" > "$d/learner.log" 2>&1 &
+pids+=($!)
+if timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" "${learn[@]}" --run-dir "$d/coordinator"; then
+  echo "the coordinator went on without its learner"; exit 1
+fi
+timeout -k 10 300 "$rlhf" serve learner "${args[@]}" --address "127.0.0.1:${ports[2]}" --resume --run-dir "$d/learner" \
+  >> "$d/learner.log" 2>&1 &
+learner_pid=$!
+pids+=($learner_pid)
+timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" "${learn[@]}" --run-dir "$d/coordinator"
+# Finish ends the learner's stage: it saves the policy and stops by itself.
+wait "$learner_pid" || { echo "the learner failed"; cat "$d/learner.log"; exit 1; }
+test -f "$d/learner/0-grpo/model/model.safetensors"
+
+"$py" - "$d/embedded" "$d/separate" "$d/ranks2" "$d/coordinator" <<'PY'
 import json, sys
-a, b = (json.load(open(f"{r}/summary.json")) for r in sys.argv[1:3])
-for s in (a, b):
+a, b, f = (json.load(open(f"{r}/summary.json")) for r in (sys.argv[1], sys.argv[2], sys.argv[4]))
+for s in (a, b, f):
     assert s["duplicates"] == 0 and s["missing"] == 0, s
     assert s["prompts_trained"] + s["prompts_filtered"] + s["prompts_dropped"] == s["epochs"] * s["prompts_per_epoch"], s
     assert s["prompts_dropped"] > 0 and s["prompts_trained"] > 0, s
@@ -81,13 +100,14 @@ for s in (a, b):
     for e in (s["eval_before"], s["eval_after"]):
         assert e["prompts"] > 0 and 0 <= e["accuracy_ci95"][0] <= e["accuracy"] <= e["accuracy_ci95"][1] <= 1, e
 assert a["roles"]["rollout"] == "embedded" and b["roles"]["rollout"] == "remote" and b["roles"]["scorer"] == "remote"
+assert f["roles"]["learner"].startswith("127.0.0.1:") and f["roles"]["learner_ranks"] == 1, f["roles"]
 for k in ("steps", "prompts_trained", "prompts_filtered", "prompts_dropped", "eval_before", "eval_after"):
-    assert a[k] == b[k], (k, a[k], b[k])
-la, lb = ([json.loads(l) for l in open(f"{r}/metrics.jsonl")] for r in sys.argv[1:3])
-assert len(la) == len(lb) == a["steps"], (len(la), len(lb), a["steps"])
-for x, y in zip(la, lb):
+    assert a[k] == b[k] == f[k], (k, a[k], b[k], f[k])
+la, lb, le = ([json.loads(l) for l in open(f"{r}/metrics.jsonl")] for r in (sys.argv[1], sys.argv[2], sys.argv[4]))
+assert len(la) == len(lb) == len(le) == a["steps"], (len(la), len(lb), len(le), a["steps"])
+for x, y, z in zip(la, lb, le):
     for k in ("loss", "reward_mean", "entropy", "ledger/trained", "ledger/filtered", "ledger/dropped"):
-        assert x[k] == y[k], (x["step"], k, x[k], y[k])
+        assert x[k] == y[k] == z[k], (x["step"], k, x[k], y[k], z[k])
 # Two learner ranks: the same ledger and evaluation, the same update up to summation order.
 c = json.load(open(sys.argv[3] + "/summary.json"))
 assert c["roles"]["learner_ranks"] == 2, c
@@ -97,7 +117,8 @@ lc = [json.loads(l) for l in open(f"{sys.argv[3]}/metrics.jsonl")]
 for x, y in zip(la, lc):
     for k in ("reward_mean", "grad_norm/policy", "entropy"):
         assert abs(x[k] - y[k]) <= 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
-print(f"same run embedded and as processes (killed after step 2, resumed): {a['steps']} steps, "
+print(f"same run embedded, as processes (killed after step 2, resumed) and with the learner as a process "
+      f"(killed after step 2, resumed): {a['steps']} steps, "
       f"{a['prompts_trained']} trained, {a['prompts_filtered']} filtered, {a['prompts_dropped']} dropped of "
       f"{a['epochs']} x {a['prompts_per_epoch']} prompts; accuracy {a['eval_before']['accuracy']:.3f} -> "
       f"{a['eval_after']['accuracy']:.3f}")
