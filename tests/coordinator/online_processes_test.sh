@@ -2,8 +2,8 @@
 # Online GRPO as separate local processes on loopback (`rlhf serve rollout`, `rlhf serve scorer`, and
 # `rlhf train` as coordinator and learner; then also `rlhf serve learner` with `rlhf train` only
 # coordinating) against the same run embedded in one process, and embedded with two data-parallel learner
-# ranks under mpirun. Both separate runs are killed right after a checkpoint (the second one: its learner)
-# and resumed. All must end with the same ledger (every prompt of every epoch trained, filtered or dropped
+# ranks under mpirun, and with those two ranks as a learner process (mpirun rlhf serve learner). Both
+# separate runs are killed right after a checkpoint (the second one: its learner) and resumed. All must end with the same ledger (every prompt of every epoch trained, filtered or dropped
 # once; no duplicates, nothing missing), the same losses step by step and the same held-out evaluation.
 # Bounded: every process has a timeout and is killed on exit.
 #   online_processes_test.sh RLHF PYTHON3
@@ -53,7 +53,7 @@ timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" train "${ar
 echo "== separate processes: rollout worker and scorer on loopback"
 ports=($("$py" -c "
 import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss: s.bind(('127.0.0.1', 0))
 print(' '.join(str(s.getsockname()[1]) for s in ss))"))
 timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
@@ -89,7 +89,17 @@ timeout 300 "$rlhf" train "${args[@]}" "${remote[@]}" "${learn[@]}" --run-dir "$
 wait "$learner_pid" || { echo "the learner failed"; cat "$d/learner.log"; exit 1; }
 test -f "$d/learner/0-grpo/model/model.safetensors"
 
-"$py" - "$d/embedded" "$d/separate" "$d/ranks2" "$d/coordinator" <<'PY'
+echo "== a learner process of two ranks (mpirun rlhf serve learner), the rollout worker and scorer embedded"
+timeout -k 10 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" serve learner "${args[@]}" \
+  --set dist.master_addr=127.0.0.1 --set train.save_every=3 --address "127.0.0.1:${ports[3]}" \
+  --run-dir "$d/learner2" > "$d/learner2.log" 2>&1 &
+learner_pid=$!
+pids+=($learner_pid)
+timeout 300 "$rlhf" train "${args[@]}" --set train.save_every=3 --set "roles.learner_address=127.0.0.1:${ports[3]}" \
+  --set roles.max_attempts=30 --run-dir "$d/coordinator2"
+wait "$learner_pid" || { echo "the two-rank learner failed"; cat "$d/learner2.log"; exit 1; }
+
+"$py" - "$d/embedded" "$d/separate" "$d/ranks2" "$d/coordinator" "$d/coordinator2" <<'PY'
 import json, sys
 a, b, f = (json.load(open(f"{r}/summary.json")) for r in (sys.argv[1], sys.argv[2], sys.argv[4]))
 for s in (a, b, f):
@@ -117,6 +127,16 @@ lc = [json.loads(l) for l in open(f"{sys.argv[3]}/metrics.jsonl")]
 for x, y in zip(la, lc):
     for k in ("reward_mean", "grad_norm/policy", "entropy"):
         assert abs(x[k] - y[k]) <= 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
+# The same two ranks as a learner process: the same run as the embedded two ranks, step by step.
+g = json.load(open(sys.argv[5] + "/summary.json"))
+assert g["roles"]["learner_ranks"] == 2, g["roles"]
+for k in ("steps", "prompts_trained", "prompts_filtered", "prompts_dropped", "eval_before", "eval_after"):
+    assert c[k] == g[k], (k, c[k], g[k])
+lg = [json.loads(l) for l in open(f"{sys.argv[5]}/metrics.jsonl")]
+assert len(lg) == len(lc), (len(lg), len(lc))
+for x, y in zip(lc, lg):
+    for k in ("loss", "grad_norm/policy", "entropy", "ledger/trained"):
+        assert x[k] == y[k], (x["step"], k, x[k], y[k])
 print(f"same run embedded, as processes (killed after step 2, resumed) and with the learner as a process "
       f"(killed after step 2, resumed): {a['steps']} steps, "
       f"{a['prompts_trained']} trained, {a['prompts_filtered']} filtered, {a['prompts_dropped']} dropped of "
