@@ -30,6 +30,8 @@ class LearnerServer final : public rlhf::Learner::Service {
  public:
   LearnerServer(comm::Group& group, LearnerHooks hooks) : group_(group), hooks_(std::move(hooks)) {
     version_ = hooks_.version;
+    checkpoint_step_ = hooks_.version;  // a resumed learner is at its checkpoint; a fresh one at 0
+    extra_json_ = hooks_.extra_json;
   }
 
   int64_t version() const { return version_.load(); }
@@ -51,7 +53,8 @@ class LearnerServer final : public rlhf::Learner::Service {
     reply->set_group_size(hooks_.group_size);
     reply->set_ranks(group_.size());
     std::lock_guard<std::mutex> lk(mu_);
-    reply->set_extra_json(extra_json_.empty() ? hooks_.extra_json : extra_json_);
+    reply->set_extra_json(extra_json_);
+    reply->set_checkpoint_step(checkpoint_step_);
     return grpc::Status::OK;
   }
 
@@ -98,6 +101,7 @@ class LearnerServer final : public rlhf::Learner::Service {
     auto m = Run(std::string(1, kCheckpoint) + req->SerializeAsString());
     if (!m.ok()) return ToGrpc(m.status());
     extra_json_ = req->extra_json();
+    checkpoint_step_ = req->step();
     reply->set_path(absl::StrCat("step ", req->step()));
     return grpc::Status::OK;
   }
@@ -171,7 +175,8 @@ class LearnerServer final : public rlhf::Learner::Service {
   std::condition_variable cv_;
   bool finished_ = false;
   absl::Status error_;
-  std::string extra_json_;
+  std::string extra_json_;      // the coordinator's state of the newest checkpoint
+  int64_t checkpoint_step_ = 0;  // its step
 };
 
 }  // namespace

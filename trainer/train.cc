@@ -1013,13 +1013,20 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
   int64_t learner_ranks = p.group->size();
   std::unique_ptr<RemoteLearner> remote;
   if (learner == nullptr) {
-    remote = std::make_unique<RemoteLearner>(MakeChannel(RpcConfig::Spec().Read(*p.config), roles_cfg.learner_address),
-                                             RpcConfig::Spec().Read(*p.config), roles_cfg.retry());
+    const auto rpc = RpcConfig::Spec().Read(*p.config);
+    remote = std::make_unique<RemoteLearner>(MakeChannel(rpc, roles_cfg.learner_address), rpc, roles_cfg.retry());
     ASSIGN_OR_RETURN(auto st, remote->State());
     if (st.stage() != stage || st.group_size() != g) {
       return absl::FailedPreconditionError(absl::StrCat("the learner at ", roles_cfg.learner_address, " serves stage ",
                                                         st.stage(), " with groups of ", st.group_size(), "; this is ",
                                                         stage, " with groups of ", g));
+    }
+    if (st.version() != st.checkpoint_step()) {
+      // This coordinator's state of the steps after the checkpoint is gone: continuing would train them twice.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the learner at ", roles_cfg.learner_address, " is at policy version ", st.version(),
+          " but its newest checkpoint is of step ", st.checkpoint_step(),
+          ": restart it with --resume, so that learner and coordinator continue from that checkpoint"));
     }
     step = st.version();
     learner_ranks = std::max(1, st.ranks());
@@ -1216,6 +1223,7 @@ absl::Status RunOnline(Pipeline& p, int64_t index, const std::string& stage, RlS
       if (remote) {
         RETURN_IF_ERROR(remote->Checkpoint(st.step, extra.dump()));
         spdlog::info("checkpoint of step {} on the learner", st.step);
+        MaybeKillAfterCheckpoint(st.step);
       } else {
         trainer.save(extra);
         st.extra = extra;

@@ -2,8 +2,8 @@
 # Online GRPO as separate local processes on loopback (`rlhf serve rollout`, `rlhf serve scorer`, and
 # `rlhf train` as coordinator and learner; then also `rlhf serve learner` with `rlhf train` only
 # coordinating) against the same run embedded in one process, and embedded with two data-parallel learner
-# ranks under mpirun, and with those two ranks as a learner process (mpirun rlhf serve learner). Both
-# separate runs are killed right after a checkpoint (the second one: its learner) and resumed. All must end with the same ledger (every prompt of every epoch trained, filtered or dropped
+# ranks under mpirun, and with those two ranks as a learner process (mpirun rlhf serve learner). The
+# separate runs are killed right after a checkpoint (the whole run; its learner; its coordinator) and resumed. All must end with the same ledger (every prompt of every epoch trained, filtered or dropped
 # once; no duplicates, nothing missing), the same losses step by step and the same held-out evaluation.
 # Bounded: every process has a timeout and is killed on exit.
 #   online_processes_test.sh RLHF PYTHON3
@@ -95,8 +95,14 @@ timeout -k 10 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" serve
   --run-dir "$d/learner2" > "$d/learner2.log" 2>&1 &
 learner_pid=$!
 pids+=($learner_pid)
-timeout 300 "$rlhf" train "${args[@]}" --set train.save_every=3 --set "roles.learner_address=127.0.0.1:${ports[3]}" \
-  --set roles.max_attempts=30 --run-dir "$d/coordinator2"
+# This time the coordinator dies (after the learner's checkpoint of step 3); the learner lives on, and a new
+# coordinator continues from it.
+coordinate2=(train "${args[@]}" --set train.save_every=3 --set "roles.learner_address=127.0.0.1:${ports[3]}"
+             --set roles.max_attempts=30 --run-dir "$d/coordinator2")
+if RLHF_FAULT_KILL_AFTER_CHECKPOINT=3 timeout 300 "$rlhf" "${coordinate2[@]}"; then
+  echo "the fault injection did not stop the coordinator"; exit 1
+fi
+timeout 300 "$rlhf" "${coordinate2[@]}"
 wait "$learner_pid" || { echo "the two-rank learner failed"; cat "$d/learner2.log"; exit 1; }
 
 "$py" - "$d/embedded" "$d/separate" "$d/ranks2" "$d/coordinator" "$d/coordinator2" <<'PY'
