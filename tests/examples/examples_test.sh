@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every example config runs from its own data for a few steps (mechanics, not learning: the learning figures
-# come from full runs, README): grpo_arithmetic, ppo_arithmetic, grpo_process, dpo_arithmetic (and its kto
-# and orpo variants), online_dpo_judge (online DPO with a judge model, and rejection sampling). Each run must
-# end with its summary.json: the online stages with a ledger that adds up and evaluations before and after.
+# come from full runs, README): grpo_arithmetic, ppo_arithmetic, grpo_process, dpo_arithmetic (and its kto,
+# orpo, simpo, cpo and rrhf variants), online_dpo_judge (online DPO with a judge model, and rejection
+# sampling). Each run must end with its summary.json: the online stages with a ledger that adds up and
+# evaluations before and after.
 # grpo_arithmetic (the main job) also runs as separate local processes on loopback (rlhf serve rollout,
 # scorer and learner, and rlhf train coordinating) and must give the embedded run's figures step by step.
 #   examples_test.sh RLHF PYTHON3 SOURCE_DIR
@@ -70,7 +71,7 @@ PY
 run ppo_arithmetic ppo_arithmetic.yaml --set sft.data.path="$d/max/sft.jsonl" --set reward_model.max_steps=2 \
   --set reward_model.data.path="$d/max/pairs.jsonl" --set rl.data.path="$d/max/prompts.jsonl"
 run grpo_process grpo_process.yaml --set sft.data.path="$d/ms/sft.jsonl" --set rl.data.path="$d/ms/prompts.jsonl"
-for s in dpo kto orpo; do
+for s in dpo kto orpo simpo cpo rrhf; do
   run "$s"_arithmetic dpo_arithmetic.yaml --stages "sft;$s" --set sft.data.path="$d/max/sft.jsonl" \
     --set "$s".max_steps=2 --set "$s".data.path="$d/max/pairs.jsonl" --set eval.data.path="$d/max/prompts.jsonl"
 done
