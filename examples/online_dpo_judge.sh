@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # examples/online_dpo_judge.yaml end to end: online DPO of the policy against a judge that was itself
 # SFT-trained to answer Yes / No on the task.
-#   1. data, tokenizer and a random model (examples/arithmetic_start.sh)
-#   2. the policy's SFT (stage sft of online_dpo_judge.yaml)
-#   3. the judge's data: 8 samples per training prompt from the SFT policy, labelled by the exact-match
-#      verifier (rlhf generate, rlhf score), as judge prompts with " Yes" / " No", plus rows that complete
-#      each training prompt with its answer and " Yes" (examples/verifier_data.py --answers)
+#   1-3. examples/policy_data.sh: data, tokenizer and a random model; the policy's SFT (stage sft of
+#      online_dpo_judge.yaml); the judge's data: 8 samples per training prompt from the SFT policy, labelled by
+#      the exact-match verifier, as judge prompts with " Yes" / " No", plus rows that complete each training
+#      prompt with its answer and " Yes" (verifier_data.py --answers)
 #   4. the judge: SFT from the SFT policy, 4000 steps at lr 0.002, then 6000 more at lr 0.001
 #   5. online DPO of the SFT policy, rewarded by the judge only (P(Yes) / (P(Yes) + P(No))); held-out
 #      accuracy is exact match, computed beside it
@@ -14,28 +13,15 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/build.sh"
 rlhf="${BUILD_DIR:-$root/build}/cli/rlhf"
-py=/usr/bin/python3
 if [ -n "${1:-}" ]; then work="$1"; mkdir -p "$work"; else work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; fi
 quiet="--set run.log_level=warn"
 cfg="$root/examples/online_dpo_judge.yaml"
 
-echo "== 1. data, tokenizer and a random model in $work"
-bash "$root/examples/arithmetic_start.sh" "$rlhf" "$work"
-
-echo "== 2. the policy's sft"
-"$rlhf" train --config "$cfg" --model "$work/m0" --stages sft --set sft.data.path="$work/data/sft.jsonl" \
-  --run-dir "$work/runs/sft" $quiet
+bash "$root/examples/policy_data.sh" "$rlhf" "$cfg" "$work" --answers "$work/data/sft.jsonl"
 sft="$work/runs/sft/0-sft/model"
 
-echo "== 3. the judge's data: the SFT policy's answers, labelled by the verifier"
-"$rlhf" generate --model "$sft" --prompts "$work/data/prompts.jsonl" --n 8 --max-new-tokens 4 --temperature 1 \
-  --out "$work/samples.jsonl" --run-dir "$work/runs/generate" $quiet 2>/dev/null
-"$rlhf" score --samples "$work/samples.jsonl" --out "$work/scored.jsonl" --set reward.exact_match_weight=1 \
-  --run-dir "$work/runs/score" $quiet
-$py "$root/examples/verifier_data.py" "$work/scored.jsonl" "$work/judge_data" --answers "$work/data/sft.jsonl"
-
 echo "== 4. the judge: sft from the SFT policy (4000 + 6000 steps)"
-judge_sft=(--stages sft --set sft.data.path="$work/judge_data/judge.jsonl" --set sft.epochs=10 --set sft.max_length=32
+judge_sft=(--stages sft --set sft.data.path="$work/policy_data/judge.jsonl" --set sft.epochs=10 --set sft.max_length=32
            --set sft.batch_size=32 --set sft.micro_batch_size=32 --set sft.optim.warmup_steps=20 --set train.log_every=1000)
 "$rlhf" train --model "$sft" "${judge_sft[@]}" --set sft.max_steps=4000 --set sft.optim.lr=0.002 \
   --run-dir "$work/runs/judge1" $quiet
