@@ -5,19 +5,18 @@
 # SERVER_COMMAND's argument @ADDRESS@ becomes a free 127.0.0.1 port; the client gets WORK_DIR (with the
 # generated modules) and that address. Source it after setting $d (the work directory): on exit the
 # server is killed and $d removed, also when a step before the server fails.
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 server_pid=""
-# SIGTERM: timeout passes it on to the server (and kills it 10 s later if it is still there); a SIGKILLed
-# timeout would leave the server running.
-trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
 
 serve_python_client() {
   local py="$1" src="$2" d="$3" client="$4" protos="$5" stop_line="$6"
   shift 6
   local port args=() a
-  port=$("$py" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  port=$(free_ports "$py" 1)
   for a in "$@"; do args+=("${a//@ADDRESS@/127.0.0.1:$port}"); done
   timeout -k 10 120 "${args[@]}" > "$d/server.log" 2>&1 &
   server_pid=$!
+  pids+=("$server_pid")
   # shellcheck disable=SC2086
   protoc --proto_path="$src/proto" --python_out="$d" $protos
   local ok=0 i

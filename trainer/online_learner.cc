@@ -6,7 +6,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "trainer/batching.h"
@@ -200,12 +199,8 @@ RemoteLearner::RemoteLearner(std::shared_ptr<grpc::Channel> channel, RpcConfig r
 
 absl::StatusOr<LearnerStateReply> RemoteLearner::State() {
   absl::Status last;
-  double wait = retry_.backoff_seconds;
   for (int64_t attempt = 0; attempt < std::max<int64_t>(1, retry_.max_attempts); ++attempt) {
-    if (attempt > 0) {
-      std::this_thread::sleep_for(std::chrono::duration<double>(wait));
-      wait *= 2;
-    }
+    if (attempt > 0) coordinator::Backoff(retry_, attempt - 1);
     grpc::ClientContext ctx;
     SetDeadline(&ctx, rpc_);
     LearnerStateReply reply;

@@ -14,11 +14,12 @@ namespace {
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+}  // namespace
+
 void Backoff(const RetryPolicy& r, int64_t attempt) {
   const double s = r.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(attempt, 10));
   std::this_thread::sleep_for(std::chrono::duration<double>(s));
 }
-}  // namespace
 
 bool Retryable(absl::StatusCode code) {
   return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted ||

@@ -30,6 +30,8 @@ struct RetryPolicy {
 
 // True for the codes that are worth another try.
 bool Retryable(absl::StatusCode code);
+// Sleeps before retry number `attempt` + 1: backoff_seconds doubled `attempt` times.
+void Backoff(const RetryPolicy& r, int64_t attempt);
 
 class RolloutPool {
  public:

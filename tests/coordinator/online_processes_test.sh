@@ -11,9 +11,7 @@ set -euo pipefail
 rlhf="$1"
 py="$2"
 d="$(mktemp -d)"
-pids=()
-# SIGTERM, not SIGKILL: timeout passes TERM on to the server it runs (a killed timeout would orphan it).
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$d"' EXIT
+source "$(dirname "$0")/../processes.sh"
 q="--set run.log_level=warn"
 
 # A task: 24 prompts "a+b=" with answers; 3 of them are too long for the rollout workers' context (64
@@ -51,11 +49,7 @@ timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 "$rlhf" train "${ar
   --run-dir "$d/ranks2"
 
 echo "== separate processes: rollout worker and scorer on loopback"
-ports=($("$py" -c "
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss: s.bind(('127.0.0.1', 0))
-print(' '.join(str(s.getsockname()[1]) for s in ss))"))
+ports=($(free_ports "$py" 4))
 timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
   --set rollout.capacity=64 --set run.threads=1 $q > "$d/rollout.log" 2>&1 &
 pids+=($!)

@@ -10,9 +10,7 @@
 set -euo pipefail
 rlhf="$1"; py="$2"; root="$3"
 d="$(mktemp -d)"
-pids=()
-# SIGTERM: timeout passes it on to the server it runs.
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$d"' EXIT
+source "$(dirname "$0")/../processes.sh"
 q="--set run.log_level=warn"
 "$py" "$root/examples/arithmetic.py" "$d/max" --op max
 "$py" "$root/examples/multistep.py" "$d/ms" --max-operand 9 --n 300 --eval 0
@@ -32,11 +30,7 @@ run() {  # run NAME CONFIG ARGS...: one example, bounded in time
 run grpo_arithmetic grpo_arithmetic.yaml --set sft.data.path="$d/max/sft.jsonl" --set rl.data.path="$d/max/prompts.jsonl"
 
 echo "== grpo_arithmetic as separate processes"
-ports=($("$py" -c "
-import socket
-ss = [socket.socket() for _ in range(3)]
-for s in ss: s.bind(('127.0.0.1', 0))
-print(' '.join(str(s.getsockname()[1]) for s in ss))"))
+ports=($(free_ports "$py" 3))
 timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/rollout" \
   --set run.threads=1 $q > "$d/rollout.log" 2>&1 &
 pids+=($!)
