@@ -3,7 +3,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
 #include <limits>
+
+#include "common/vec_math.h"
 
 namespace rlhf::rollout {
 
@@ -17,26 +22,45 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// The smallest probability of a row's kept set: with the row sorted in descending order, the first q_k whose
-// running mass q_1 + ... + q_k reaches `need`. No sort: a histogram of the mass over value buckets finds the
-// bucket where the running mass crosses `need`, then a selection by mass (three-way quickselect) among that
-// bucket's values; expected O(V) per row, flat or peaked.
+// The smallest probability of a row's kept set: with the row (of values >= 0) sorted in descending order, the
+// first q_k whose running mass q_1 + ... + q_k reaches `need`. No sort: the bit pattern of a non-negative
+// float is monotone in its value, so a histogram of the mass over the top 13 bits (exponent and 4 mantissa
+// bits) finds the bucket where the running mass crosses `need`; a second one over the next 8 bits of that
+// bucket's values narrows it to values within 1/4096 of each other (a near-flat row puts most of the vocabulary
+// in one first-level bucket); then a selection by mass (three-way quickselect) among those. Expected O(V).
 float SmallestKept(const float* row, int64_t V, double need, std::vector<float>* scratch) {
-  constexpr int kBuckets = 2048;
-  float top = 0;
-  for (int64_t i = 0; i < V; ++i) top = std::max(top, row[i]);
+  const float top = vec::Max(row, V);
   if (!(top > 0)) return 0;
-  const float scale = (kBuckets - 1) / top;
-  auto bucket = [&](float x) { return std::min(kBuckets - 1, std::max(0, static_cast<int>(x * scale))); };
-  std::vector<double> mass(kBuckets, 0.0);
-  for (int64_t i = 0; i < V; ++i) mass[bucket(row[i])] += row[i];
-  int b = kBuckets - 1;
-  for (; b > 0 && mass[b] < need; --b) need -= mass[b];
+  if (!(need > 0)) return top;  // p = 0: the first token alone reaches it
+  auto bits = [](float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+  };
+  // Index of the highest bucket whose mass, with that of the buckets above it, reaches `need`, taking the
+  // mass above it out of `need`; -1 when all of them together fall short (rounding).
+  auto crossing = [&need](const std::vector<double>& mass) {
+    for (int b = static_cast<int>(mass.size()) - 1; b >= 0; --b) {
+      if (mass[b] > 0 && mass[b] >= need) return b;
+      need -= mass[b];
+    }
+    return -1;
+  };
+  std::vector<double> mass((bits(top) >> 19) + 1, 0.0);
+  for (int64_t i = 0; i < V; ++i) mass[bits(row[i]) >> 19] += row[i];
+  const int b = crossing(mass);
+  if (b < 0) return 0;  // the whole row is needed
   auto& v = *scratch;
   v.clear();
   for (int64_t i = 0; i < V; ++i) {
-    if (bucket(row[i]) == b) v.push_back(row[i]);
+    if (static_cast<int>(bits(row[i]) >> 19) == b) v.push_back(row[i]);
   }
+  std::vector<double> fine(256, 0.0);
+  for (float x : v) fine[(bits(x) >> 11) & 255] += x;
+  const int f = crossing(fine);
+  if (f < 0) return *std::min_element(v.begin(), v.end());  // the whole bucket is needed
+  v.erase(std::remove_if(v.begin(), v.end(), [&](float x) { return static_cast<int>((bits(x) >> 11) & 255) != f; }),
+          v.end());
   size_t lo = 0, hi = v.size();
   uint64_t state = 0x9E3779B97F4A7C15ull;
   while (true) {
@@ -68,38 +92,101 @@ float SmallestKept(const float* row, int64_t V, double need, std::vector<float>*
   }
 }
 
-}  // namespace
+// Per-thread buffers of the row functions.
+struct Scratch {
+  std::vector<float> x, w, tmp;
+};
 
-torch::Tensor TopK(const torch::Tensor& logits, int64_t k) {
-  if (k <= 0 || k >= logits.size(-1)) return logits;
-  auto kth = std::get<0>(logits.topk(k, -1)).select(-1, k - 1).unsqueeze(-1);  // [N, 1]
-  return logits.masked_fill(logits.lt(kth), kNegInf);
+// The kept weights of one row of tempered logits x: w[i] = exp(x[i] - max) for tokens that top-k, then top-p,
+// then min-p keep (each stage on the distribution the previous one left), 0 for the rest. The most probable
+// token is always kept, so the largest weight is 1. Returns the sum of the kept weights; *log_norm gets
+// log sum_i exp(x[i]), the normaliser before truncation.
+double TruncateRow(const float* x, int64_t V, const SamplingParams& p, float* w, std::vector<float>* scratch,
+                   double* log_norm) {
+  const float m = vec::Max(x, V);
+  float kth = kNegInf;  // top-k: keep x >= the k-th largest (ties at the edge all stay)
+  if (p.top_k > 0 && p.top_k < V) {
+    scratch->assign(x, x + V);
+    std::nth_element(scratch->begin(), scratch->begin() + (p.top_k - 1), scratch->end(), std::greater<float>());
+    kth = (*scratch)[p.top_k - 1];
+  }
+  const double all = vec::ExpShifted(x, V, m, w);
+  *log_norm = m + std::log(all);
+  double total = all;
+  if (kth > kNegInf) {
+    total = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      if (x[i] < kth) w[i] = 0.f;
+      total += w[i];
+    }
+  }
+  if (p.top_p < 1.0) {  // keep every token at least as probable as the smallest kept one
+    const float smallest = SmallestKept(w, V, p.top_p * total, scratch);
+    total = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      if (w[i] < smallest) w[i] = 0.f;
+      total += w[i];
+    }
+  }
+  if (p.min_p > 0) {  // p_i >= min_p * p_max, and the largest weight is exp(0) = 1
+    const float floor = static_cast<float>(p.min_p);
+    total = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      if (w[i] < floor) w[i] = 0.f;
+      total += w[i];
+    }
+  }
+  return total;
 }
 
-torch::Tensor TopP(const torch::Tensor& logits, double p) {
-  if (p >= 1.0) return logits;
-  // Keep every token at least as probable as the smallest kept one (ties at the edge all stay).
-  auto probs = torch::softmax(logits.to(torch::kFloat32), -1).contiguous();
-  const int64_t N = probs.size(0), V = probs.size(-1);
-  auto threshold = torch::empty({N, 1}, torch::kFloat32);
-  const float* in = probs.data_ptr<float>();
-  float* out = threshold.data_ptr<float>();
+double LogSumExp(const float* x, int64_t V) {
+  const float m = vec::Max(x, V);
+  return m + std::log(vec::ExpShifted(x, V, m, nullptr));
+}
+
+// Runs fn(row, r, scratch) over the rows of a contiguous f32 [N, V] matrix on the intra-op thread pool.
+template <typename Fn>
+void ForRows(const torch::Tensor& m, Fn fn) {
+  const int64_t N = m.size(0), V = m.size(1);
+  const float* data = m.data_ptr<float>();
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch;
-    for (int64_t r = begin; r < end; ++r) out[r] = SmallestKept(in + r * V, V, p, &scratch);
+    Scratch scratch;
+    scratch.x.resize(V);
+    scratch.w.resize(V);
+    for (int64_t r = begin; r < end; ++r) fn(data + r * V, r, &scratch);
   });
-  return logits.masked_fill(probs.lt(threshold), kNegInf);
+}
+
+}  // namespace
+
+torch::Tensor Truncate(const torch::Tensor& scaled, const SamplingParams& p) {
+  auto x = scaled.to(torch::kFloat32).contiguous();
+  auto kept = torch::empty_like(x);
+  const int64_t V = x.size(-1);
+  float* w = kept.data_ptr<float>();
+  ForRows(x, [&](const float* row, int64_t r, Scratch* scratch) {
+    double log_norm;
+    (void)TruncateRow(row, V, p, w + r * V, &scratch->tmp, &log_norm);
+  });
+  return scaled.masked_fill(kept.eq(0), kNegInf);
+}
+
+torch::Tensor TopK(const torch::Tensor& logits, int64_t k) {
+  SamplingParams p;
+  p.top_k = k;
+  return Truncate(logits, p);
+}
+
+torch::Tensor TopP(const torch::Tensor& logits, double top_p) {
+  SamplingParams p;
+  p.top_p = top_p;
+  return Truncate(logits, p);
 }
 
 torch::Tensor MinP(const torch::Tensor& logits, double min_p) {
-  if (min_p <= 0) return logits;
-  auto probs = torch::softmax(logits, -1);
-  auto threshold = std::get<0>(probs.max(-1, /*keepdim=*/true)) * min_p;
-  return logits.masked_fill(probs.lt(threshold), kNegInf);
-}
-
-torch::Tensor Truncate(const torch::Tensor& scaled, const SamplingParams& p) {
-  return MinP(TopP(TopK(scaled, p.top_k), p.top_p), p.min_p);
+  SamplingParams p;
+  p.min_p = min_p;
+  return Truncate(logits, p);
 }
 
 uint64_t StreamSeed(uint64_t run_seed, const std::string& prompt_id, int64_t sample_index) {
@@ -115,28 +202,45 @@ double StreamUniform(uint64_t stream_seed, uint64_t step) {
 Draw Sample(const torch::Tensor& logits_in, const SamplingParams& p, const std::vector<uint64_t>& seeds,
             const std::vector<uint64_t>& steps) {
   torch::NoGradGuard ng;
-  auto logits = logits_in.to(torch::kFloat32);
-  const int64_t N = logits.size(0);
+  auto logits = logits_in.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(logits.dim() == 2, "Sample: logits must be [N, V]");
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) >= N && static_cast<int64_t>(steps.size()) >= N,
+              "Sample: one stream seed and step per row");
   Draw d;
-  if (p.temperature <= 0) {
-    d.tokens = logits.argmax(-1);
-    d.logprobs = torch::log_softmax(logits, -1).gather(1, d.tokens.unsqueeze(1)).squeeze(1);
-    return d;
-  }
-  auto scaled = logits / p.temperature;
-  auto logp = torch::log_softmax(scaled, -1);  // before truncation: what the importance ratios use
-  auto probs = torch::softmax(Truncate(scaled, p), -1);
-  auto cdf = probs.cumsum(-1);  // [N, V] f32: its rounding (~1e-7) is far below any sampling effect
-  std::vector<float> u(N);
-  for (int64_t i = 0; i < N; ++i) u[i] = static_cast<float>(StreamUniform(seeds.at(i), steps.at(i)));
-  auto target = torch::tensor(u, torch::kFloat32).unsqueeze(1) * cdf.select(-1, -1).unsqueeze(1);
-  auto idx = torch::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).squeeze(1);
-  idx = idx.clamp_max(logits.size(-1) - 1);
-  // Never land on a removed token (possible only through rounding at the very end of the CDF).
-  auto last_kept = (probs.gt(0).to(torch::kInt64) * torch::arange(logits.size(-1), torch::kInt64)).argmax(-1);
-  idx = torch::where(probs.gather(1, idx.unsqueeze(1)).squeeze(1).gt(0), idx, last_kept);
-  d.tokens = idx;
-  d.logprobs = logp.gather(1, idx.unsqueeze(1)).squeeze(1);
+  d.tokens = torch::empty({N}, torch::kInt64);
+  d.logprobs = torch::empty({N}, torch::kFloat32);
+  int64_t* tok = d.tokens.data_ptr<int64_t>();
+  float* lp = d.logprobs.data_ptr<float>();
+  const bool greedy = p.temperature <= 0;
+  const float temperature = greedy ? 1.f : static_cast<float>(p.temperature);
+  // One pass per row over its V logits at a time, in place of tensor stages that each read the whole batch.
+  ForRows(logits, [&](const float* row, int64_t r, Scratch* scratch) {
+    float* x = scratch->x.data();
+    const float* w = scratch->w.data();
+    for (int64_t i = 0; i < V; ++i) x[i] = row[i] / temperature;
+    int64_t pick = 0;
+    double log_norm = 0;
+    if (greedy) {
+      pick = std::find(x, x + V, vec::Max(x, V)) - x;  // the first of tied maxima, as argmax
+      log_norm = LogSumExp(x, V);
+    } else {
+      const double total = TruncateRow(x, V, p, scratch->w.data(), &scratch->tmp, &log_norm);
+      // Inverse CDF over the kept weights in vocabulary order.
+      const double target = StreamUniform(seeds[r], steps[r]) * total;
+      double cdf = 0;
+      pick = -1;
+      for (int64_t i = 0; i < V; ++i) {
+        if (w[i] == 0.f) continue;
+        cdf += w[i];
+        pick = i;  // the last kept token, should rounding leave the target past the end
+        if (cdf > target) break;
+      }
+    }
+    tok[r] = pick;
+    // Before truncation, under softmax(logits / T): what the importance ratios use.
+    lp[r] = static_cast<float>(x[pick] - log_norm);
+  });
   return d;
 }
 

@@ -1,5 +1,7 @@
 #include "common/model/transformer.h"
 
+#include "common/model/decode_attention.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
@@ -257,11 +259,19 @@ TokenStats TransformerImpl::TokenLogProbs(const torch::Tensor& hidden, const tor
 // ---------------------------------------------------------------------------------------------------
 // Forward
 
+struct TransformerImpl::CacheStep {
+  torch::Tensor slots;       // [B] int64 cache slot of each row
+  torch::Tensor write_cols;  // [B, T] int64 cache column of each new token
+  int64_t key_len = 0;       // columns attended: the longest row's
+  int64_t first_slot = -1;   // >= 0 when the rows use the consecutive slots first_slot .. first_slot + B - 1
+  // One token per row on CPU without autograd: slot ids and columns attended per row, for DecodeAttention.
+  std::vector<int64_t> slot_ids, decode_lengths;
+};
+
 torch::Tensor TransformerImpl::AttentionForward(AttentionImpl& attn, int64_t layer, const torch::Tensor& x,
                                                 const torch::Tensor& cos, const torch::Tensor& sin,
                                                 const torch::Tensor& allowed, KVCache* cache,
-                                                const torch::Tensor& slots, const torch::Tensor& write_cols,
-                                                int64_t key_len, int64_t first_slot) {
+                                                const CacheStep& step) {
   const auto& c = config_;
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = c.num_attention_heads, K = c.num_key_value_heads, D = c.head_dim, G = H / K;
@@ -277,17 +287,38 @@ torch::Tensor TransformerImpl::AttentionForward(AttentionImpl& attn, int64_t lay
   v = v.transpose(1, 2);                       // [B, K, T, D]
   torch::Tensor keys = k, values = v;          // [B, K, L, D]
   if (cache != nullptr) {
-    auto slot_idx = slots.unsqueeze(1).expand({B, T});
+    auto slot_idx = step.slots.unsqueeze(1).expand({B, T});
     auto& ck = cache->k_[layer];
     auto& cv = cache->v_[layer];
-    ck.index_put_({slot_idx, Slice(), write_cols}, k.permute({0, 2, 1, 3}));
-    cv.index_put_({slot_idx, Slice(), write_cols}, v.permute({0, 2, 1, 3}));
-    if (first_slot >= 0) {  // consecutive slots: views, no copies
-      keys = ck.narrow(0, first_slot, B).narrow(2, 0, key_len);
-      values = cv.narrow(0, first_slot, B).narrow(2, 0, key_len);
+    ck.index_put_({slot_idx, Slice(), step.write_cols}, k.permute({0, 2, 1, 3}));
+    cv.index_put_({slot_idx, Slice(), step.write_cols}, v.permute({0, 2, 1, 3}));
+    if (!step.decode_lengths.empty()) {
+      auto qf = q.to(torch::kFloat32).contiguous();  // [B, H, 1, D]
+      auto out = torch::empty({B, H, D}, torch::kFloat32);
+      DecodeAttentionArgs a;
+      a.rows = B;
+      a.kv_heads = K;
+      a.groups = G;
+      a.head_dim = D;
+      a.capacity = cache->capacity_;
+      a.q = qf.data_ptr<float>();
+      a.keys = ck.data_ptr();
+      a.values = cv.data_ptr();
+      a.bf16 = ck.scalar_type() == torch::kBFloat16;
+      a.valid = cache->valid_.data_ptr<bool>();
+      a.slots = step.slot_ids.data();
+      a.lengths = step.decode_lengths.data();
+      a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+      a.out = out.data_ptr<float>();
+      DecodeAttention(a);
+      return Linear(attn.o_proj, out.to(x.scalar_type()).view({B, 1, H * D}));
+    }
+    if (step.first_slot >= 0) {  // consecutive slots: views, no copies
+      keys = ck.narrow(0, step.first_slot, B).narrow(2, 0, step.key_len);
+      values = cv.narrow(0, step.first_slot, B).narrow(2, 0, step.key_len);
     } else {
-      keys = ck.index_select(0, slots).narrow(2, 0, key_len);
-      values = cv.index_select(0, slots).narrow(2, 0, key_len);
+      keys = ck.index_select(0, step.slots).narrow(2, 0, step.key_len);
+      values = cv.index_select(0, step.slots).narrow(2, 0, step.key_len);
     }
   }
   const int64_t L = keys.size(2);
@@ -315,11 +346,15 @@ torch::Tensor TransformerImpl::Hidden(const torch::Tensor& ids, const ForwardOpt
   TORCH_CHECK(mask.sizes() == ids.sizes(), "attention_mask must be [B, T] like ids");
   TORCH_CHECK(!(cache && options.segment_ids.defined()), "segment_ids (packing) cannot be used with a KV cache");
 
-  torch::Tensor slots, start, positions;
-  int64_t first_slot = -1;  // >= 0 when the rows use the consecutive slots first_slot .. first_slot + B - 1
+  CacheStep step;
+  torch::Tensor& slots = step.slots;
+  torch::Tensor& write_cols = step.write_cols;
+  int64_t& first_slot = step.first_slot;
+  int64_t& key_len = step.key_len;
+  key_len = T;
+  torch::Tensor start, positions;
   // Column of each new token in its row's key sequence, and which key columns are real tokens.
-  torch::Tensor qcol, key_valid, write_cols;
-  int64_t key_len = T;
+  torch::Tensor qcol, key_valid;
   if (cache != nullptr) {
     slots = slots_in.defined() ? slots_in.to(i64) : torch::arange(B, i64);
     TORCH_CHECK(slots.dim() == 1 && slots.size(0) == B, "slots must be [B]");
@@ -336,6 +371,13 @@ torch::Tensor TransformerImpl::Hidden(const torch::Tensor& ids, const ForwardOpt
       TORCH_CHECK(starts[b] + T <= cache->capacity_, "KV cache slot ", s, " is full (", starts[b], " + ", T,
                   " > capacity ", cache->capacity_, ")");
       key_len = std::max(key_len, starts[b] + T);
+    }
+    const auto cache_dtype = cache->k_.empty() ? torch::kFloat32 : cache->k_[0].scalar_type();
+    if (T == 1 && dev.is_cpu() && !at::GradMode::is_enabled() &&
+        (cache_dtype == torch::kFloat32 || cache_dtype == torch::kBFloat16)) {
+      step.slot_ids = slot_ids;
+      step.decode_lengths.resize(B);
+      for (int64_t b = 0; b < B; ++b) step.decode_lengths[b] = starts[b] + 1;
     }
     start = torch::tensor(starts, i64);
     write_cols = start.unsqueeze(1) + torch::arange(T, i64).unsqueeze(0);  // [B, T]
@@ -385,8 +427,7 @@ torch::Tensor TransformerImpl::Hidden(const torch::Tensor& ids, const ForwardOpt
   auto x = model->embed_tokens(ids.to(i64));
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     auto& layer = *model->layers->ptr<DecoderLayerImpl>(l);
-    auto h = x + AttentionForward(*layer.self_attn, l, layer.input_layernorm(x), cos, sin, allowed, cache, slots,
-                                  write_cols, key_len, first_slot);
+    auto h = x + AttentionForward(*layer.self_attn, l, layer.input_layernorm(x), cos, sin, allowed, cache, step);
     x = h + layer.mlp(layer.post_attention_layernorm(h));
   }
   return model->norm(x);

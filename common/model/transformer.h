@@ -140,10 +140,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::Linear score{nullptr};    // classification heads
 
  private:
+  struct CacheStep;  // where a forward's tokens go in the KV cache (transformer.cc)
   torch::Tensor AttentionForward(AttentionImpl& attn, int64_t layer, const torch::Tensor& x,
                                  const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& allowed,
-                                 KVCache* cache, const torch::Tensor& slots, const torch::Tensor& write_cols,
-                                 int64_t key_len, int64_t first_slot);
+                                 KVCache* cache, const CacheStep& step);
   HfConfig config_;
   torch::Tensor inv_freq_;  // [D/2] f32, rope frequencies after scaling
 };

@@ -30,6 +30,7 @@ TEST(Sampler, StagesKeepExactlyTheRightTokens) {
   EXPECT_EQ(Kept(TopK(Probs4(), 2)), (std::vector<int64_t>{0, 1}));
   EXPECT_EQ(Kept(TopK(Probs4(), 0)), (std::vector<int64_t>{0, 1, 2, 3}));
   EXPECT_EQ(Kept(TopP(Probs4(), 0.5)), (std::vector<int64_t>{0}));        // 0.5 already reaches 0.5
+  EXPECT_EQ(Kept(TopP(Probs4(), 0.0)), (std::vector<int64_t>{0}));        // p = 0: the most probable only
   EXPECT_EQ(Kept(TopP(Probs4(), 0.79)), (std::vector<int64_t>{0, 1}));
   EXPECT_EQ(Kept(TopP(Probs4(), 0.81)), (std::vector<int64_t>{0, 1, 2}));
   EXPECT_EQ(Kept(TopP(Probs4(), 1.0)), (std::vector<int64_t>{0, 1, 2, 3}));
@@ -40,10 +41,10 @@ TEST(Sampler, StagesKeepExactlyTheRightTokens) {
   EXPECT_EQ(Kept(TopP(shuffled, 0.79)), (std::vector<int64_t>{2, 3}));
 }
 
-// The kept set of TopP by its definition: sort descending, keep while the mass before a token is below p, then
-// every token at least as probable as the last one kept.
+// The kept set of TopP by its definition, in double precision: sort descending, keep while the mass before a
+// token is below p, then every token at least as probable as the last one kept.
 std::vector<int64_t> KeptBySort(const torch::Tensor& logits_row, double p) {
-  auto probs = torch::softmax(logits_row, -1).to(torch::kFloat64);  // float32 as TopP, summed in double
+  auto probs = torch::softmax(logits_row.to(torch::kFloat64), -1);
   auto sorted = std::get<0>(probs.sort(-1, /*descending=*/true));
   double before = 0, smallest = 0;
   for (int64_t i = 0; i < sorted.size(0); ++i) {
@@ -58,6 +59,10 @@ std::vector<int64_t> KeptBySort(const torch::Tensor& logits_row, double p) {
   return k;
 }
 
+bool Includes(const std::vector<int64_t>& big, const std::vector<int64_t>& small) {
+  return std::includes(big.begin(), big.end(), small.begin(), small.end());
+}
+
 TEST(Sampler, TopPMatchesTheSortOnFlatPeakedAndTiedRows) {
   torch::manual_seed(3);
   const int64_t V = 3000;
@@ -70,11 +75,16 @@ TEST(Sampler, TopPMatchesTheSortOnFlatPeakedAndTiedRows) {
   };
   for (double p : {0.05, 0.5, 0.9, 0.999}) {
     for (size_t r = 0; r < rows.size(); ++r) {
-      const auto want = KeptBySort(rows[r], p);
+      // float32 rounding may move a token whose preceding mass is within 1e-6 of p: such a token may go either
+      // way, no other may.
+      const auto surely = KeptBySort(rows[r], p - 1e-6), maybe = KeptBySort(rows[r], p + 1e-6);
       // Rows of one batch are independent: the same row inside a batch of others gives the same set.
       auto batch = torch::stack({rows[(r + 1) % rows.size()], rows[r]});
-      auto got = TopP(batch, p)[1].unsqueeze(0);
-      EXPECT_EQ(Kept(got), want) << "row " << r << ", p " << p;
+      const auto got = Kept(TopP(batch, p)[1].unsqueeze(0));
+      EXPECT_TRUE(Includes(got, surely) && Includes(maybe, got))
+          << "row " << r << ", p " << p << ": kept " << got.size() << ", between " << surely.size() << " and "
+          << maybe.size();
+      if (r != 1 || p < 0.99) EXPECT_EQ(got, surely) << "row " << r << ", p " << p;  // no token near the edge
     }
   }
 }

@@ -1,0 +1,175 @@
+#include "common/vec_math.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace rlhf::vec {
+
+float Bf16ToFloat(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+namespace {
+
+inline float At(const float* p, int64_t i) { return p[i]; }
+inline float At(const uint16_t* p, int64_t i) { return Bf16ToFloat(p[i]); }
+
+template <typename T>
+float DotPlain(const float* a, const T* b, int64_t n) {
+  float s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < 4; ++j) s[j] += a[i + j] * At(b, i + j);
+  }
+  for (; i < n; ++i) s[0] += a[i] * At(b, i);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+template <typename T>
+void AxpyPlain(float a, const T* v, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] += a * At(v, i);
+}
+
+float MaxPlain(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+double ExpShiftedPlain(const float* x, int64_t n, float shift, float* out) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp(x[i] - shift);
+    if (out != nullptr) out[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+#if defined(__x86_64__)
+#define RLHF_AVX2 __attribute__((target("avx2,fma")))
+
+RLHF_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+RLHF_AVX2 inline __m256 Load8(const uint16_t* p) {
+  auto h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+RLHF_AVX2 inline float Sum8(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+template <typename T>
+RLHF_AVX2 float DotAvx2(const float* a, const T* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), Load8(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), Load8(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), Load8(b + i), s0);
+  float s = Sum8(_mm256_add_ps(s0, s1));
+  for (; i < n; ++i) s += a[i] * At(b, i);
+  return s;
+}
+
+template <typename T>
+RLHF_AVX2 void AxpyAvx2(float a, const T* v, float* out, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, Load8(v + i), _mm256_loadu_ps(out + i)));
+  for (; i < n; ++i) out[i] += a * At(v, i);
+}
+
+RLHF_AVX2 float MaxAvx2(const float* x, int64_t n) {
+  __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+  float m = MaxPlain(lanes, 8);
+  for (; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// exp(x) for x <= 88: Cody-Waite reduction x = k ln2 + r, a degree-6 polynomial for e^r, then 2^k through the
+// exponent bits. Inputs below -87.3 (where expf is subnormal or 0) give 0.
+RLHF_AVX2 inline __m256 Exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+  return _mm256_andnot_ps(zero_mask, y);
+}
+
+RLHF_AVX2 double ExpShiftedAvx2(const float* x, int64_t n, float shift, float* out) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  double sum = 0;
+  int64_t i = 0;
+  for (int64_t block = 0; i + 8 <= n; i += 8) {
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    if (out != nullptr) _mm256_storeu_ps(out + i, e);
+    acc = _mm256_add_ps(acc, e);
+    if (++block == 256) {  // fold into double every 2048 values: float lanes stay far from their rounding limit
+      sum += Sum8(acc);
+      acc = _mm256_setzero_ps();
+      block = 0;
+    }
+  }
+  sum += Sum8(acc);
+  return sum + ExpShiftedPlain(x + i, n - i, shift, out == nullptr ? nullptr : out + i);
+}
+
+bool HaveAvx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#define RLHF_DISPATCH(fast, plain) return HaveAvx2() ? fast : plain
+#else
+#define RLHF_DISPATCH(fast, plain) return plain
+#endif
+
+}  // namespace
+
+float Dot(const float* a, const float* b, int64_t n) { RLHF_DISPATCH(DotAvx2(a, b, n), DotPlain(a, b, n)); }
+float Dot(const float* a, const uint16_t* b, int64_t n) { RLHF_DISPATCH(DotAvx2(a, b, n), DotPlain(a, b, n)); }
+void Axpy(float a, const float* v, float* out, int64_t n) {
+  RLHF_DISPATCH(AxpyAvx2(a, v, out, n), AxpyPlain(a, v, out, n));
+}
+void Axpy(float a, const uint16_t* v, float* out, int64_t n) {
+  RLHF_DISPATCH(AxpyAvx2(a, v, out, n), AxpyPlain(a, v, out, n));
+}
+float Max(const float* x, int64_t n) { RLHF_DISPATCH(MaxAvx2(x, n), MaxPlain(x, n)); }
+double ExpShifted(const float* x, int64_t n, float shift, float* out) {
+  RLHF_DISPATCH(ExpShiftedAvx2(x, n, shift, out), ExpShiftedPlain(x, n, shift, out));
+}
+
+}  // namespace rlhf::vec

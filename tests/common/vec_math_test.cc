@@ -1,0 +1,74 @@
+#include "common/vec_math.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace rlhf::vec {
+namespace {
+
+uint16_t ToBf16(float f) {  // truncation: the test compares against the same bf16 values widened
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+TEST(VecMath, ExpShiftedIsExpfWithinTwoUlpAndZeroFarBelow) {
+  std::vector<float> x;
+  for (float v = -100.f; v <= 20.f; v += 0.0137f) x.push_back(v);
+  x.push_back(-std::numeric_limits<float>::infinity());
+  x.push_back(0.f);
+  std::vector<float> out(x.size());
+  const float shift = 3.f;
+  const double sum = ExpShifted(x.data(), static_cast<int64_t>(x.size()), shift, out.data());
+  double want_sum = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = std::exp(x[i] - shift);
+    want_sum += want;
+    if (x[i] - shift < -87.3f) {
+      EXPECT_LE(out[i], 1e-37f) << x[i];  // at most expf's own (sub)normal value, 0 on the vector path
+    } else {
+      EXPECT_NEAR(out[i], want, 2.5e-7f * want) << "x = " << x[i];
+    }
+  }
+  EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
+  EXPECT_EQ(ExpShifted(x.data(), static_cast<int64_t>(x.size()), shift, nullptr), sum);
+}
+
+TEST(VecMath, DotAxpyAndMaxOnF32AndBf16WithTails) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> nd;
+  for (int64_t n : {1, 7, 8, 17, 64, 67}) {
+    std::vector<float> a(n), b(n), out(n, 0.5f);
+    std::vector<uint16_t> b16(n);
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = nd(gen);
+      b[i] = nd(gen);
+      b16[i] = ToBf16(b[i]);
+    }
+    double dot = 0, dot16 = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      dot += a[i] * b[i];
+      dot16 += a[i] * Bf16ToFloat(b16[i]);
+    }
+    EXPECT_NEAR(Dot(a.data(), b.data(), n), dot, 1e-5) << n;
+    EXPECT_NEAR(Dot(a.data(), b16.data(), n), dot16, 1e-5) << n;
+    auto out16 = out;
+    Axpy(0.25f, b.data(), out.data(), n);
+    Axpy(-2.f, b16.data(), out16.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_FLOAT_EQ(out[i], 0.5f + 0.25f * b[i]);
+      EXPECT_FLOAT_EQ(out16[i], 0.5f - 2.f * Bf16ToFloat(b16[i]));
+    }
+    b[n / 2] = 100.f;
+    EXPECT_EQ(Max(b.data(), n), 100.f);
+  }
+  EXPECT_EQ(Max(nullptr, 0), -std::numeric_limits<float>::infinity());
+}
+
+}  // namespace
+}  // namespace rlhf::vec
