@@ -39,6 +39,22 @@ void AxpyPlain(float a, const T* v, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] += a * At(v, i);
 }
 
+template <typename T>
+void RowScoresPlain(const float* q, int64_t nq, const T* rows, int64_t m, int64_t n, float scale, float* scores) {
+  for (int64_t j = 0; j < m; ++j) {
+    for (int64_t g = 0; g < nq; ++g) scores[g * m + j] = scale * DotPlain(q + g * n, rows + j * n, n);
+  }
+}
+
+template <typename T>
+void WeightedRowSumPlain(const float* w, int64_t nq, const T* rows, int64_t m, int64_t n, float* out) {
+  for (int64_t j = 0; j < m; ++j) {
+    for (int64_t g = 0; g < nq; ++g) {
+      if (w[g * m + j] != 0.f) AxpyPlain(w[g * m + j], rows + j * n, out + g * n, n);
+    }
+  }
+}
+
 float MaxPlain(const float* x, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
@@ -91,6 +107,70 @@ RLHF_AVX2 void AxpyAvx2(float a, const T* v, float* out, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, Load8(v + i), _mm256_loadu_ps(out + i)));
   for (; i < n; ++i) out[i] += a * At(v, i);
+}
+
+// The eight sums of a0 .. a7's lanes, as one vector.
+RLHF_AVX2 inline __m256 Sum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                               __m256 a7) {
+  const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+// Eight rows at a time: their dot products with q accumulate in eight vectors, summed across lanes together.
+template <typename T>
+RLHF_AVX2 void RowScoresAvx2(const float* q, int64_t nq, const T* rows, int64_t m, int64_t n, float scale,
+                             float* scores) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int64_t g = 0; g < nq; ++g) {
+    const float* qg = q + g * n;
+    int64_t j = 0;
+    if (n % 8 == 0) {
+      for (; j + 8 <= m; j += 8) {
+        __m256 a[8];
+        for (auto& v : a) v = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) {
+          const __m256 qv = _mm256_loadu_ps(qg + i);
+          for (int t = 0; t < 8; ++t) a[t] = _mm256_fmadd_ps(qv, Load8(rows + (j + t) * n + i), a[t]);
+        }
+        _mm256_storeu_ps(scores + g * m + j,
+                         _mm256_mul_ps(sv, Sum8x8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])));
+      }
+    }
+    for (; j < m; ++j) scores[g * m + j] = scale * DotAvx2(qg, rows + j * n, n);
+  }
+}
+
+// 32 columns of out at a time stay in registers while every row adds into them.
+template <typename T>
+RLHF_AVX2 void WeightedRowSumAvx2(const float* w, int64_t nq, const T* rows, int64_t m, int64_t n, float* out) {
+  for (int64_t g = 0; g < nq; ++g) {
+    const float* wg = w + g * m;
+    float* og = out + g * n;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      __m256 a0 = _mm256_loadu_ps(og + i), a1 = _mm256_loadu_ps(og + i + 8), a2 = _mm256_loadu_ps(og + i + 16),
+             a3 = _mm256_loadu_ps(og + i + 24);
+      for (int64_t j = 0; j < m; ++j) {
+        if (wg[j] == 0.f) continue;
+        const __m256 wv = _mm256_set1_ps(wg[j]);
+        const T* r = rows + j * n + i;
+        a0 = _mm256_fmadd_ps(wv, Load8(r), a0);
+        a1 = _mm256_fmadd_ps(wv, Load8(r + 8), a1);
+        a2 = _mm256_fmadd_ps(wv, Load8(r + 16), a2);
+        a3 = _mm256_fmadd_ps(wv, Load8(r + 24), a3);
+      }
+      _mm256_storeu_ps(og + i, a0);
+      _mm256_storeu_ps(og + i + 8, a1);
+      _mm256_storeu_ps(og + i + 16, a2);
+      _mm256_storeu_ps(og + i + 24, a3);
+    }
+    if (i < n) {
+      for (int64_t j = 0; j < m; ++j) {
+        if (wg[j] != 0.f) AxpyAvx2(wg[j], rows + j * n + i, og + i, n - i);
+      }
+    }
+  }
 }
 
 RLHF_AVX2 float MaxAvx2(const float* x, int64_t n) {
@@ -166,6 +246,18 @@ void Axpy(float a, const float* v, float* out, int64_t n) {
 }
 void Axpy(float a, const uint16_t* v, float* out, int64_t n) {
   RLHF_DISPATCH(AxpyAvx2(a, v, out, n), AxpyPlain(a, v, out, n));
+}
+void RowScores(const float* q, int64_t nq, const float* rows, int64_t m, int64_t n, float scale, float* scores) {
+  RLHF_DISPATCH(RowScoresAvx2(q, nq, rows, m, n, scale, scores), RowScoresPlain(q, nq, rows, m, n, scale, scores));
+}
+void RowScores(const float* q, int64_t nq, const uint16_t* rows, int64_t m, int64_t n, float scale, float* scores) {
+  RLHF_DISPATCH(RowScoresAvx2(q, nq, rows, m, n, scale, scores), RowScoresPlain(q, nq, rows, m, n, scale, scores));
+}
+void WeightedRowSum(const float* w, int64_t nq, const float* rows, int64_t m, int64_t n, float* out) {
+  RLHF_DISPATCH(WeightedRowSumAvx2(w, nq, rows, m, n, out), WeightedRowSumPlain(w, nq, rows, m, n, out));
+}
+void WeightedRowSum(const float* w, int64_t nq, const uint16_t* rows, int64_t m, int64_t n, float* out) {
+  RLHF_DISPATCH(WeightedRowSumAvx2(w, nq, rows, m, n, out), WeightedRowSumPlain(w, nq, rows, m, n, out));
 }
 float Max(const float* x, int64_t n) { RLHF_DISPATCH(MaxAvx2(x, n), MaxPlain(x, n)); }
 double ExpShifted(const float* x, int64_t n, float shift, float* out) {

@@ -15,6 +15,15 @@ float Dot(const float* a, const uint16_t* b_bf16, int64_t n);
 void Axpy(float a, const float* v, float* out, int64_t n);
 void Axpy(float a, const uint16_t* v_bf16, float* out, int64_t n);
 
+// Small products against the rows of a matrix stored row after row (m rows of n values, f32 or bf16), for
+// attention over a cache: scores[g * m + j] = scale * dot(q_g, row_j) for g < nq queries (q: nq x n), and
+// out_g += sum_j w[g * m + j] * row_j (out: nq x n). One call per block keeps the loops inside the vector code.
+void RowScores(const float* q, int64_t nq, const float* rows, int64_t m, int64_t n, float scale, float* scores);
+void RowScores(const float* q, int64_t nq, const uint16_t* rows_bf16, int64_t m, int64_t n, float scale,
+               float* scores);
+void WeightedRowSum(const float* w, int64_t nq, const float* rows, int64_t m, int64_t n, float* out);
+void WeightedRowSum(const float* w, int64_t nq, const uint16_t* rows_bf16, int64_t m, int64_t n, float* out);
+
 // max_i x[i]; -inf for n == 0.
 float Max(const float* x, int64_t n);
 // out[i] = exp(x[i] - shift) (out may be null), and returns the sum in double. exp of -inf is 0; the AVX2

@@ -21,7 +21,6 @@ void Run(const DecodeAttentionArgs& a) {
   for (int64_t r = 0; r < a.rows; ++r) max_len = std::max(max_len, a.lengths[r]);
   at::parallel_for(0, a.rows * K, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(G * max_len));
-    std::vector<float> total(static_cast<size_t>(G));
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t r = pair / K, kh = pair % K;
       const int64_t slot = a.slots[r], len = a.lengths[r];
@@ -31,25 +30,19 @@ void Run(const DecodeAttentionArgs& a) {
       const float* q = a.q + (r * H + kh * G) * D;
       float* out = a.out + (r * H + kh * G) * D;
       // Scores of the G query heads against every attended column; masked columns get -inf.
-      for (int64_t j = 0; j < len; ++j) {
-        const bool seen = valid[j] || j == len - 1;
-        for (int64_t g = 0; g < G; ++g) {
-          scores[g * len + j] = seen ? vec::Dot(q + g * D, kbase + j * D, D) * a.scale
-                                     : -std::numeric_limits<float>::infinity();
-        }
+      vec::RowScores(q, G, kbase, len, D, a.scale, scores.data());
+      for (int64_t j = 0; j + 1 < len; ++j) {  // the row's own (last) column is always seen
+        if (valid[j]) continue;
+        for (int64_t g = 0; g < G; ++g) scores[g * len + j] = -std::numeric_limits<float>::infinity();
       }
       for (int64_t g = 0; g < G; ++g) {
         float* s = scores.data() + g * len;
         const float m = vec::Max(s, len);  // finite: the row's own column is always seen
-        total[g] = static_cast<float>(1.0 / vec::ExpShifted(s, len, m, s));
-        std::fill(out + g * D, out + (g + 1) * D, 0.f);
+        const float inv = static_cast<float>(1.0 / vec::ExpShifted(s, len, m, s));
+        for (int64_t j = 0; j < len; ++j) s[j] *= inv;
       }
-      for (int64_t j = 0; j < len; ++j) {
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = scores[g * len + j];
-          if (p != 0.f) vec::Axpy(p * total[g], vbase + j * D, out + g * D, D);
-        }
-      }
+      std::fill(out, out + G * D, 0.f);
+      vec::WeightedRowSum(scores.data(), G, vbase, len, D, out);
     }
   });
 }

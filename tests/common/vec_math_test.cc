@@ -70,5 +70,47 @@ TEST(VecMath, DotAxpyAndMaxOnF32AndBf16WithTails) {
   EXPECT_EQ(Max(nullptr, 0), -std::numeric_limits<float>::infinity());
 }
 
+TEST(VecMath, RowScoresAndWeightedRowSumAreSmallProducts) {
+  std::mt19937 gen(9);
+  std::normal_distribution<float> nd;
+  for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{5, 20}, {19, 64}, {16, 40}}) {
+  const int64_t nq = 3;
+  std::vector<float> q(nq * n), rows(m * n), w(nq * m);
+  std::vector<uint16_t> rows16(m * n);
+  for (auto& v : q) v = nd(gen);
+  for (int64_t i = 0; i < m * n; ++i) {
+    rows[i] = nd(gen);
+    rows16[i] = ToBf16(rows[i]);
+  }
+  for (auto& v : w) v = nd(gen);
+  w[4] = 0.f;  // a masked column
+  std::vector<float> scores(nq * m), scores16(nq * m), out(nq * n, 1.f), out16(nq * n, 1.f);
+  RowScores(q.data(), nq, rows.data(), m, n, 0.5f, scores.data());
+  RowScores(q.data(), nq, rows16.data(), m, n, 0.5f, scores16.data());
+  WeightedRowSum(w.data(), nq, rows.data(), m, n, out.data());
+  WeightedRowSum(w.data(), nq, rows16.data(), m, n, out16.data());
+  for (int64_t g = 0; g < nq; ++g) {
+    for (int64_t j = 0; j < m; ++j) {
+      double want = 0, want16 = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        want += q[g * n + i] * rows[j * n + i];
+        want16 += q[g * n + i] * Bf16ToFloat(rows16[j * n + i]);
+      }
+      EXPECT_NEAR(scores[g * m + j], 0.5 * want, 1e-5) << m << " x " << n;
+      EXPECT_NEAR(scores16[g * m + j], 0.5 * want16, 1e-5) << m << " x " << n;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      double want = 1, want16 = 1;
+      for (int64_t j = 0; j < m; ++j) {
+        want += w[g * m + j] * rows[j * n + i];
+        want16 += w[g * m + j] * Bf16ToFloat(rows16[j * n + i]);
+      }
+      EXPECT_NEAR(out[g * n + i], want, 1e-4) << m << " x " << n;
+      EXPECT_NEAR(out16[g * n + i], want16, 1e-4);
+    }
+  }
+  }
+}
+
 }  // namespace
 }  // namespace rlhf::vec
