@@ -139,11 +139,6 @@ double TruncateRow(const float* x, int64_t V, const SamplingParams& p, float* w,
   return total;
 }
 
-double LogSumExp(const float* x, int64_t V) {
-  const float m = vec::Max(x, V);
-  return m + std::log(vec::ExpShifted(x, V, m, nullptr));
-}
-
 // Runs fn(row, r, scratch) over the rows of a contiguous f32 [N, V] matrix on the intra-op thread pool.
 template <typename Fn>
 void ForRows(const torch::Tensor& m, Fn fn) {
@@ -151,8 +146,6 @@ void ForRows(const torch::Tensor& m, Fn fn) {
   const float* data = m.data_ptr<float>();
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch;
-    scratch.x.resize(V);
-    scratch.w.resize(V);
     for (int64_t r = begin; r < end; ++r) fn(data + r * V, r, &scratch);
   });
 }
@@ -216,14 +209,17 @@ Draw Sample(const torch::Tensor& logits_in, const SamplingParams& p, const std::
   const float temperature = greedy ? 1.f : static_cast<float>(p.temperature);
   // One pass per row over its V logits at a time, in place of tensor stages that each read the whole batch.
   ForRows(logits, [&](const float* row, int64_t r, Scratch* scratch) {
+    scratch->x.resize(V);
+    scratch->w.resize(V);
     float* x = scratch->x.data();
     const float* w = scratch->w.data();
     for (int64_t i = 0; i < V; ++i) x[i] = row[i] / temperature;
     int64_t pick = 0;
     double log_norm = 0;
     if (greedy) {
-      pick = std::find(x, x + V, vec::Max(x, V)) - x;  // the first of tied maxima, as argmax
-      log_norm = LogSumExp(x, V);
+      const float m = vec::Max(x, V);
+      pick = std::find(x, x + V, m) - x;  // the first of tied maxima, as argmax
+      log_norm = m + std::log(vec::ExpShifted(x, V, m, nullptr));
     } else {
       const double total = TruncateRow(x, V, p, scratch->w.data(), &scratch->tmp, &log_norm);
       // Inverse CDF over the kept weights in vocabulary order.

@@ -408,14 +408,18 @@ torch::Tensor TransformerImpl::Hidden(const torch::Tensor& ids, const ForwardOpt
   TORCH_CHECK(positions.sizes() == ids.sizes(), "position_ids must be [B, T] like ids");
 
   // allowed[b, t, j]: causal, real key, same segment; a row always sees itself (padding rows stay finite).
-  auto cols = torch::arange(key_len, i64).view({1, 1, key_len});
-  auto self = cols.eq(qcol.unsqueeze(2));
-  auto allowed = cols.le(qcol.unsqueeze(2)).logical_and(key_valid.unsqueeze(1));
-  if (options.segment_ids.defined()) {
-    auto seg = options.segment_ids.to(i64);
-    allowed = allowed.logical_and(seg.unsqueeze(2).eq(seg.unsqueeze(1)));
+  // DecodeAttention reads the same from the cache's valid columns.
+  torch::Tensor allowed;
+  if (step.decode_lengths.empty()) {
+    auto cols = torch::arange(key_len, i64).view({1, 1, key_len});
+    auto self = cols.eq(qcol.unsqueeze(2));
+    allowed = cols.le(qcol.unsqueeze(2)).logical_and(key_valid.unsqueeze(1));
+    if (options.segment_ids.defined()) {
+      auto seg = options.segment_ids.to(i64);
+      allowed = allowed.logical_and(seg.unsqueeze(2).eq(seg.unsqueeze(1)));
+    }
+    allowed = allowed.logical_or(self);  // [B, T, L]
   }
-  allowed = allowed.logical_or(self);  // [B, T, L]
 
   // Rotary tables [B, 1, T, D], computed in f32 as HF does, then cast to the model dtype.
   auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.to(dev).view({1, 1, -1});
