@@ -2,7 +2,8 @@
 // tokens, top-p 0.9 sampling, at batch 1, 8, 32, 64, f32 and bf16; beside each figure this machine's bounds
 // measured in the same run:
 //   memory bound  = read bandwidth (a buffer well past the last-level cache) / bytes of weights per step x B
-//   compute bound = GEMM rate / (2 x non-embedding parameters) FLOP per token
+//   compute bound = GEMM rate / (2 x non-embedding parameters) FLOP per token, at the faster of LibTorch's
+//                   product and the model's own (AMX tiles for bf16 where usable)
 //   bench/decode_bench [--threads 2] [--batches 1,8,32,64] [--dtypes f32,bf16] [--new-tokens 64]
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
@@ -11,7 +12,9 @@
 #include <cstdio>
 
 #include "common/logging.h"
+#include "common/model/cpu_linear.h"
 #include "common/model/init.h"
+#include "common/model/transformer.h"
 #include "common/runtime.h"
 #include "rollout/generator.h"
 
@@ -33,16 +36,28 @@ double ReadBandwidthGBs() {
   return buf.numel() * 4.0 / best / 1e9;
 }
 
-double GemmGflops(torch::ScalarType dt) {
+// The 1024^3 product's rate through LibTorch's linear and through the model's own inference product
+// (model::Linear without autograd: AMX tiles for bf16 where usable), best of five each.
+struct GemmRates {
+  double libtorch = 0, model = 0;
+};
+GemmRates GemmGflops(torch::ScalarType dt) {
+  torch::NoGradGuard ng;
   auto a = torch::randn({1024, 1024}).to(dt), b = torch::randn({1024, 1024}).to(dt);
-  (void)torch::matmul(a, b);
-  double best = 1e30;
-  for (int i = 0; i < 5; ++i) {
-    auto t = Clock::now();
-    (void)torch::matmul(a, b);
-    best = std::min(best, Since(t));
-  }
-  return 2.0 * 1024 * 1024 * 1024 / best / 1e9;
+  auto rate = [&](auto&& product) {
+    (void)product();
+    double best = 1e30;
+    for (int i = 0; i < 5; ++i) {
+      auto t = Clock::now();
+      (void)product();
+      best = std::min(best, Since(t));
+    }
+    return 2.0 * 1024 * 1024 * 1024 / best / 1e9;
+  };
+  GemmRates r;
+  r.libtorch = rate([&] { return torch::nn::functional::linear(a, b); });
+  r.model = rate([&] { return model::Linear(a, b); });
+  return r;
 }
 }  // namespace
 
@@ -77,7 +92,9 @@ int main(int argc, char** argv) {
   for (const auto& d : dtypes) {
     const auto dt = d == "bf16" ? torch::kBFloat16 : torch::kFloat32;
     net->to(dt);
-    const double gemm = GemmGflops(dt);
+    const GemmRates rates = GemmGflops(dt);
+    // The bound takes the faster of LibTorch's product and the one the model runs.
+    const double gemm = std::max(rates.libtorch, rates.model);
     const double bytes_per_step = static_cast<double>(params - embed) * (dt == torch::kBFloat16 ? 2 : 4);
     const double compute_bound = gemm * 1e9 / (2.0 * static_cast<double>(params - embed));
     for (int64_t B : batches) {
@@ -108,7 +125,9 @@ int main(int argc, char** argv) {
                   decode_rate, mem_bound, 100 * decode_rate / mem_bound, compute_bound,
                   100 * decode_rate / compute_bound, B * prompt_len / prefill);
     }
-    std::printf("(%s GEMM 1024^3: %.0f GFLOP/s)\n", d.c_str(), gemm);
+    std::printf("(%s GEMM 1024^3: LibTorch %.0f GFLOP/s, the model's product %.0f GFLOP/s%s)\n", d.c_str(),
+                rates.libtorch, rates.model,
+                dt == torch::kBFloat16 ? (model::AmxUsable() ? ", AMX tiles" : ", no AMX") : "");
     if (profile) {
       torch::NoGradGuard ng;
       for (int64_t B : batches) {
@@ -130,15 +149,15 @@ int main(int argc, char** argv) {
           (void)rollout::Sample(logits, sp, seeds, steps);
           ts += Since(t);
         }
-        // The step's matrix products alone, one per weight matrix at B rows: what LibTorch's GEMM reaches at
+        // The step's matrix products alone, one per weight matrix at B rows: what the model's product reaches at
         // the decode's own shapes, against the 1024^3 rate the compute bound uses.
         double tg = 0, flop = 0;
         for (const auto& p : net->named_parameters()) {
           if (p.value().dim() != 2 || p.key().find("embed_tokens") != std::string::npos) continue;
           auto x = torch::randn({B, p.value().size(1)}).to(dt);
-          (void)torch::nn::functional::linear(x, p.value());
+          (void)model::Linear(x, p.value());
           auto t = Clock::now();
-          for (int s = 0; s < 4; ++s) (void)torch::nn::functional::linear(x, p.value());
+          for (int s = 0; s < 4; ++s) (void)model::Linear(x, p.value());
           tg += Since(t) / 4;
           flop += 2.0 * B * p.value().numel();
         }

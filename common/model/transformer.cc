@@ -1,5 +1,6 @@
 #include "common/model/transformer.h"
 
+#include "common/model/cpu_linear.h"
 #include "common/model/decode_attention.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -38,6 +39,39 @@ torch::Tensor RopeInverseFrequencies(const HfConfig& c) {
   return inv.to(torch::kFloat32);
 }
 
+// x @ W^T (+ b). A single f32 row (decode at batch 1) goes through a matrix-vector product, which streams
+// the weights about twice as fast as a one-row matrix product on CPU BLAS (decode_bench: 37 vs 26 tok/s).
+//
+// bf16 inference on CPUs with usable AMX tiles goes through AmxLinearBf16 (cpu_linear.h): about 1 TFLOP/s at
+// the decode's shapes, against about 160 GFLOP/s for LibTorch's bf16 product on the same machine.
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  if (x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
+      w.dim() == 2 && w.size(1) % 32 == 0 && x.numel() > 0 && !at::GradMode::is_enabled() && AmxUsable()) {
+    const int64_t K = w.size(1), N = w.size(0);
+    auto xr = x.reshape({-1, K}).contiguous();
+    auto wc = w.contiguous();
+    auto bc = b.defined() ? b.to(torch::kBFloat16).contiguous() : torch::Tensor();
+    auto y = torch::empty({xr.size(0), N}, x.options());
+    AmxLinearBf16(reinterpret_cast<const uint16_t*>(xr.data_ptr()), xr.size(0), K,
+                  reinterpret_cast<const uint16_t*>(wc.data_ptr()), N,
+                  bc.defined() ? reinterpret_cast<const uint16_t*>(bc.data_ptr()) : nullptr,
+                  reinterpret_cast<uint16_t*>(y.data_ptr()));
+    auto shape = x.sizes().vec();
+    shape.back() = N;
+    return y.view(shape);
+  }
+  // Inference with f32 weights only: training keeps linear, and LibTorch's bf16 mv is slower than its bf16
+  // one-row product (measured with bench/decode_bench: 29 vs 43 tokens/s at batch 1).
+  if (x.numel() == w.size(1) && w.scalar_type() == torch::kFloat32 && !at::GradMode::is_enabled()) {
+    auto y = torch::mv(w, x.reshape({-1}));
+    if (b.defined()) y = y + b;
+    auto shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    return y.view(shape);
+  }
+  return F::linear(x, w, b);
+}
+
 namespace {
 
 torch::Tensor RotateHalf(const torch::Tensor& x) {
@@ -50,21 +84,7 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const 
   return x * cos + RotateHalf(x) * sin;
 }
 
-// x @ W^T (+ b). A single f32 row (decode at batch 1) goes through a matrix-vector product, which streams
-// the weights about twice as fast as a one-row matrix product on CPU BLAS (decode_bench: 37 vs 26 tok/s).
-torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
-  // Inference with f32 weights only: training keeps linear, and LibTorch's bf16 mv is slower than its bf16
-  // one-row product (measured with bench/decode_bench: 29 vs 43 tokens/s at batch 1).
-  if (x.numel() == w.size(1) && w.scalar_type() == torch::kFloat32 && !at::GradMode::is_enabled()) {
-    auto y = torch::mv(w, x.reshape({-1}));
-    if (b.defined()) y = y + b;
-    auto shape = x.sizes().vec();
-    shape.back() = w.size(0);
-    return y.view(shape);
-  }
-  return F::linear(x, w, b);
-}
-torch::Tensor Linear(const torch::nn::Linear& l, const torch::Tensor& x) { return Linear(x, l->weight, l->bias); }
+torch::Tensor Linear(const torch::nn::Linear& l, const torch::Tensor& x) { return model::Linear(x, l->weight, l->bias); }
 
 torch::nn::Linear MakeLinear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));

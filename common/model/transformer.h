@@ -152,4 +152,8 @@ TORCH_MODULE(Transformer);
 // Rope inverse frequencies for a config (default, linear or llama3 scaling), f32 like HF.
 torch::Tensor RopeInverseFrequencies(const HfConfig& config);
 
+// x W^T (+ b) as the model's layers compute it: LibTorch's linear, except without autograd on CPU, where one
+// f32 row goes through a matrix-vector product and bf16 through AMX tiles where usable (cpu_linear.h).
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {});
+
 }  // namespace rlhf::model

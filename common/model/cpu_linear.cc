@@ -1,0 +1,238 @@
+#include "common/model/cpu_linear.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define RLHF_HAVE_AMX_CODE 1
+#endif
+
+namespace rlhf::model {
+
+#if defined(RLHF_HAVE_AMX_CODE)
+namespace {
+
+#define RLHF_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+constexpr int kArchReqXcompPerm = 0x1023;  // arch_prctl: ask for an extended state component
+constexpr int kXfeatureTileData = 18;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 0, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// All eight tiles as 16 rows of 64 bytes, palette 1's largest shape.
+RLHF_AMX_TARGET void ConfigureTiles() {
+  TileConfig cfg;
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  // GCC 12's _tile_loadconfig tells the compiler that it reads 8 bytes only; without this barrier the stores
+  // above may be dropped and the tiles stay unconfigured (the next tile instruction then raises SIGILL).
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
+RLHF_AMX_TARGET void ReleaseTiles() { _tile_release(); }
+
+// x in the layout of AMX's second operand. For k block kb (32 values) and row block j (16 rows) a 16 x 16
+// block of 32-bit pairs: line r, column i holds (x[16j + i][32kb + 2r], x[16j + i][32kb + 2r + 1]). Rows at
+// or past M are zeros.
+void PackRows(const uint16_t* x, int64_t M, int64_t K, int64_t row_blocks, uint32_t* packed) {
+  const int64_t k_blocks = K / 32;
+  if (M % 16 != 0) std::fill(packed, packed + k_blocks * row_blocks * 256, 0u);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const int64_t j = m / 16, i = m % 16;
+      const uint16_t* row = x + m * K;
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        uint32_t* block = packed + (kb * row_blocks + j) * 256 + i;
+        for (int r = 0; r < 16; ++r) std::memcpy(block + r * 16, row + kb * 32 + 2 * r, sizeof(uint32_t));
+      }
+    }
+  });
+}
+
+// c[t] (t < MB, 16 x 16 f32: weight row n, x row i) = the 16 weight rows at w times the MB row blocks from
+// j0 on. Tiles 0-3 accumulate, tile 4 holds the weights, tiles 5-7 the rows.
+template <int MB>
+RLHF_AMX_TARGET void TileBlock(const uint16_t* w, int64_t K, const uint32_t* packed, int64_t row_blocks, int64_t j0,
+                               float* c) {
+  _tile_zero(0);
+  if constexpr (MB > 1) _tile_zero(1);
+  if constexpr (MB > 2) _tile_zero(2);
+  if constexpr (MB > 3) _tile_zero(3);
+  const int64_t w_stride = K * 2;
+  for (int64_t kb = 0; kb < K / 32; ++kb) {
+    _tile_loadd(4, w + kb * 32, w_stride);
+    const uint32_t* b = packed + (kb * row_blocks + j0) * 256;
+    _tile_loadd(5, b, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (MB > 1) {
+      _tile_loadd(6, b + 256, 64);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (MB > 2) {
+      _tile_loadd(7, b + 512, 64);
+      _tile_dpbf16ps(2, 4, 7);
+    }
+    if constexpr (MB > 3) {
+      _tile_loadd(5, b + 768, 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+  }
+  _tile_stored(0, c, 64);
+  if constexpr (MB > 1) _tile_stored(1, c + 256, 64);
+  if constexpr (MB > 2) _tile_stored(2, c + 512, 64);
+  if constexpr (MB > 3) _tile_stored(3, c + 768, 64);
+}
+
+void RunBlock(int mb, const uint16_t* w, int64_t K, const uint32_t* packed, int64_t row_blocks, int64_t j0,
+              float* c) {
+  switch (mb) {
+    case 1: TileBlock<1>(w, K, packed, row_blocks, j0, c); break;
+    case 2: TileBlock<2>(w, K, packed, row_blocks, j0, c); break;
+    case 3: TileBlock<3>(w, K, packed, row_blocks, j0, c); break;
+    default: TileBlock<4>(w, K, packed, row_blocks, j0, c); break;
+  }
+}
+
+// Writes the MB blocks of c (weight row n, x row i) to y's rows 16 j0 .. as bf16, with the bias added in f32:
+// a gather takes one x row's 16 outputs across the block's weight rows.
+RLHF_AMX_TARGET void StoreBlock(const float* c, int mb, int64_t j0, int64_t M, int64_t N, int64_t n0, int64_t valid,
+                                const uint16_t* bias, uint16_t* y) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(16));
+  const __mmask16 keep = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  __m512 b = _mm512_setzero_ps();
+  if (bias != nullptr) {
+    const __m256i raw = _mm256_maskz_loadu_epi16(keep, bias + n0);
+    b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  }
+  for (int t = 0; t < mb; ++t) {
+    for (int i = 0; i < 16; ++i) {
+      const int64_t m = (j0 + t) * 16 + i;
+      if (m >= M) return;
+      const __m512 v = _mm512_add_ps(_mm512_i32gather_ps(idx, c + t * 256 + i, 4), b);
+      _mm256_mask_storeu_epi16(y + m * N + n0, keep, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+void Linear(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, const uint16_t* bias,
+            uint16_t* y) {
+  const int64_t row_blocks = (M + 15) / 16, col_blocks = (N + 15) / 16;
+  std::vector<uint32_t> packed(static_cast<size_t>(K / 32 * row_blocks * 256));
+  PackRows(x, M, K, row_blocks, packed.data());
+  at::parallel_for(0, col_blocks, 1, [&](int64_t begin, int64_t end) {
+    ConfigureTiles();
+    alignas(64) float c[4 * 256];
+    std::vector<uint16_t> tail;  // the last block's weight rows padded with zero rows, when N % 16 != 0
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n0 = nb * 16, valid = std::min<int64_t>(16, N - n0);
+      const uint16_t* wb = w + n0 * K;
+      if (valid < 16) {
+        tail.assign(static_cast<size_t>(16 * K), 0);
+        std::copy(wb, wb + valid * K, tail.begin());
+        wb = tail.data();
+      }
+      for (int64_t j0 = 0; j0 < row_blocks; j0 += 4) {
+        const int mb = static_cast<int>(std::min<int64_t>(4, row_blocks - j0));
+        RunBlock(mb, wb, K, packed.data(), row_blocks, j0, c);
+        StoreBlock(c, mb, j0, M, N, n0, valid, bias, y);
+      }
+    }
+    ReleaseTiles();
+  });
+}
+
+bool CpuAndOsHaveAmx() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));  // F, BW, VL
+  const bool amx = (d & (1u << 22)) && (d & (1u << 24));                          // AMX-BF16, AMX-TILE
+  if (!avx512 || !amx || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512-BF16
+  uint32_t lo, hi;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const uint64_t xcr0 = (uint64_t{hi} << 32) | lo;
+  const uint64_t needed = (1u << 1) | (1u << 2) | (7u << 5) | (3u << 17);  // SSE, AVX, AVX-512, TILECFG, TILEDATA
+  return (xcr0 & needed) == needed;
+}
+
+// A product with a known answer, run in a child process: a fault there leaves this process untouched.
+bool ProbeInChild() {
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    alignas(64) uint16_t w[16 * 32], x[16 * 32];
+    alignas(64) uint32_t packed[256];
+    alignas(64) float c[256];
+    for (int n = 0; n < 16; ++n) {
+      for (int k = 0; k < 32; ++k) {
+        w[n * 32 + k] = 0x3f80;                  // 1.0
+        x[n * 32 + k] = k == n ? 0x4000 : 0;     // 2.0 on the diagonal
+      }
+    }
+    for (int i = 0; i < 16; ++i) {
+      for (int r = 0; r < 16; ++r) std::memcpy(packed + r * 16 + i, x + i * 32 + 2 * r, 4);
+    }
+    ConfigureTiles();
+    TileBlock<1>(w, 32, packed, 1, 0, c);
+    ReleaseTiles();
+    for (float v : c) {
+      if (v != 2.f) _exit(1);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace
+
+bool AmxUsable() {
+  static const bool usable = [] {
+    const char* env = std::getenv("RLHF_AMX");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    return CpuAndOsHaveAmx() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0 &&
+           ProbeInChild();
+  }();
+  return usable;
+}
+
+void AmxLinearBf16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, const uint16_t* bias,
+                   uint16_t* y) {
+  TORCH_CHECK(AmxUsable(), "AmxLinearBf16: AMX is not usable in this process");
+  TORCH_CHECK(K > 0 && K % 32 == 0 && M >= 0 && N >= 0, "AmxLinearBf16: K must be a positive multiple of 32");
+  if (M == 0 || N == 0) return;
+  Linear(x, M, K, w, N, bias, y);
+}
+
+#else
+
+bool AmxUsable() { return false; }
+
+void AmxLinearBf16(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, uint16_t*) {
+  TORCH_CHECK(false, "AmxLinearBf16: built without x86-64 Linux AMX support");
+}
+
+#endif
+
+}  // namespace rlhf::model
