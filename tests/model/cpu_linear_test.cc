@@ -1,4 +1,5 @@
-// The AMX bf16 product against an f64 product of the same bf16 values, and the threads our kernels run on.
+// The AMX bf16 and AVX-512 f32 products against f64 products of the same values, and the threads our kernels
+// run on.
 #include "common/model/cpu_linear.h"
 
 #include <ATen/Parallel.h>
@@ -59,6 +60,40 @@ TEST(CpuLinear, AmxProductEqualsTheF32ProductRoundedToBf16) {
       }
     }
   }
+}
+
+TEST(CpuLinear, Avx512ProductEqualsTheF64ProductWithinF32Rounding) {
+  if (!Avx512LinearUsable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
+  torch::manual_seed(4);
+  // Rows around the 8-row tiles, weight rows around the 3-row tiles and the 96-row chunks (one chunk per
+  // thread or fewer), and lengths on both sides of the 1024 block of k.
+  for (int64_t M : {1, 2, 7, 8, 9, 64, 100}) {
+    for (int64_t N : {1, 2, 4, 97, 250}) {
+      for (int64_t K : {16, 48, 1040, 2048}) {
+        for (bool with_bias : {false, true}) {
+          auto x = torch::randn({M, K});
+          auto w = torch::randn({N, K});
+          auto b = with_bias ? torch::randn({N}) : torch::Tensor();
+          auto y = torch::full({M, N}, 7.f);
+          Avx512LinearF32(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, with_bias ? b.data_ptr<float>() : nullptr,
+                          y.data_ptr<float>());
+          auto ref = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+          if (with_bias) ref = ref + b.to(torch::kFloat64);
+          auto scale = torch::matmul(x.abs().to(torch::kFloat64), w.abs().to(torch::kFloat64).t());
+          auto err = (y.to(torch::kFloat64) - ref).abs();
+          EXPECT_TRUE((err <= scale * 1e-5 + 1e-6).all().item<bool>())
+              << "M " << M << " N " << N << " K " << K << " bias " << with_bias << ": max error "
+              << err.max().item<double>();
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuLinear, Avx512ProductRejectsLengthsThatAreNotMultiplesOf16) {
+  if (!Avx512LinearUsable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
+  std::vector<float> x(24), w(24), y(1);
+  EXPECT_THROW(Avx512LinearF32(x.data(), 1, 24, w.data(), 1, nullptr, y.data()), c10::Error);
 }
 
 TEST(CpuLinear, AmxProductRejectsLengthsThatAreNotMultiplesOf32) {
