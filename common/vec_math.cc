@@ -71,6 +71,21 @@ double ExpShiftedPlain(const float* x, int64_t n, float shift, float* out) {
   return sum;
 }
 
+double SumPlain(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+
+double ZeroBelowPlain(float* x, int64_t n, float floor) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] < floor) x[i] = 0.f;
+    s += x[i];
+  }
+  return s;
+}
+
 #if defined(__x86_64__)
 #define RLHF_AVX2 __attribute__((target("avx2,fma")))
 
@@ -228,6 +243,41 @@ RLHF_AVX2 double ExpShiftedAvx2(const float* x, int64_t n, float shift, float* o
   return sum + ExpShiftedPlain(x + i, n - i, shift, out == nullptr ? nullptr : out + i);
 }
 
+// Sum: float lanes folded into double every 2048 values, as in ExpShiftedAvx2.
+RLHF_AVX2 double SumAvx2(const float* x, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  double sum = 0;
+  int64_t i = 0;
+  for (int64_t block = 0; i + 8 <= n; i += 8) {
+    acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + i));
+    if (++block == 256) {
+      sum += Sum8(acc);
+      acc = _mm256_setzero_ps();
+      block = 0;
+    }
+  }
+  return sum + Sum8(acc) + SumPlain(x + i, n - i);
+}
+
+RLHF_AVX2 double ZeroBelowAvx2(float* x, int64_t n, float floor) {
+  const __m256 f = _mm256_set1_ps(floor);
+  __m256 acc = _mm256_setzero_ps();
+  double sum = 0;
+  int64_t i = 0;
+  for (int64_t block = 0; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 kept = _mm256_andnot_ps(_mm256_cmp_ps(v, f, _CMP_LT_OQ), v);
+    _mm256_storeu_ps(x + i, kept);
+    acc = _mm256_add_ps(acc, kept);
+    if (++block == 256) {
+      sum += Sum8(acc);
+      acc = _mm256_setzero_ps();
+      block = 0;
+    }
+  }
+  return sum + Sum8(acc) + ZeroBelowPlain(x + i, n - i, floor);
+}
+
 bool HaveAvx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
@@ -262,6 +312,11 @@ void WeightedRowSum(const float* w, int64_t nq, const uint16_t* rows, int64_t m,
 float Max(const float* x, int64_t n) { RLHF_DISPATCH(MaxAvx2(x, n), MaxPlain(x, n)); }
 double ExpShifted(const float* x, int64_t n, float shift, float* out) {
   RLHF_DISPATCH(ExpShiftedAvx2(x, n, shift, out), ExpShiftedPlain(x, n, shift, out));
+}
+
+double Sum(const float* x, int64_t n) { RLHF_DISPATCH(SumAvx2(x, n), SumPlain(x, n)); }
+double ZeroBelow(float* x, int64_t n, float floor) {
+  RLHF_DISPATCH(ZeroBelowAvx2(x, n, floor), ZeroBelowPlain(x, n, floor));
 }
 
 }  // namespace rlhf::vec

@@ -30,4 +30,9 @@ float Max(const float* x, int64_t n);
 // version is within 2 ulp of expf.
 double ExpShifted(const float* x, int64_t n, float shift, float* out);
 
+// Sum of x[0..n) in double; the AVX2 version adds in float lanes, folded into double every 2048 values.
+double Sum(const float* x, int64_t n);
+// x[i] = 0 where x[i] < floor (in place); returns the sum of what is left, as Sum does.
+double ZeroBelow(float* x, int64_t n, float floor);
+
 }  // namespace rlhf::vec

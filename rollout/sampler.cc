@@ -46,14 +46,25 @@ float SmallestKept(const float* row, int64_t V, double need, std::vector<float>*
     }
     return -1;
   };
-  std::vector<double> mass((bits(top) >> 19) + 1, 0.0);
-  for (int64_t i = 0; i < V; ++i) mass[bits(row[i]) >> 19] += row[i];
+  // Four interleaved histograms: runs of values in one bucket (a flat row) would otherwise chain every add on
+  // the one before it.
+  const size_t buckets = (bits(top) >> 19) + 1;
+  std::vector<double> parts(4 * buckets, 0.0);
+  int64_t i = 0;
+  for (; i + 4 <= V; i += 4) {
+    for (int j = 0; j < 4; ++j) parts[j * buckets + (bits(row[i + j]) >> 19)] += row[i + j];
+  }
+  for (; i < V; ++i) parts[bits(row[i]) >> 19] += row[i];
+  std::vector<double> mass(buckets);
+  for (size_t b = 0; b < buckets; ++b) {
+    mass[b] = (parts[b] + parts[buckets + b]) + (parts[2 * buckets + b] + parts[3 * buckets + b]);
+  }
   const int b = crossing(mass);
   if (b < 0) return 0;  // the whole row is needed
   auto& v = *scratch;
   v.clear();
-  for (int64_t i = 0; i < V; ++i) {
-    if (static_cast<int>(bits(row[i]) >> 19) == b) v.push_back(row[i]);
+  for (int64_t k = 0; k < V; ++k) {
+    if (static_cast<int>(bits(row[k]) >> 19) == b) v.push_back(row[k]);
   }
   std::vector<double> fine(256, 0.0);
   for (float x : v) fine[(bits(x) >> 11) & 255] += x;
@@ -121,22 +132,37 @@ double TruncateRow(const float* x, int64_t V, const SamplingParams& p, float* w,
     }
   }
   if (p.top_p < 1.0) {  // keep every token at least as probable as the smallest kept one
-    const float smallest = SmallestKept(w, V, p.top_p * total, scratch);
-    total = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      if (w[i] < smallest) w[i] = 0.f;
-      total += w[i];
-    }
+    total = vec::ZeroBelow(w, V, SmallestKept(w, V, p.top_p * total, scratch));
   }
   if (p.min_p > 0) {  // p_i >= min_p * p_max, and the largest weight is exp(0) = 1
-    const float floor = static_cast<float>(p.min_p);
-    total = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      if (w[i] < floor) w[i] = 0.f;
-      total += w[i];
-    }
+    total = vec::ZeroBelow(w, V, static_cast<float>(p.min_p));
   }
   return total;
+}
+
+// The first index whose running sum of w (weights >= 0 in vocabulary order, some > 0) passes target; the last
+// positive weight should rounding leave target past the end. Blocks of 64 whose sum leaves the running sum at
+// or below target are skipped whole.
+int64_t InverseCdf(const float* w, int64_t V, double target) {
+  constexpr int64_t kBlock = 64;
+  double cdf = 0;
+  for (int64_t b = 0; b < V; b += kBlock) {
+    const int64_t n = std::min(kBlock, V - b);
+    const double block = vec::Sum(w + b, n);
+    if (cdf + block <= target) {
+      cdf += block;
+      continue;
+    }
+    for (int64_t i = b; i < b + n; ++i) {
+      if (w[i] == 0.f) continue;
+      cdf += w[i];
+      if (cdf > target) return i;
+    }
+  }
+  for (int64_t i = V - 1; i > 0; --i) {
+    if (w[i] > 0.f) return i;
+  }
+  return 0;
 }
 
 // Runs fn(row, r, scratch) over the rows of a contiguous f32 [N, V] matrix on the intra-op thread pool.
@@ -209,11 +235,14 @@ Draw Sample(const torch::Tensor& logits_in, const SamplingParams& p, const std::
   const float temperature = greedy ? 1.f : static_cast<float>(p.temperature);
   // One pass per row over its V logits at a time, in place of tensor stages that each read the whole batch.
   ForRows(logits, [&](const float* row, int64_t r, Scratch* scratch) {
-    scratch->x.resize(V);
     scratch->w.resize(V);
-    float* x = scratch->x.data();
     const float* w = scratch->w.data();
-    for (int64_t i = 0; i < V; ++i) x[i] = row[i] / temperature;
+    const float* x = row;  // the tempered logits: the row itself at temperature 1
+    if (temperature != 1.f) {
+      scratch->x.resize(V);
+      for (int64_t i = 0; i < V; ++i) scratch->x[i] = row[i] / temperature;
+      x = scratch->x.data();
+    }
     int64_t pick = 0;
     double log_norm = 0;
     if (greedy) {
@@ -222,16 +251,7 @@ Draw Sample(const torch::Tensor& logits_in, const SamplingParams& p, const std::
       log_norm = m + std::log(vec::ExpShifted(x, V, m, nullptr));
     } else {
       const double total = TruncateRow(x, V, p, scratch->w.data(), &scratch->tmp, &log_norm);
-      // Inverse CDF over the kept weights in vocabulary order.
-      const double target = StreamUniform(seeds[r], steps[r]) * total;
-      double cdf = 0;
-      pick = -1;
-      for (int64_t i = 0; i < V; ++i) {
-        if (w[i] == 0.f) continue;
-        cdf += w[i];
-        pick = i;  // the last kept token, should rounding leave the target past the end
-        if (cdf > target) break;
-      }
+      pick = InverseCdf(w, V, StreamUniform(seeds[r], steps[r]) * total);
     }
     tok[r] = pick;
     // Before truncation, under softmax(logits / T): what the importance ratios use.

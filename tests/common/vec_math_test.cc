@@ -112,5 +112,25 @@ TEST(VecMath, RowScoresAndWeightedRowSumAreSmallProducts) {
   }
 }
 
+TEST(VecMath, SumAndZeroBelowMatchTheDoubleLoop) {
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  for (int64_t n : {0, 1, 7, 8, 9, 2047, 2048, 2049, 32000}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = u(gen);
+    double want = 0, kept_sum = 0;
+    std::vector<float> kept = x;
+    for (auto& v : kept) {
+      want += v;
+      if (v < 0.25f) v = 0.f;
+      kept_sum += v;
+    }
+    EXPECT_NEAR(Sum(x.data(), n), want, 1e-6 * (1 + want)) << n;
+    std::vector<float> y = x;
+    EXPECT_NEAR(ZeroBelow(y.data(), n, 0.25f), kept_sum, 1e-6 * (1 + kept_sum)) << n;
+    EXPECT_EQ(y, kept) << n;  // exactly the values below the floor are zeroed
+  }
+}
+
 }  // namespace
 }  // namespace rlhf::vec
