@@ -8,6 +8,8 @@ namespace rlhf::vec {
 
 // bf16 values are stored as their upper 16 bits of an IEEE float.
 float Bf16ToFloat(uint16_t h);
+// Nearest bf16 (ties to even); NaN stays NaN.
+uint16_t FloatToBf16(float f);
 
 float Dot(const float* a, const float* b, int64_t n);
 float Dot(const float* a, const uint16_t* b_bf16, int64_t n);
@@ -34,5 +36,10 @@ double ExpShifted(const float* x, int64_t n, float shift, float* out);
 double Sum(const float* x, int64_t n);
 // x[i] = 0 where x[i] < floor (in place); returns the sum of what is left, as Sum does.
 double ZeroBelow(float* x, int64_t n, float floor);
+
+// out[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i], the gated MLP's activation, in f32; the bf16
+// version reads and writes bf16 and rounds once, at the end. out may alias g or u.
+void SiluMul(const float* g, const float* u, float* out, int64_t n);
+void SiluMul(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n);
 
 }  // namespace rlhf::vec

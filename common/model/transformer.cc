@@ -2,6 +2,7 @@
 
 #include "common/model/cpu_linear.h"
 #include "common/model/decode_attention.h"
+#include "common/vec_math.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -175,7 +176,23 @@ MlpImpl::MlpImpl(const HfConfig& c) {
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return Linear(down_proj, torch::silu(Linear(gate_proj, x)) * Linear(up_proj, x));
+  auto g = Linear(gate_proj, x);
+  auto u = Linear(up_proj, x);
+  // Inference on CPU: one pass writing silu(g) * u over g (LibTorch's bf16 silu alone took 2 ms of a 40 ms
+  // batch-64 decode step).
+  const auto dt = g.scalar_type();
+  if (!at::GradMode::is_enabled() && g.device().is_cpu() && u.device().is_cpu() && dt == u.scalar_type() &&
+      (dt == torch::kFloat32 || dt == torch::kBFloat16) && g.is_contiguous() && u.is_contiguous() &&
+      g.sizes() == u.sizes()) {
+    if (dt == torch::kFloat32) {
+      vec::SiluMul(g.data_ptr<float>(), u.data_ptr<float>(), g.data_ptr<float>(), g.numel());
+    } else {
+      auto* gp = reinterpret_cast<uint16_t*>(g.data_ptr());
+      vec::SiluMul(gp, reinterpret_cast<const uint16_t*>(u.data_ptr()), gp, g.numel());
+    }
+    return Linear(down_proj, g);
+  }
+  return Linear(down_proj, torch::silu(g) * u);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const HfConfig& c) {

@@ -132,5 +132,34 @@ TEST(VecMath, SumAndZeroBelowMatchTheDoubleLoop) {
   }
 }
 
+TEST(VecMath, SiluMulIsTheGatedActivation) {
+  std::mt19937 gen(12);
+  std::uniform_real_distribution<float> u(-12.f, 12.f);
+  for (int64_t n : {1, 8, 13, 1000}) {
+    std::vector<float> g(n), up(n), out(n);
+    for (auto& v : g) v = u(gen);
+    for (auto& v : up) v = u(gen);
+    g[0] = -100.f;  // far below: silu is -0
+    SiluMul(g.data(), up.data(), out.data(), n);
+    std::vector<uint16_t> g16(n), u16(n), out16(n);
+    for (int64_t i = 0; i < n; ++i) {
+      g16[i] = FloatToBf16(g[i]);
+      u16[i] = FloatToBf16(up[i]);
+    }
+    SiluMul(g16.data(), u16.data(), out16.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = g[i] / (1 + std::exp(-static_cast<double>(g[i]))) * up[i];
+      EXPECT_NEAR(out[i], want, 1e-6 * (1 + std::abs(want))) << g[i] << " " << up[i];
+      const double g_b = Bf16ToFloat(g16[i]), u_b = Bf16ToFloat(u16[i]);
+      const double want16 = g_b / (1 + std::exp(-g_b)) * u_b;
+      // Rounded once: within half a bf16 step (at most 2^-8 relative) of the exact product of the bf16 inputs.
+      EXPECT_NEAR(Bf16ToFloat(out16[i]), want16, std::abs(want16) / 256 + 1e-30) << g_b << " " << u_b;
+    }
+  }
+  EXPECT_EQ(FloatToBf16(1.f), 0x3f80);
+  EXPECT_EQ(FloatToBf16(Bf16ToFloat(0x3f80) + std::ldexp(1.f, -8)), 0x3f80);  // a tie goes to the even 0x3f80
+  EXPECT_EQ(FloatToBf16(Bf16ToFloat(0x3f81) + std::ldexp(1.f, -8)), 0x3f82);  // and from odd 0x3f81 up to 0x3f82
+}
+
 }  // namespace
 }  // namespace rlhf::vec
