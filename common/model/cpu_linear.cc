@@ -335,7 +335,7 @@ void AmxLinearBf16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, i
 }
 
 
-bool Avx512LinearUsable() {
+bool Avx512Usable() {
   static const bool usable = [] {
     const char* env = std::getenv("RLHF_AVX512");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;
@@ -345,7 +345,7 @@ bool Avx512LinearUsable() {
 }
 
 void Avx512LinearF32(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y) {
-  TORCH_CHECK(Avx512LinearUsable(), "Avx512LinearF32: AVX-512 is not usable in this process");
+  TORCH_CHECK(Avx512Usable(), "Avx512LinearF32: AVX-512 is not usable in this process");
   TORCH_CHECK(K > 0 && K % 16 == 0 && M >= 0 && N >= 0, "Avx512LinearF32: K must be a positive multiple of 16");
   if (M == 0 || N == 0) return;
   // Rows padded to a whole tile with zeros, into scratch copies of x and y, when M is not a multiple of 8.
@@ -383,7 +383,7 @@ void Avx512LinearF32(const float* x, int64_t M, int64_t K, const float* w, int64
 #else
 
 bool AmxUsable() { return false; }
-bool Avx512LinearUsable() { return false; }
+bool Avx512Usable() { return false; }
 void Avx512LinearF32(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*) {
   TORCH_CHECK(false, "Avx512LinearF32: built without x86-64 Linux support");
 }

@@ -23,13 +23,13 @@ bool AmxUsable();
 void AmxLinearBf16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, const uint16_t* bias,
                    uint16_t* y);
 
-// True when Avx512LinearF32 can run here: the CPU reports AVX-512 F, BW and VL and the OS enables their state.
-// RLHF_AVX512=0 in the environment turns it off.
-bool Avx512LinearUsable();
+// True when the AVX-512 kernels (Avx512LinearF32, decode attention) can run here: the CPU reports AVX-512 F, BW
+// and VL and the OS enables their state. RLHF_AVX512=0 in the environment turns them off.
+bool Avx512Usable();
 
 // y[m, n] = bias[n] + sum_k x[m, k] w[n, k] in f32 (x [M, K], w [N, K], y [M, N] row-major; bias [N] or null),
 // for few rows of x (the decode's batch): the weights are read in place, where BLAS packs them first. K must
-// be a multiple of 16. Needs Avx512LinearUsable(); runs on LibTorch's intra-op threads.
+// be a multiple of 16. Needs Avx512Usable(); runs on LibTorch's intra-op threads.
 void Avx512LinearF32(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y);
 
 }  // namespace rlhf::model

@@ -66,7 +66,7 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const int64_t rows = w.dim() == 2 && w.size(1) > 0 ? x.numel() / w.size(1) : 0;
   if (x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
       w.dim() == 2 && w.size(1) % 16 == 0 && rows >= 2 && rows <= 128 && !at::GradMode::is_enabled() &&
-      Avx512LinearUsable()) {
+      Avx512Usable()) {
     const int64_t K = w.size(1), N = w.size(0);
     auto xr = x.reshape({-1, K}).contiguous();
     auto wc = w.contiguous();

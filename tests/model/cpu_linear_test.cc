@@ -63,7 +63,7 @@ TEST(CpuLinear, AmxProductEqualsTheF32ProductRoundedToBf16) {
 }
 
 TEST(CpuLinear, Avx512ProductEqualsTheF64ProductWithinF32Rounding) {
-  if (!Avx512LinearUsable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
+  if (!Avx512Usable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
   torch::manual_seed(4);
   // Rows around the 8-row tiles, weight rows around the 3-row tiles and the 96-row chunks (one chunk per
   // thread or fewer), and lengths on both sides of the 1024 block of k.
@@ -91,7 +91,7 @@ TEST(CpuLinear, Avx512ProductEqualsTheF64ProductWithinF32Rounding) {
 }
 
 TEST(CpuLinear, Avx512ProductRejectsLengthsThatAreNotMultiplesOf16) {
-  if (!Avx512LinearUsable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
+  if (!Avx512Usable()) GTEST_SKIP() << "AVX-512 is not usable on this machine (or RLHF_AVX512=0)";
   std::vector<float> x(24), w(24), y(1);
   EXPECT_THROW(Avx512LinearF32(x.data(), 1, 24, w.data(), 1, nullptr, y.data()), c10::Error);
 }

@@ -95,16 +95,23 @@ TEST_P(PerArch, KvCacheDecodeEqualsFullForward) {
   EXPECT_EQ(cache.next_position(2), 1 + 4);
 }
 
-// Decode steps without autograd run DecodeAttention on the cache in place; with autograd they take the generic
-// masked path. Both must agree, in f32 and bf16, on left-padded prompts in slots that are not consecutive.
-TEST_P(PerArch, DecodeKernelEqualsTheGenericPath) {
+// Decode steps without autograd run DecodeAttention on the cache in place (and the CPU inference products);
+// with autograd they take the generic masked path through LibTorch. Both must agree, in f32 and bf16, on
+// left-padded prompts in slots that are not consecutive.
+void ExpectDecodeEqualsGenericPath(const HfConfig& config, const std::vector<std::vector<int64_t>>& seqs) {
+  int64_t T = 0;
+  for (const auto& s : seqs) T = std::max<int64_t>(T, static_cast<int64_t>(s.size()));
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-    auto m = MakeModel(GetParam());
+    Transformer m(config);
+    m->InitWeights(1, 0.2);
+    m->eval();
     m->to(dt);
-    std::vector<std::vector<int64_t>> seqs = {{5, 6, 7}, {9, 10, 11, 12, 13}, {30}};
-    auto [ids, mask] = LeftPad(seqs, 5);
-    auto slots = torch::tensor({4, 1, 2}, torch::kInt64);
-    KVCache fast(m->config(), 5, 12, dt), generic(m->config(), 5, 12, dt);
+    auto [ids, mask] = LeftPad(seqs, T);
+    const int64_t B = static_cast<int64_t>(seqs.size());
+    std::vector<int64_t> slot_ids;
+    for (int64_t b = 0; b < B; ++b) slot_ids.push_back((b * 3 + 4) % (B + 2));  // not consecutive, not in order
+    auto slots = torch::tensor(slot_ids, torch::kInt64);
+    KVCache fast(config, B + 2, T + 8, dt), generic(config, B + 2, T + 8, dt);
     ForwardOptions o;
     o.attention_mask = mask;
     {
@@ -112,7 +119,7 @@ TEST_P(PerArch, DecodeKernelEqualsTheGenericPath) {
       m->Hidden(ids, o, &fast, slots);
       m->Hidden(ids, o, &generic, slots);
     }
-    auto next = torch::tensor({{21}, {22}, {23}}, torch::kInt64);
+    auto next = 20 + torch::arange(B, torch::kInt64).unsqueeze(1);
     for (int step = 0; step < 3; ++step) {
       torch::Tensor a, b;
       {
@@ -121,10 +128,36 @@ TEST_P(PerArch, DecodeKernelEqualsTheGenericPath) {
       }
       b = m->Hidden(next, {}, &generic, slots).detach().to(torch::kFloat32);
       const double tol = dt == torch::kFloat32 ? 1e-5 : 3e-2;
-      EXPECT_TRUE(torch::allclose(a, b, tol, tol)) << "step " << step << " dtype " << dt << ": max difference "
+      EXPECT_TRUE(torch::allclose(a, b, tol, tol)) << "step " << step << " dtype " << dt << " head_dim "
+                                                   << config.head_dim << ": max difference "
                                                    << (a - b).abs().max().item<float>();
       next = next + 1;
     }
+  }
+}
+
+TEST_P(PerArch, DecodeKernelEqualsTheGenericPath) {
+  ExpectDecodeEqualsGenericPath(Tiny(GetParam()), {{5, 6, 7}, {9, 10, 11, 12, 13}, {30}});
+}
+
+// Head sizes the AVX-512 attention handles (32, 64, 128), query heads per kv head that fill its groups of
+// three unevenly, and prompts long enough for its blocks of eight cache rows and their tails.
+TEST(Transformer, DecodeKernelEqualsTheGenericPathAcrossHeadShapes) {
+  struct Shape {
+    int64_t head_dim, heads, kv_heads;
+  };
+  for (const Shape& sh : {Shape{64, 6, 2}, Shape{32, 8, 2}, Shape{128, 4, 1}, Shape{64, 2, 2}}) {
+    ModelInitConfig c;
+    c.arch = "llama";
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = sh.heads;
+    c.num_key_value_heads = sh.kv_heads;
+    c.head_dim = sh.head_dim;
+    c.intermediate_size = 48;
+    c.vocab_size = 50;
+    ExpectDecodeEqualsGenericPath(c.ToHfConfig().value(), {{5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {30, 31},
+                                                           {40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 1, 2, 3, 4, 5, 6, 7}});
   }
 }
 
