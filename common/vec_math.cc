@@ -104,6 +104,23 @@ void SiluMulPlain(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n
   for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(SiluMulOne(Bf16ToFloat(g[i]), Bf16ToFloat(u[i])));
 }
 
+template <typename T>
+float RmsScale(const T* x, int64_t n, float eps) {
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += At(x, i) * At(x, i);
+  return 1.f / std::sqrt(s / static_cast<float>(n) + eps);
+}
+
+void RmsNormRowPlain(const float* x, const float* w, int64_t n, float eps, float* out) {
+  const float r = RmsScale(x, n, eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+void RmsNormRowPlain(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  const float r = RmsScale(x, n, eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
+}
+
 #if defined(__x86_64__)
 #define RLHF_AVX2 __attribute__((target("avx2,fma")))
 
@@ -327,6 +344,46 @@ RLHF_AVX2 void SiluMulAvx2(const uint16_t* g, const uint16_t* u, uint16_t* out, 
   SiluMulPlain(g + i, u + i, out + i, n - i);
 }
 
+template <typename T>
+RLHF_AVX2 float RmsScaleAvx2(const T* x, int64_t n, float eps, int64_t* done) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = Load8(x + i);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  float s = Sum8(acc);
+  for (int64_t j = i; j < n; ++j) s += At(x, j) * At(x, j);
+  *done = i;
+  return 1.f / std::sqrt(s / static_cast<float>(n) + eps);
+}
+
+RLHF_AVX2 void RmsNormRowAvx2(const float* x, const float* w, int64_t n, float eps, float* out) {
+  int64_t i = 0;
+  const float r = RmsScaleAvx2(x, n, eps, &i);
+  const __m256 rv = _mm256_set1_ps(r);
+  for (int64_t j = 0; j + 8 <= i; j += 8) {
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_loadu_ps(w + j), _mm256_mul_ps(_mm256_loadu_ps(x + j), rv)));
+  }
+  for (; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+// The bf16 values of 8 floats widened back to floats.
+RLHF_AVX2 inline __m256 RoundToBf16(__m256 v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(ToBf16x8(v)), 16));
+}
+
+RLHF_AVX2 void RmsNormRowAvx2(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  int64_t i = 0;
+  const float r = RmsScaleAvx2(x, n, eps, &i);
+  const __m256 rv = _mm256_set1_ps(r);
+  for (int64_t j = 0; j + 8 <= i; j += 8) {
+    const __m256 h = RoundToBf16(_mm256_mul_ps(Load8(x + j), rv));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), ToBf16x8(_mm256_mul_ps(Load8(w + j), h)));
+  }
+  for (; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
+}
+
 bool HaveAvx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
@@ -373,6 +430,13 @@ void SiluMul(const float* g, const float* u, float* out, int64_t n) {
 }
 void SiluMul(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n) {
   RLHF_DISPATCH(SiluMulAvx2(g, u, out, n), SiluMulPlain(g, u, out, n));
+}
+
+void RmsNormRow(const float* x, const float* w, int64_t n, float eps, float* out) {
+  RLHF_DISPATCH(RmsNormRowAvx2(x, w, n, eps, out), RmsNormRowPlain(x, w, n, eps, out));
+}
+void RmsNormRow(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  RLHF_DISPATCH(RmsNormRowAvx2(x, w, n, eps, out), RmsNormRowPlain(x, w, n, eps, out));
 }
 
 }  // namespace rlhf::vec

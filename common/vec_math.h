@@ -42,4 +42,10 @@ double ZeroBelow(float* x, int64_t n, float floor);
 void SiluMul(const float* g, const float* u, float* out, int64_t n);
 void SiluMul(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n);
 
+// One row of RMSNorm as the model computes it: out = w * (x * r) with r = 1 / sqrt(mean(x^2) + eps), in f32.
+// The bf16 version widens x, rounds x * r to bf16 and then w * that to bf16, as the model's dtype conversions
+// and bf16 product do.
+void RmsNormRow(const float* x, const float* w, int64_t n, float eps, float* out);
+void RmsNormRow(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out);
+
 }  // namespace rlhf::vec

@@ -152,6 +152,27 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // Inference on CPU: one pass per row (vec::RmsNormRow) in place of six tensor operations.
+  const auto dt = x.scalar_type();
+  if (!at::GradMode::is_enabled() && x.device().is_cpu() && weight.device().is_cpu() && dt == weight.scalar_type() &&
+      (dt == torch::kFloat32 || dt == torch::kBFloat16) && x.dim() >= 1 && x.size(-1) == weight.numel() &&
+      x.numel() > 0) {
+    auto xc = x.contiguous();
+    auto wc = weight.contiguous();
+    auto out = torch::empty_like(xc);
+    const int64_t n = xc.size(-1), rows = xc.numel() / n;
+    const float eps = static_cast<float>(eps_);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (dt == torch::kFloat32) {
+        vec::RmsNormRow(xc.data_ptr<float>() + r * n, wc.data_ptr<float>(), n, eps, out.data_ptr<float>() + r * n);
+      } else {
+        vec::RmsNormRow(reinterpret_cast<const uint16_t*>(xc.data_ptr()) + r * n,
+                        reinterpret_cast<const uint16_t*>(wc.data_ptr()), n, eps,
+                        reinterpret_cast<uint16_t*>(out.data_ptr()) + r * n);
+      }
+    }
+    return out;
+  }
   auto h = x.to(torch::kFloat32);
   auto var = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * torch::rsqrt(var + eps_);
@@ -344,8 +365,28 @@ torch::Tensor TransformerImpl::AttentionForward(AttentionImpl& attn, int64_t lay
     auto slot_idx = step.slots.unsqueeze(1).expand({B, T});
     auto& ck = cache->k_[layer];
     auto& cv = cache->v_[layer];
-    ck.index_put_({slot_idx, Slice(), step.write_cols}, k.permute({0, 2, 1, 3}));
-    cv.index_put_({slot_idx, Slice(), step.write_cols}, v.permute({0, 2, 1, 3}));
+    if (!step.decode_lengths.empty() && k.scalar_type() == ck.scalar_type() && v.scalar_type() == cv.scalar_type()) {
+      // One token per row: each (row, kv head) vector is copied to its cache column (index_put_ took 1 ms of
+      // a 40 ms batch-64 step).
+      auto kc = k.contiguous(), vc = v.contiguous();  // [B, K, 1, D]
+      const int64_t S = cache->capacity_, es = kc.element_size();
+      const size_t bytes = static_cast<size_t>(D * es);
+      auto* kd = static_cast<char*>(ck.data_ptr());
+      auto* vd = static_cast<char*>(cv.data_ptr());
+      const auto* ks = static_cast<const char*>(kc.data_ptr());
+      const auto* vs = static_cast<const char*>(vc.data_ptr());
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t slot = step.slot_ids[b], col = step.decode_lengths[b] - 1;
+        for (int64_t h = 0; h < K; ++h) {
+          const int64_t dst = ((slot * K + h) * S + col) * D * es, src = (b * K + h) * D * es;
+          std::memcpy(kd + dst, ks + src, bytes);
+          std::memcpy(vd + dst, vs + src, bytes);
+        }
+      }
+    } else {
+      ck.index_put_({slot_idx, Slice(), step.write_cols}, k.permute({0, 2, 1, 3}));
+      cv.index_put_({slot_idx, Slice(), step.write_cols}, v.permute({0, 2, 1, 3}));
+    }
     if (!step.decode_lengths.empty()) {
       auto qf = q.to(torch::kFloat32).contiguous();  // [B, H, 1, D]
       auto out = torch::empty({B, H, D}, torch::kFloat32);

@@ -161,5 +161,34 @@ TEST(VecMath, SiluMulIsTheGatedActivation) {
   EXPECT_EQ(FloatToBf16(Bf16ToFloat(0x3f81) + std::ldexp(1.f, -8)), 0x3f82);  // and from odd 0x3f81 up to 0x3f82
 }
 
+TEST(VecMath, RmsNormRowIsTheModelsRmsNorm) {
+  std::mt19937 gen(13);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  for (int64_t n : {1, 8, 13, 768}) {
+    std::vector<float> x(n), w(n), out(n);
+    for (auto& v : x) v = nd(gen);
+    for (auto& v : w) v = nd(gen);
+    RmsNormRow(x.data(), w.data(), n, 1e-6f, out.data());
+    double ss = 0;
+    for (float v : x) ss += static_cast<double>(v) * v;
+    const double r = 1 / std::sqrt(ss / n + 1e-6);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(out[i], w[i] * x[i] * r, 1e-5 * (1 + std::abs(w[i] * x[i] * r)));
+    std::vector<uint16_t> x16(n), w16(n), out16(n);
+    for (int64_t i = 0; i < n; ++i) {
+      x16[i] = FloatToBf16(x[i]);
+      w16[i] = FloatToBf16(w[i]);
+    }
+    RmsNormRow(x16.data(), w16.data(), n, 1e-6f, out16.data());
+    double ss16 = 0;
+    for (uint16_t v : x16) ss16 += static_cast<double>(Bf16ToFloat(v)) * Bf16ToFloat(v);
+    const double r16 = 1 / std::sqrt(ss16 / n + 1e-6);
+    for (int64_t i = 0; i < n; ++i) {
+      // Two bf16 roundings (x * r, then w * that): within about two bf16 steps.
+      const double want = Bf16ToFloat(w16[i]) * Bf16ToFloat(x16[i]) * r16;
+      EXPECT_NEAR(Bf16ToFloat(out16[i]), want, std::abs(want) / 64 + 1e-6) << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace rlhf::vec
