@@ -121,6 +121,23 @@ void RmsNormRowPlain(const uint16_t* x, const uint16_t* w, int64_t n, float eps,
   for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
 }
 
+inline float Round(float v, const float*) { return v; }
+inline float Round(float v, const uint16_t*) { return Bf16ToFloat(FloatToBf16(v)); }
+inline void Put(float* out, int64_t i, float v) { out[i] = v; }
+inline void Put(uint16_t* out, int64_t i, float v) { out[i] = FloatToBf16(v); }
+
+// Elements [from, half) of each half.
+template <typename T>
+void RopeRowPlain(const T* x, const T* c, const T* s, int64_t d, T* out, int64_t from = 0) {
+  const int64_t h = d / 2;
+  for (int64_t i = from; i < h; ++i) {
+    const float a = Round(At(x, i) * At(c, i), x), b = Round(-At(x, i + h) * At(s, i), x);
+    const float a2 = Round(At(x, i + h) * At(c, i + h), x), b2 = Round(At(x, i) * At(s, i + h), x);
+    Put(out, i, a + b);
+    Put(out, i + h, a2 + b2);
+  }
+}
+
 #if defined(__x86_64__)
 #define RLHF_AVX2 __attribute__((target("avx2,fma")))
 
@@ -384,6 +401,30 @@ RLHF_AVX2 void RmsNormRowAvx2(const uint16_t* x, const uint16_t* w, int64_t n, f
   for (; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
 }
 
+inline __m256 RoundLanes(__m256 v, const float*) { return v; }
+RLHF_AVX2 inline __m256 RoundLanes(__m256 v, const uint16_t*) { return RoundToBf16(v); }
+RLHF_AVX2 inline void Store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+RLHF_AVX2 inline void Store8(uint16_t* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ToBf16x8(v));
+}
+
+template <typename T>
+RLHF_AVX2 void RopeRowAvx2(const T* x, const T* c, const T* s, int64_t d, T* out) {
+  const int64_t h = d / 2;
+  const __m256 neg = _mm256_set1_ps(-0.f);
+  int64_t i = 0;
+  for (; i + 8 <= h; i += 8) {
+    const __m256 x1 = Load8(x + i), x2 = Load8(x + i + h);
+    const __m256 lo = _mm256_add_ps(RoundLanes(_mm256_mul_ps(x1, Load8(c + i)), x),
+                                    RoundLanes(_mm256_mul_ps(_mm256_xor_ps(x2, neg), Load8(s + i)), x));
+    const __m256 hi = _mm256_add_ps(RoundLanes(_mm256_mul_ps(x2, Load8(c + i + h)), x),
+                                    RoundLanes(_mm256_mul_ps(x1, Load8(s + i + h)), x));
+    Store8(out + i, lo);
+    Store8(out + i + h, hi);
+  }
+  RopeRowPlain(x, c, s, d, out, i);
+}
+
 bool HaveAvx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
@@ -437,6 +478,13 @@ void RmsNormRow(const float* x, const float* w, int64_t n, float eps, float* out
 }
 void RmsNormRow(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
   RLHF_DISPATCH(RmsNormRowAvx2(x, w, n, eps, out), RmsNormRowPlain(x, w, n, eps, out));
+}
+
+void RopeRow(const float* x, const float* c, const float* s, int64_t d, float* out) {
+  RLHF_DISPATCH(RopeRowAvx2(x, c, s, d, out), RopeRowPlain(x, c, s, d, out));
+}
+void RopeRow(const uint16_t* x, const uint16_t* c, const uint16_t* s, int64_t d, uint16_t* out) {
+  RLHF_DISPATCH(RopeRowAvx2(x, c, s, d, out), RopeRowPlain(x, c, s, d, out));
 }
 
 }  // namespace rlhf::vec

@@ -48,4 +48,9 @@ void SiluMul(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n);
 void RmsNormRow(const float* x, const float* w, int64_t n, float eps, float* out);
 void RmsNormRow(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out);
 
+// One row of rotate-half rotary embedding (d even): out = x * cos + rotate_half(x) * sin, rotate_half(x) being
+// (-x[d/2:], x[:d/2]). The bf16 version rounds both products and their sum to bf16, as bf16 tensors do.
+void RopeRow(const float* x, const float* cos, const float* sin, int64_t d, float* out);
+void RopeRow(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, int64_t d, uint16_t* out);
+
 }  // namespace rlhf::vec

@@ -56,7 +56,9 @@ RLHF_AMX_TARGET void ReleaseTiles() { _tile_release(); }
 void PackRows(const uint16_t* x, int64_t M, int64_t K, int64_t row_blocks, uint32_t* packed) {
   const int64_t k_blocks = K / 32;
   if (M % 16 != 0) std::fill(packed, packed + k_blocks * row_blocks * 256, 0u);
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+  // Serial below about a million values (a decode step's rows pack in microseconds): a parallel region costs
+  // more than that to wake the other thread.
+  at::parallel_for(0, M, std::max<int64_t>(16, (int64_t{1} << 20) / K), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       const int64_t j = m / 16, i = m % 16;
       const uint16_t* row = x + m * K;

@@ -97,9 +97,35 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// x [B, N, T, D]; cos/sin [B, 1, T, D] in x's dtype.
+// x [B, N, T, D]; cos/sin [B, 1, T, D] in x's dtype. Inference on CPU runs one pass per row (vec::RopeRow,
+// with the same roundings) in place of five tensor operations.
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  return x * cos + RotateHalf(x) * sin;
+  const auto dt = x.scalar_type();
+  if (at::GradMode::is_enabled() || !x.device().is_cpu() || (dt != torch::kFloat32 && dt != torch::kBFloat16) ||
+      cos.scalar_type() != dt || sin.scalar_type() != dt || x.dim() != 4 || x.size(-1) % 2 != 0 ||
+      cos.sizes() != sin.sizes() || cos.dim() != 4 || cos.size(0) != x.size(0) || cos.size(1) != 1 ||
+      cos.size(2) != x.size(2) || cos.size(3) != x.size(3)) {
+    return x * cos + RotateHalf(x) * sin;
+  }
+  auto xc = x.contiguous();
+  auto cc = cos.contiguous(), sc = sin.contiguous();
+  auto out = torch::empty_like(xc);
+  const int64_t B = xc.size(0), N = xc.size(1), T = xc.size(2), D = xc.size(3);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = ((b * N + n) * T + t) * D, table = (b * T + t) * D;
+        if (dt == torch::kFloat32) {
+          vec::RopeRow(xc.data_ptr<float>() + row, cc.data_ptr<float>() + table, sc.data_ptr<float>() + table, D,
+                       out.data_ptr<float>() + row);
+        } else {
+          auto bits = [](const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
+          vec::RopeRow(bits(xc) + row, bits(cc) + table, bits(sc) + table, D, bits(out) + row);
+        }
+      }
+    }
+  }
+  return out;
 }
 
 torch::Tensor Linear(const torch::nn::Linear& l, const torch::Tensor& x) { return model::Linear(x, l->weight, l->bias); }

@@ -190,5 +190,34 @@ TEST(VecMath, RmsNormRowIsTheModelsRmsNorm) {
   }
 }
 
+TEST(VecMath, RopeRowIsRotateHalf) {
+  std::mt19937 gen(14);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int64_t d : {2, 8, 16, 24, 64, 128}) {
+    std::vector<float> x(d), c(d), s(d), out(d);
+    for (auto& v : x) v = nd(gen);
+    for (auto& v : c) v = nd(gen);
+    for (auto& v : s) v = nd(gen);
+    RopeRow(x.data(), c.data(), s.data(), d, out.data());
+    std::vector<uint16_t> x16(d), c16(d), s16(d), out16(d);
+    for (int64_t i = 0; i < d; ++i) {
+      x16[i] = FloatToBf16(x[i]);
+      c16[i] = FloatToBf16(c[i]);
+      s16[i] = FloatToBf16(s[i]);
+    }
+    RopeRow(x16.data(), c16.data(), s16.data(), d, out16.data());
+    const int64_t h = d / 2;
+    auto round = [](float v) { return Bf16ToFloat(FloatToBf16(v)); };
+    for (int64_t i = 0; i < d; ++i) {
+      const float rot = i < h ? -x[i + h] : x[i - h];
+      // f32: the scalar tail may fuse a product into the sum (one rounding fewer).
+      EXPECT_NEAR(out[i], x[i] * c[i] + rot * s[i], 2e-7 * (std::abs(x[i] * c[i]) + std::abs(rot * s[i]))) << d << " " << i;
+      const float rot16 = i < h ? -Bf16ToFloat(x16[i + h]) : Bf16ToFloat(x16[i - h]);
+      const float want16 = round(round(Bf16ToFloat(x16[i]) * Bf16ToFloat(c16[i])) + round(rot16 * Bf16ToFloat(s16[i])));
+      EXPECT_EQ(Bf16ToFloat(out16[i]), want16) << d << " " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace rlhf::vec
