@@ -71,16 +71,22 @@ void PackRows(const uint16_t* x, int64_t M, int64_t K, int64_t row_blocks, uint3
 }
 
 // c[t] (t < MB, 16 x 16 f32: weight row n, x row i) = the 16 weight rows at w times the MB row blocks from
-// j0 on. Tiles 0-3 accumulate, tile 4 holds the weights, tiles 5-7 the rows.
+// j0 on. Tiles 0-3 accumulate, tile 4 holds the weights, tiles 5-7 the rows. When next is set, the next block's
+// 16 weight rows (contiguous, 32 K bytes) are prefetched, 1 KB per k block: the tile loads read 16
+// rows at a stride, which the hardware prefetcher follows poorly. Measured on 24 layers' worth of decode
+// products from memory: 370 against 285 GFLOP/s, and 508 against 485 in a quieter run.
 template <int MB>
 RLHF_AMX_TARGET void TileBlock(const uint16_t* w, int64_t K, const uint32_t* packed, int64_t row_blocks, int64_t j0,
-                               float* c) {
+                               float* c, const char* next = nullptr) {
   _tile_zero(0);
   if constexpr (MB > 1) _tile_zero(1);
   if constexpr (MB > 2) _tile_zero(2);
   if constexpr (MB > 3) _tile_zero(3);
   const int64_t w_stride = K * 2;
   for (int64_t kb = 0; kb < K / 32; ++kb) {
+    if (next != nullptr) {
+      for (int64_t off = kb * 1024; off < (kb + 1) * 1024; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+    }
     _tile_loadd(4, w + kb * 32, w_stride);
     const uint32_t* b = packed + (kb * row_blocks + j0) * 256;
     _tile_loadd(5, b, 64);
@@ -105,12 +111,12 @@ RLHF_AMX_TARGET void TileBlock(const uint16_t* w, int64_t K, const uint32_t* pac
 }
 
 void RunBlock(int mb, const uint16_t* w, int64_t K, const uint32_t* packed, int64_t row_blocks, int64_t j0,
-              float* c) {
+              float* c, const char* next) {
   switch (mb) {
-    case 1: TileBlock<1>(w, K, packed, row_blocks, j0, c); break;
-    case 2: TileBlock<2>(w, K, packed, row_blocks, j0, c); break;
-    case 3: TileBlock<3>(w, K, packed, row_blocks, j0, c); break;
-    default: TileBlock<4>(w, K, packed, row_blocks, j0, c); break;
+    case 1: TileBlock<1>(w, K, packed, row_blocks, j0, c, next); break;
+    case 2: TileBlock<2>(w, K, packed, row_blocks, j0, c, next); break;
+    case 3: TileBlock<3>(w, K, packed, row_blocks, j0, c, next); break;
+    default: TileBlock<4>(w, K, packed, row_blocks, j0, c, next); break;
   }
 }
 
@@ -155,7 +161,10 @@ void Linear(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t 
       }
       for (int64_t j0 = 0; j0 < row_blocks; j0 += 4) {
         const int mb = static_cast<int>(std::min<int64_t>(4, row_blocks - j0));
-        RunBlock(mb, wb, K, packed.data(), row_blocks, j0, c);
+        // The thread's next full block, fetched during this block's first row group.
+        const bool fetch = j0 == 0 && nb + 1 < end && n0 + 32 <= N;
+        RunBlock(mb, wb, K, packed.data(), row_blocks, j0, c,
+                 fetch ? reinterpret_cast<const char*>(w + (n0 + 16) * K) : nullptr);
         StoreBlock(c, mb, j0, M, N, n0, valid, bias, y);
       }
     }
