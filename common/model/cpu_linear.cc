@@ -1,5 +1,7 @@
 #include "common/model/cpu_linear.h"
 
+#include "common/model/avx512.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -259,34 +261,9 @@ bool ProbeInChild() {
 // thread walks its weight rows in chunks of 96 that stay in L2, and each 8-row tile of x stays in L1 while the
 // chunk's weight rows pass under it; k is blocked at 1024 so that the x tile fits.
 
-#define RLHF_AVX512_TARGET __attribute__((target("avx512f,fma")))
-
 constexpr int kTileRows = 8;        // rows of x per tile
 constexpr int64_t kChunkRows = 96;  // weight rows per L2 chunk (a multiple of 3)
 constexpr int64_t kBlockK = 1024;
-
-RLHF_AVX512_TARGET inline __m512 FoldHalves(__m512 a, __m512 b) {  // lanes 0-7 from a, 8-15 from b, folded
-  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-}
-RLHF_AVX512_TARGET inline __m512 FoldQuarters(__m512 a, __m512 b) {
-  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
-}
-
-// The lane sums of a[0..7], written to out[r * stride] (added to it when accumulate).
-RLHF_AVX512_TARGET inline void StoreSums8(const __m512* a, float* out, int64_t stride, bool accumulate) {
-  const __m512 u0 = FoldQuarters(FoldHalves(a[0], a[1]), FoldHalves(a[2], a[3]));  // quarter q: row q, 4 lanes
-  const __m512 u1 = FoldQuarters(FoldHalves(a[4], a[5]), FoldHalves(a[6], a[7]));  // quarter q: row 4 + q
-  __m512 v = _mm512_add_ps(_mm512_unpacklo_ps(u0, u1), _mm512_unpackhi_ps(u0, u1));
-  v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0x4E));  // lanes 4q, 4q + 1: rows q and 4 + q
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  for (int q = 0; q < 4; ++q) {
-    float* lo = out + q * stride;
-    float* hi = out + (q + 4) * stride;
-    *lo = accumulate ? *lo + t[4 * q] : t[4 * q];
-    *hi = accumulate ? *hi + t[4 * q + 1] : t[4 * q + 1];
-  }
-}
 
 // y[m0 .. m0 + 7][n0 .. n0 + C - 1] (+)= x rows times weight rows over k in [k0, k1).
 template <int C>
@@ -317,7 +294,12 @@ RLHF_AVX512_TARGET void DotTile(const float* x, const float* w, float* y, int64_
     __m512 col[kTileRows];
 #pragma GCC unroll 8
     for (int r = 0; r < kTileRows; ++r) col[r] = acc[r][c];
-    StoreSums8(col, y + m0 * N + n0 + c, N, accumulate);
+    float sums[kTileRows];
+    avx512::LaneSums8(col, sums);
+    for (int r = 0; r < kTileRows; ++r) {
+      float& out = y[(m0 + r) * N + n0 + c];
+      out = accumulate ? out + sums[r] : sums[r];
+    }
   }
 }
 

@@ -6,10 +6,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "common/model/avx512.h"
 #include "common/model/cpu_linear.h"
 #include "common/vec_math.h"
 
@@ -38,37 +35,11 @@ void Softmax(int64_t G, int64_t len, const bool* valid, float* scores) {
 // widened from bf16) once for up to three query heads at a time, where the AVX2 loops load it once per query
 // head; bf16 caches were bound by those widenings (6.6 ms of a 40 ms batch-64 step).
 
-#define RLHF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-
-RLHF_AVX512 inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
-RLHF_AVX512 inline __m512 Load16(const uint16_t* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-RLHF_AVX512 inline __m512 FoldHalves(__m512 a, __m512 b) {
-  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-}
-RLHF_AVX512 inline __m512 FoldQuarters(__m512 a, __m512 b) {
-  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
-}
-// The lane sums of a[0..7] times scale, to out[0..7].
-RLHF_AVX512 inline void StoreSums8(const __m512* a, float scale, float* out) {
-  const __m512 u0 = FoldQuarters(FoldHalves(a[0], a[1]), FoldHalves(a[2], a[3]));
-  const __m512 u1 = FoldQuarters(FoldHalves(a[4], a[5]), FoldHalves(a[6], a[7]));
-  __m512 v = _mm512_add_ps(_mm512_unpacklo_ps(u0, u1), _mm512_unpackhi_ps(u0, u1));
-  v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0x4E));  // lanes 4q, 4q + 1: rows q and 4 + q
-  alignas(64) float t[16];
-  _mm512_store_ps(t, _mm512_mul_ps(v, _mm512_set1_ps(scale)));
-  for (int q = 0; q < 4; ++q) {
-    out[q] = t[4 * q];
-    out[q + 4] = t[4 * q + 1];
-  }
-}
+using avx512::Load16;
 
 // scores[g * len + j] = scale * q_g . row_j for GN query heads (q: GN x D) and rows j0 .. j0 + 7.
 template <int GN, typename T>
-RLHF_AVX512 void Scores8(const float* q, const T* rows, int64_t D, int64_t len, int64_t j0, float scale,
+RLHF_AVX512_TARGET void Scores8(const float* q, const T* rows, int64_t D, int64_t len, int64_t j0, float scale,
                          float* scores) {
   __m512 acc[GN][8];
 #pragma GCC unroll 3
@@ -89,12 +60,16 @@ RLHF_AVX512 void Scores8(const float* q, const T* rows, int64_t D, int64_t len, 
     }
   }
 #pragma GCC unroll 3
-  for (int g = 0; g < GN; ++g) StoreSums8(acc[g], scale, scores + g * len + j0);
+  for (int g = 0; g < GN; ++g) {
+    float sums[8];
+    avx512::LaneSums8(acc[g], sums);
+    for (int t = 0; t < 8; ++t) scores[g * len + j0 + t] = scale * sums[t];
+  }
 }
 
 // out_g (D values, C = D / 16 vectors) = sum_j p[g * len + j] row_j for GN query heads.
 template <int GN, int C, typename T>
-RLHF_AVX512 void WeightedSum(const float* p, const T* rows, int64_t len, float* out) {
+RLHF_AVX512_TARGET void WeightedSum(const float* p, const T* rows, int64_t len, float* out) {
   __m512 acc[GN][C];
 #pragma GCC unroll 12
   for (int g = 0; g < GN; ++g) {
@@ -119,7 +94,7 @@ RLHF_AVX512 void WeightedSum(const float* p, const T* rows, int64_t len, float* 
 
 // WeightedSum for n (1 .. N) heads at once.
 template <int N, int C, typename T>
-RLHF_AVX512 void WeightedSumN(int64_t n, const float* p, const T* rows, int64_t len, float* out) {
+RLHF_AVX512_TARGET void WeightedSumN(int64_t n, const float* p, const T* rows, int64_t len, float* out) {
   if (n == N) {
     WeightedSum<N, C>(p, rows, len, out);
   } else if constexpr (N > 1) {
@@ -130,7 +105,7 @@ RLHF_AVX512 void WeightedSumN(int64_t n, const float* p, const T* rows, int64_t 
 // The query heads in groups that keep the accumulators in registers: three for the scores (24 of them),
 // 24 / C for the value sums.
 template <int C, typename T>
-RLHF_AVX512 void PairAvx512(const float* q, int64_t G, const T* keys, const T* values, int64_t len, float scale,
+RLHF_AVX512_TARGET void PairAvx512(const float* q, int64_t G, const T* keys, const T* values, int64_t len, float scale,
                             const bool* valid, float* scores, float* out) {
   constexpr int64_t D = C * 16;
   int64_t j = 0;

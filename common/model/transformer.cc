@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace rlhf::model {
 
@@ -46,45 +47,41 @@ torch::Tensor RopeInverseFrequencies(const HfConfig& c) {
 // bf16 inference on CPUs with usable AMX tiles goes through AmxLinearBf16 (cpu_linear.h): about 1 TFLOP/s at
 // the decode's shapes, against about 160 GFLOP/s for LibTorch's bf16 product on the same machine.
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  if (x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
-      w.dim() == 2 && w.size(1) % 32 == 0 && x.numel() > 0 && !at::GradMode::is_enabled() && AmxUsable()) {
-    const int64_t K = w.size(1), N = w.size(0);
+  const bool cpu_inference = !at::GradMode::is_enabled() && x.device().is_cpu() && w.device().is_cpu() &&
+                             w.dim() == 2 && w.size(1) > 0 && x.numel() > 0 && x.scalar_type() == w.scalar_type();
+  if (!cpu_inference) return F::linear(x, w, b);
+  const int64_t K = w.size(1), N = w.size(0), rows = x.numel() / K;
+  // x as [rows, K] into y [rows, N] through product(x, w, bias or null, y), then shaped like x.
+  auto through = [&](auto* type, auto product) {
+    using T = std::remove_pointer_t<decltype(type)>;
     auto xr = x.reshape({-1, K}).contiguous();
     auto wc = w.contiguous();
-    auto bc = b.defined() ? b.to(torch::kBFloat16).contiguous() : torch::Tensor();
-    auto y = torch::empty({xr.size(0), N}, x.options());
-    AmxLinearBf16(reinterpret_cast<const uint16_t*>(xr.data_ptr()), xr.size(0), K,
-                  reinterpret_cast<const uint16_t*>(wc.data_ptr()), N,
-                  bc.defined() ? reinterpret_cast<const uint16_t*>(bc.data_ptr()) : nullptr,
-                  reinterpret_cast<uint16_t*>(y.data_ptr()));
-    auto shape = x.sizes().vec();
-    shape.back() = N;
-    return y.view(shape);
-  }
-  // f32 inference on 2 to 128 rows (decode batches) goes through Avx512LinearF32, which reads the weights in
-  // place where BLAS packs them first: 240 against 175 GFLOP/s at 64 rows with the weights coming from memory.
-  const int64_t rows = w.dim() == 2 && w.size(1) > 0 ? x.numel() / w.size(1) : 0;
-  if (x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
-      w.dim() == 2 && w.size(1) % 16 == 0 && rows >= 2 && rows <= 128 && !at::GradMode::is_enabled() &&
-      Avx512Usable()) {
-    const int64_t K = w.size(1), N = w.size(0);
-    auto xr = x.reshape({-1, K}).contiguous();
-    auto wc = w.contiguous();
-    auto bc = b.defined() ? b.to(torch::kFloat32).contiguous() : torch::Tensor();
+    auto bc = b.defined() ? b.to(w.scalar_type()).contiguous() : torch::Tensor();
     auto y = torch::empty({rows, N}, x.options());
-    Avx512LinearF32(xr.data_ptr<float>(), rows, K, wc.data_ptr<float>(), N, bc.defined() ? bc.data_ptr<float>() : nullptr,
-                    y.data_ptr<float>());
+    auto ptr = [](const torch::Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; };
+    product(ptr(xr), ptr(wc), ptr(bc), ptr(y));
     auto shape = x.sizes().vec();
     shape.back() = N;
     return y.view(shape);
+  };
+  if (x.scalar_type() == torch::kBFloat16 && K % 32 == 0 && AmxUsable()) {
+    return through(static_cast<uint16_t*>(nullptr), [&](const uint16_t* xp, const uint16_t* wp, const uint16_t* bp,
+                                                        uint16_t* yp) { AmxLinearBf16(xp, rows, K, wp, N, bp, yp); });
+  }
+  // f32 on 2 to 128 rows (decode batches): Avx512LinearF32 reads the weights in place where BLAS packs them
+  // first, 240 against 175 GFLOP/s at 64 rows with the weights coming from memory.
+  if (x.scalar_type() == torch::kFloat32 && K % 16 == 0 && rows >= 2 && rows <= 128 && Avx512Usable()) {
+    return through(static_cast<float*>(nullptr), [&](const float* xp, const float* wp, const float* bp, float* yp) {
+      Avx512LinearF32(xp, rows, K, wp, N, bp, yp);
+    });
   }
   // One f32 row: a matrix-vector product. LibTorch's bf16 mv is slower than its bf16 one-row product
   // (measured with bench/decode_bench: 29 vs 43 tokens/s at batch 1).
-  if (x.numel() == w.size(1) && w.scalar_type() == torch::kFloat32 && !at::GradMode::is_enabled()) {
+  if (rows == 1 && x.scalar_type() == torch::kFloat32) {
     auto y = torch::mv(w, x.reshape({-1}));
     if (b.defined()) y = y + b;
     auto shape = x.sizes().vec();
-    shape.back() = w.size(0);
+    shape.back() = N;
     return y.view(shape);
   }
   return F::linear(x, w, b);
