@@ -96,12 +96,16 @@ double ZeroBelowPlain(float* x, int64_t n, float floor) {
 
 inline float SiluMulOne(float g, float u) { return g / (1.f + std::exp(-g)) * u; }
 
-void SiluMulPlain(const float* g, const float* u, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = SiluMulOne(g[i], u[i]);
-}
+// The value of v in T (bf16 rounds, f32 keeps it), and a float stored as T.
+inline float Round(float v, const float*) { return v; }
+inline float Round(float v, const uint16_t*) { return Bf16ToFloat(FloatToBf16(v)); }
+inline void Put(float* out, int64_t i, float v) { out[i] = v; }
+inline void Put(uint16_t* out, int64_t i, float v) { out[i] = FloatToBf16(v); }
 
-void SiluMulPlain(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(SiluMulOne(Bf16ToFloat(g[i]), Bf16ToFloat(u[i])));
+// Elements [from, n).
+template <typename T>
+void SiluMulPlain(const T* g, const T* u, T* out, int64_t n, int64_t from = 0) {
+  for (int64_t i = from; i < n; ++i) Put(out, i, SiluMulOne(At(g, i), At(u, i)));
 }
 
 template <typename T>
@@ -111,20 +115,16 @@ float RmsScale(const T* x, int64_t n, float eps) {
   return 1.f / std::sqrt(s / static_cast<float>(n) + eps);
 }
 
-void RmsNormRowPlain(const float* x, const float* w, int64_t n, float eps, float* out) {
-  const float r = RmsScale(x, n, eps);
-  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+// out = w * (x * r) with x * r in T, elements [from, n).
+template <typename T>
+void RmsApplyPlain(const T* x, const T* w, int64_t n, float r, T* out, int64_t from = 0) {
+  for (int64_t i = from; i < n; ++i) Put(out, i, At(w, i) * Round(At(x, i) * r, x));
 }
 
-void RmsNormRowPlain(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
-  const float r = RmsScale(x, n, eps);
-  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
+template <typename T>
+void RmsNormRowPlain(const T* x, const T* w, int64_t n, float eps, T* out) {
+  RmsApplyPlain(x, w, n, RmsScale(x, n, eps), out);
 }
-
-inline float Round(float v, const float*) { return v; }
-inline float Round(float v, const uint16_t*) { return Bf16ToFloat(FloatToBf16(v)); }
-inline void Put(float* out, int64_t i, float v) { out[i] = v; }
-inline void Put(uint16_t* out, int64_t i, float v) { out[i] = FloatToBf16(v); }
 
 // Elements [from, half) of each half.
 template <typename T>
@@ -276,58 +276,54 @@ RLHF_AVX2 inline __m256 Exp8(__m256 x) {
   return _mm256_andnot_ps(zero_mask, y);
 }
 
-RLHF_AVX2 double ExpShiftedAvx2(const float* x, int64_t n, float shift, float* out) {
-  const __m256 s = _mm256_set1_ps(shift);
-  __m256 acc = _mm256_setzero_ps();
+// A long sum of 8-float vectors: float lanes, folded into double every 2048 values so that they stay far from
+// their rounding limit.
+struct LaneSum {
+  __m256 acc;
   double sum = 0;
-  int64_t i = 0;
-  for (int64_t block = 0; i + 8 <= n; i += 8) {
-    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
-    if (out != nullptr) _mm256_storeu_ps(out + i, e);
-    acc = _mm256_add_ps(acc, e);
-    if (++block == 256) {  // fold into double every 2048 values: float lanes stay far from their rounding limit
-      sum += Sum8(acc);
-      acc = _mm256_setzero_ps();
-      block = 0;
-    }
-  }
-  sum += Sum8(acc);
-  return sum + ExpShiftedPlain(x + i, n - i, shift, out == nullptr ? nullptr : out + i);
-}
-
-// Sum: float lanes folded into double every 2048 values, as in ExpShiftedAvx2.
-RLHF_AVX2 double SumAvx2(const float* x, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  double sum = 0;
-  int64_t i = 0;
-  for (int64_t block = 0; i + 8 <= n; i += 8) {
-    acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + i));
+  int block = 0;
+  RLHF_AVX2 LaneSum() : acc(_mm256_setzero_ps()) {}
+  RLHF_AVX2 void Add(__m256 v) {
+    acc = _mm256_add_ps(acc, v);
     if (++block == 256) {
       sum += Sum8(acc);
       acc = _mm256_setzero_ps();
       block = 0;
     }
   }
-  return sum + Sum8(acc) + SumPlain(x + i, n - i);
+  RLHF_AVX2 double Total() const { return sum + Sum8(acc); }
+};
+
+RLHF_AVX2 double ExpShiftedAvx2(const float* x, int64_t n, float shift, float* out) {
+  const __m256 s = _mm256_set1_ps(shift);
+  LaneSum sum;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    if (out != nullptr) _mm256_storeu_ps(out + i, e);
+    sum.Add(e);
+  }
+  return sum.Total() + ExpShiftedPlain(x + i, n - i, shift, out == nullptr ? nullptr : out + i);
+}
+
+RLHF_AVX2 double SumAvx2(const float* x, int64_t n) {
+  LaneSum sum;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) sum.Add(_mm256_loadu_ps(x + i));
+  return sum.Total() + SumPlain(x + i, n - i);
 }
 
 RLHF_AVX2 double ZeroBelowAvx2(float* x, int64_t n, float floor) {
   const __m256 f = _mm256_set1_ps(floor);
-  __m256 acc = _mm256_setzero_ps();
-  double sum = 0;
+  LaneSum sum;
   int64_t i = 0;
-  for (int64_t block = 0; i + 8 <= n; i += 8) {
+  for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     const __m256 kept = _mm256_andnot_ps(_mm256_cmp_ps(v, f, _CMP_LT_OQ), v);
     _mm256_storeu_ps(x + i, kept);
-    acc = _mm256_add_ps(acc, kept);
-    if (++block == 256) {
-      sum += Sum8(acc);
-      acc = _mm256_setzero_ps();
-      block = 0;
-    }
+    sum.Add(kept);
   }
-  return sum + Sum8(acc) + ZeroBelowPlain(x + i, n - i, floor);
+  return sum.Total() + ZeroBelowPlain(x + i, n - i, floor);
 }
 
 // g / (1 + exp(-g)) * u; exp(-g) overflows to +inf for g below -88.3, which gives -0 like silu's limit.
@@ -338,12 +334,6 @@ RLHF_AVX2 inline __m256 SiluMul8(__m256 g, __m256 u) {
   return _mm256_mul_ps(_mm256_andnot_ps(big, s), u);
 }
 
-RLHF_AVX2 void SiluMulAvx2(const float* g, const float* u, float* out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, SiluMul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
-  SiluMulPlain(g + i, u + i, out + i, n - i);
-}
-
 // Nearest bf16 of 8 floats (ties to even; the activations here are finite), as 8 uint16 in a 128-bit vector.
 RLHF_AVX2 inline __m128i ToBf16x8(__m256 v) {
   __m256i b = _mm256_castps_si256(v);
@@ -352,13 +342,24 @@ RLHF_AVX2 inline __m128i ToBf16x8(__m256 v) {
   return _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
 }
 
-RLHF_AVX2 void SiluMulAvx2(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n) {
+// The bf16 values of 8 floats widened back to floats.
+RLHF_AVX2 inline __m256 RoundToBf16(__m256 v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(ToBf16x8(v)), 16));
+}
+
+// Round and Put of 8 lanes.
+inline __m256 RoundLanes(__m256 v, const float*) { return v; }
+RLHF_AVX2 inline __m256 RoundLanes(__m256 v, const uint16_t*) { return RoundToBf16(v); }
+RLHF_AVX2 inline void Store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+RLHF_AVX2 inline void Store8(uint16_t* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ToBf16x8(v));
+}
+
+template <typename T>
+RLHF_AVX2 void SiluMulAvx2(const T* g, const T* u, T* out, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i r = ToBf16x8(SiluMul8(Load8(g + i), Load8(u + i)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), r);
-  }
-  SiluMulPlain(g + i, u + i, out + i, n - i);
+  for (; i + 8 <= n; i += 8) Store8(out + i, SiluMul8(Load8(g + i), Load8(u + i)));
+  SiluMulPlain(g, u, out, n, i);
 }
 
 template <typename T>
@@ -375,37 +376,15 @@ RLHF_AVX2 float RmsScaleAvx2(const T* x, int64_t n, float eps, int64_t* done) {
   return 1.f / std::sqrt(s / static_cast<float>(n) + eps);
 }
 
-RLHF_AVX2 void RmsNormRowAvx2(const float* x, const float* w, int64_t n, float eps, float* out) {
+template <typename T>
+RLHF_AVX2 void RmsNormRowAvx2(const T* x, const T* w, int64_t n, float eps, T* out) {
   int64_t i = 0;
   const float r = RmsScaleAvx2(x, n, eps, &i);
   const __m256 rv = _mm256_set1_ps(r);
   for (int64_t j = 0; j + 8 <= i; j += 8) {
-    _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_loadu_ps(w + j), _mm256_mul_ps(_mm256_loadu_ps(x + j), rv)));
+    Store8(out + j, _mm256_mul_ps(Load8(w + j), RoundLanes(_mm256_mul_ps(Load8(x + j), rv), x)));
   }
-  for (; i < n; ++i) out[i] = w[i] * (x[i] * r);
-}
-
-// The bf16 values of 8 floats widened back to floats.
-RLHF_AVX2 inline __m256 RoundToBf16(__m256 v) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(ToBf16x8(v)), 16));
-}
-
-RLHF_AVX2 void RmsNormRowAvx2(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
-  int64_t i = 0;
-  const float r = RmsScaleAvx2(x, n, eps, &i);
-  const __m256 rv = _mm256_set1_ps(r);
-  for (int64_t j = 0; j + 8 <= i; j += 8) {
-    const __m256 h = RoundToBf16(_mm256_mul_ps(Load8(x + j), rv));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), ToBf16x8(_mm256_mul_ps(Load8(w + j), h)));
-  }
-  for (; i < n; ++i) out[i] = FloatToBf16(Bf16ToFloat(w[i]) * Bf16ToFloat(FloatToBf16(Bf16ToFloat(x[i]) * r)));
-}
-
-inline __m256 RoundLanes(__m256 v, const float*) { return v; }
-RLHF_AVX2 inline __m256 RoundLanes(__m256 v, const uint16_t*) { return RoundToBf16(v); }
-RLHF_AVX2 inline void Store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-RLHF_AVX2 inline void Store8(uint16_t* p, __m256 v) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ToBf16x8(v));
+  RmsApplyPlain(x, w, n, r, out, i);
 }
 
 template <typename T>

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 
 namespace rlhf::model {
 
@@ -41,6 +40,22 @@ torch::Tensor RopeInverseFrequencies(const HfConfig& c) {
   return inv.to(torch::kFloat32);
 }
 
+namespace {
+
+// The elements of a contiguous tensor as T (bf16 as its uint16_t bits); null for an undefined tensor.
+template <typename T>
+T* Data(const torch::Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// fn(T{}) with T the element type of the CPU kernels for dt: float for f32, uint16_t for bf16.
+template <typename Fn>
+auto ForElement(torch::ScalarType dt, Fn fn) {
+  return dt == torch::kFloat32 ? fn(float{}) : fn(uint16_t{});
+}
+
+}  // namespace
+
 // x @ W^T (+ b). A single f32 row (decode at batch 1) goes through a matrix-vector product, which streams
 // the weights about twice as fast as a one-row matrix product on CPU BLAS (decode_bench: 37 vs 26 tok/s).
 //
@@ -51,27 +66,28 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch
                              w.dim() == 2 && w.size(1) > 0 && x.numel() > 0 && x.scalar_type() == w.scalar_type();
   if (!cpu_inference) return F::linear(x, w, b);
   const int64_t K = w.size(1), N = w.size(0), rows = x.numel() / K;
-  // x as [rows, K] into y [rows, N] through product(x, w, bias or null, y), then shaped like x.
-  auto through = [&](auto* type, auto product) {
-    using T = std::remove_pointer_t<decltype(type)>;
+  // x as [rows, K] into y [rows, N] through product(x, w, bias or null, y) on elements of tag's type, then shaped
+  // like x.
+  auto through = [&](auto tag, auto product) {
+    using T = decltype(tag);
     auto xr = x.reshape({-1, K}).contiguous();
     auto wc = w.contiguous();
     auto bc = b.defined() ? b.to(w.scalar_type()).contiguous() : torch::Tensor();
     auto y = torch::empty({rows, N}, x.options());
-    auto ptr = [](const torch::Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; };
-    product(ptr(xr), ptr(wc), ptr(bc), ptr(y));
+    product(Data<const T>(xr), Data<const T>(wc), Data<const T>(bc), Data<T>(y));
     auto shape = x.sizes().vec();
     shape.back() = N;
     return y.view(shape);
   };
   if (x.scalar_type() == torch::kBFloat16 && K % 32 == 0 && AmxUsable()) {
-    return through(static_cast<uint16_t*>(nullptr), [&](const uint16_t* xp, const uint16_t* wp, const uint16_t* bp,
-                                                        uint16_t* yp) { AmxLinearBf16(xp, rows, K, wp, N, bp, yp); });
+    return through(uint16_t{}, [&](const uint16_t* xp, const uint16_t* wp, const uint16_t* bp, uint16_t* yp) {
+      AmxLinearBf16(xp, rows, K, wp, N, bp, yp);
+    });
   }
   // f32 on 2 to 128 rows (decode batches): Avx512LinearF32 reads the weights in place where BLAS packs them
   // first, 240 against 175 GFLOP/s at 64 rows with the weights coming from memory.
   if (x.scalar_type() == torch::kFloat32 && K % 16 == 0 && rows >= 2 && rows <= 128 && Avx512Usable()) {
-    return through(static_cast<float*>(nullptr), [&](const float* xp, const float* wp, const float* bp, float* yp) {
+    return through(float{}, [&](const float* xp, const float* wp, const float* bp, float* yp) {
       Avx512LinearF32(xp, rows, K, wp, N, bp, yp);
     });
   }
@@ -112,13 +128,11 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const 
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t row = ((b * N + n) * T + t) * D, table = (b * T + t) * D;
-        if (dt == torch::kFloat32) {
-          vec::RopeRow(xc.data_ptr<float>() + row, cc.data_ptr<float>() + table, sc.data_ptr<float>() + table, D,
-                       out.data_ptr<float>() + row);
-        } else {
-          auto bits = [](const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
-          vec::RopeRow(bits(xc) + row, bits(cc) + table, bits(sc) + table, D, bits(out) + row);
-        }
+        ForElement(dt, [&](auto tag) {
+          using E = decltype(tag);
+          vec::RopeRow(Data<const E>(xc) + row, Data<const E>(cc) + table, Data<const E>(sc) + table, D,
+                       Data<E>(out) + row);
+        });
       }
     }
   }
@@ -185,15 +199,12 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
     auto out = torch::empty_like(xc);
     const int64_t n = xc.size(-1), rows = xc.numel() / n;
     const float eps = static_cast<float>(eps_);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (dt == torch::kFloat32) {
-        vec::RmsNormRow(xc.data_ptr<float>() + r * n, wc.data_ptr<float>(), n, eps, out.data_ptr<float>() + r * n);
-      } else {
-        vec::RmsNormRow(reinterpret_cast<const uint16_t*>(xc.data_ptr()) + r * n,
-                        reinterpret_cast<const uint16_t*>(wc.data_ptr()), n, eps,
-                        reinterpret_cast<uint16_t*>(out.data_ptr()) + r * n);
+    ForElement(dt, [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t r = 0; r < rows; ++r) {
+        vec::RmsNormRow(Data<const T>(xc) + r * n, Data<const T>(wc), n, eps, Data<T>(out) + r * n);
       }
-    }
+    });
     return out;
   }
   auto h = x.to(torch::kFloat32);
@@ -228,12 +239,10 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   if (!at::GradMode::is_enabled() && g.device().is_cpu() && u.device().is_cpu() && dt == u.scalar_type() &&
       (dt == torch::kFloat32 || dt == torch::kBFloat16) && g.is_contiguous() && u.is_contiguous() &&
       g.sizes() == u.sizes()) {
-    if (dt == torch::kFloat32) {
-      vec::SiluMul(g.data_ptr<float>(), u.data_ptr<float>(), g.data_ptr<float>(), g.numel());
-    } else {
-      auto* gp = reinterpret_cast<uint16_t*>(g.data_ptr());
-      vec::SiluMul(gp, reinterpret_cast<const uint16_t*>(u.data_ptr()), gp, g.numel());
-    }
+    ForElement(dt, [&](auto tag) {
+      using T = decltype(tag);
+      vec::SiluMul(Data<const T>(g), Data<const T>(u), Data<T>(g), g.numel());
+    });
     return Linear(down_proj, g);
   }
   return Linear(down_proj, torch::silu(g) * u);
