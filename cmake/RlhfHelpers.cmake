@@ -17,10 +17,13 @@ function(rlhf_use_torch_pch target)
   target_precompile_headers(${target} REUSE_FROM rlhf_torch_pch)
 endfunction()
 
-# rlhf_add_test(NAME name SOURCES a.cc b.cc LIBS lib1 lib2 [TORCH])
-# One GoogleTest executable per module; every test case is registered with CTest.
+# rlhf_add_test(NAME name SOURCES a.cc b.cc LIBS lib1 lib2 [TORCH] [TIMING Suite.Test Suite.* ...])
+# One GoogleTest executable per module; every test case is registered with CTest. The cases named (or
+# matched, gtest filter patterns) by TIMING are the ones that run several processes or threads against each
+# other, servers or deadlines: they get the CTest label `timing` (the others `unit`), which
+# scripts/flake_check.sh repeats.
 function(rlhf_add_test)
-  cmake_parse_arguments(T "TORCH" "NAME" "SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(T "TORCH" "NAME" "SOURCES;LIBS;TIMING" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES} ${PROJECT_SOURCE_DIR}/tests/test_main.cc)
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} rlhf_common GTest::gtest Threads::Threads)
   target_include_directories(${T_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
@@ -31,7 +34,17 @@ function(rlhf_add_test)
   if(T_TORCH)
     rlhf_use_torch_pch(${T_NAME})
   endif()
-  gtest_discover_tests(${T_NAME}
-    DISCOVERY_MODE PRE_TEST
-    PROPERTIES ENVIRONMENT "RLHF_LOG_LEVEL=warn" TIMEOUT 600)
+  if(T_TIMING)
+    list(JOIN T_TIMING ":" timing_filter)
+    gtest_discover_tests(${T_NAME}
+      DISCOVERY_MODE PRE_TEST TEST_FILTER "-${timing_filter}"
+      PROPERTIES ENVIRONMENT "RLHF_LOG_LEVEL=warn" TIMEOUT 600 LABELS unit)
+    gtest_discover_tests(${T_NAME}
+      DISCOVERY_MODE PRE_TEST TEST_FILTER "${timing_filter}"
+      PROPERTIES ENVIRONMENT "RLHF_LOG_LEVEL=warn" TIMEOUT 600 LABELS timing)
+  else()
+    gtest_discover_tests(${T_NAME}
+      DISCOVERY_MODE PRE_TEST
+      PROPERTIES ENVIRONMENT "RLHF_LOG_LEVEL=warn" TIMEOUT 600 LABELS unit)
+  endif()
 endfunction()

@@ -162,6 +162,7 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
       s->set_completion(g.completion);
       for (const auto& [k, v] : pr.extra()) (*s->mutable_extra())[k] = v;
       if (!write_failed && !writer->Write(resp)) write_failed = true;
+      if (stream_hook_) stream_hook_(*s);
     });
     if (!done.ok()) return ToGrpc(done.status());
     if (write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");

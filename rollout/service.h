@@ -10,6 +10,7 @@
 // Thread-safety: all methods may be called concurrently; generation groups and swaps are serialised.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,13 @@ class RolloutService final : public Rollout::Service {
   // `version`; they are swapped in like a streamed update. INVALID_ARGUMENT when the folder does not fit.
   absl::Status StageFromFolder(const std::string& dir, int64_t version);
 
+  // Test seam: called on the generating thread after each sample is written to a Generate stream, while
+  // its generation group holds the model (an update committed from inside the hook is swapped in at the
+  // next group boundary). Lets a test place an event at an exact point of a stream instead of racing it.
+  // Set it before any stream runs; null removes it.
+  using StreamHook = std::function<void(const rlhf::Sample&)>;
+  void SetStreamHookForTesting(StreamHook hook) { stream_hook_ = std::move(hook); }
+
  private:
   struct Staged {
     int64_t version = 0;
@@ -77,6 +85,7 @@ class RolloutService final : public Rollout::Service {
 
   std::mutex staged_mu_;
   std::unique_ptr<Staged> pending_;  // committed, waiting for the next group boundary
+  StreamHook stream_hook_;           // tests only
 };
 
 // The keys of a rollout worker (`rlhf serve rollout`, and the embedded worker of `rlhf train`).

@@ -38,15 +38,18 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version) {
     for (size_t j = 0; j < leased.size(); ++j) {
       for (int64_t r = 0; r < gen.relets[j]; ++r) RETURN_IF_ERROR(ledger_.Relet(leased[j]));
     }
-    // A service that stays unreachable is not the prompts' fault: hand the leases back and stop the run (a
-    // resumed run leases them again) instead of dropping the epoch prompt by prompt.
+    // A service that stays unreachable, or cannot serve this run at all (FAILED_PRECONDITION: e.g. a scorer
+    // that refuses the code reward where it cannot isolate it), is not the prompts' fault: hand the leases
+    // back and stop the run (a resumed run leases them again) instead of dropping the epoch prompt by prompt.
     auto unreachable = [&](const std::vector<absl::Status>& errors, const char* role) -> absl::Status {
       for (const auto& e : errors) {
-        if (e.ok() || !Retryable(e.code())) continue;
+        const bool precondition = e.code() == absl::StatusCode::kFailedPrecondition;
+        if (e.ok() || !(Retryable(e.code()) || precondition)) continue;
         for (int64_t p : leased) {
           if (ledger_.state(p) == PromptState::kLeased) RETURN_IF_ERROR(ledger_.Release(p));
         }
         for (int64_t p : b.prompts) RETURN_IF_ERROR(ledger_.Release(p));
+        if (precondition) return absl::FailedPreconditionError(absl::StrCat(role, " cannot serve this run: ", e.message()));
         return absl::UnavailableError(absl::StrCat(role, " unreachable after the retries: ", e.message()));
       }
       return absl::OkStatus();

@@ -51,8 +51,10 @@ class Coordinator {
               ScorerClient* scorer);
 
   // The next learner batch, generated with policy `version`. An empty batch when every epoch is done.
-  // UNAVAILABLE when the rollout workers or the scorer stay unreachable after the retries (the batch's
-  // leases are handed back first, so nothing is lost); INTERNAL for a ledger that does not add up.
+  // UNAVAILABLE when the rollout workers or the scorer stay unreachable after the retries, FAILED_PRECONDITION
+  // when one of them cannot serve the run at all (e.g. the scorer refuses the code reward on a machine
+  // without isolation); the batch's leases are handed back first, so nothing is lost. INTERNAL for a
+  // ledger that does not add up.
   absl::StatusOr<StepBatch> NextBatch(int64_t version);
   // The learner step on `batch` succeeded: its prompts are trained.
   absl::Status MarkTrained(const StepBatch& batch);

@@ -5,10 +5,12 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -26,6 +28,8 @@ namespace {
 
 constexpr uid_t kNobody = 65534;
 
+std::atomic<UnshareFn> g_unshare{nullptr};  // null: the system call
+
 // What the child needs, prepared before fork: after fork in a multi-threaded process only async-signal-safe
 // calls are made (no allocation), so the child cannot deadlock on a lock another thread held.
 struct ChildPlan {
@@ -34,8 +38,11 @@ struct ChildPlan {
   const char* output = nullptr;
   const char* command = nullptr;
   const char* const* env = nullptr;
-  int ready_fd = -1;  // child -> parent: the user namespace exists, write its id maps
-  int go_fd = -1;     // parent -> child: the maps are written (or 'x': they could not be)
+  // The child's end of a socket pair (not pipes: the parent sends with MSG_NOSIGNAL, so a child that died
+  // before reading costs EPIPE, never a SIGPIPE that kills the caller's process). Child -> parent 'r': the
+  // user namespace exists, write its id maps; parent -> child 'g': they are written ('x': they could not be).
+  int sync_fd = -1;
+  UnshareFn unshare_fn = ::unshare;
   SandboxLimits limits;
 };
 
@@ -106,15 +113,15 @@ void RemountAllReadOnly(int err_fd, const char* keep) {
 // read-only mounts but the scratch directory; then the command as pid 1 of the new pid namespace.
 [[noreturn]] void Child(const ChildPlan& p) {
   const int e = p.err_fd;
-  if (unshare(CLONE_NEWUSER) != 0) Fail(e, "unshare(user namespace)");
+  if (p.unshare_fn(CLONE_NEWUSER) != 0) Fail(e, "unshare(user namespace)");
   // Only a process of the parent namespace may map root inside to "nobody" outside: ask the parent.
   char c = 0;
-  if (write(p.ready_fd, "r", 1) != 1 || read(p.go_fd, &c, 1) != 1 || c != 'g') {
+  if (send(p.sync_fd, "r", 1, MSG_NOSIGNAL) != 1 || read(p.sync_fd, &c, 1) != 1 || c != 'g') {
     errno = EPERM;
     Fail(e, "map the sandbox user (uid_map / gid_map)");
   }
   if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) Fail(e, "become the namespace's root");
-  if (unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0) {
+  if (p.unshare_fn(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0) {
     Fail(e, "unshare(net, mount, pid namespaces)");
   }
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) Fail(e, "make mounts private");
@@ -190,8 +197,13 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return absl::UnavailableError("pipe");
   const std::string output = scratch + "/.output", home = "HOME=" + scratch;
-  int ready[2], go[2];
-  if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(go, O_CLOEXEC) != 0) return absl::UnavailableError("pipe");
+  // The id-map handshake: sock[0] stays with the parent, sock[1] goes to the child.
+  int sock[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock) != 0) {
+    close(pipefd[0]);
+    close(pipefd[1]);
+    return absl::UnavailableError(absl::StrCat("socketpair: ", std::strerror(errno)));
+  }
   const char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", home.c_str(), "LANG=C.UTF-8", nullptr};
   ChildPlan plan;
   plan.err_fd = pipefd[1];
@@ -199,33 +211,37 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
   plan.output = output.c_str();
   plan.command = command.c_str();
   plan.env = env;
-  plan.ready_fd = ready[1];
-  plan.go_fd = go[0];
+  plan.sync_fd = sock[1];
+  if (UnshareFn fn = g_unshare.load()) plan.unshare_fn = fn;
   plan.limits = limits;
   pid_t pid = fork();
-  if (pid < 0) return absl::UnavailableError(absl::StrCat("fork: ", std::strerror(errno)));
+  if (pid < 0) {
+    const int e = errno;
+    for (int fd : {pipefd[0], pipefd[1], sock[0], sock[1]}) close(fd);
+    return absl::UnavailableError(absl::StrCat("fork: ", std::strerror(e)));
+  }
   if (pid == 0) {
     close(pipefd[0]);
+    close(sock[0]);
     setpgid(0, 0);
     Child(plan);
   }
   close(pipefd[1]);
-  close(ready[1]);
-  close(go[0]);
+  close(sock[1]);
   setpgid(pid, pid);
   {
-    // The child's user namespace exists: map its root to nobody (uid and gid 65534).
+    // The child's user namespace exists: map its root to nobody (uid and gid 65534). A child that failed
+    // before (no user namespace here) has closed its end: read sees EOF and the send fails with EPIPE.
     char c = 0;
     bool mapped = false;
-    if (read(ready[0], &c, 1) == 1) {
+    if (read(sock[0], &c, 1) == 1) {
       const std::string base = "/proc/" + std::to_string(pid);
       const std::string map = absl::StrCat("0 ", kNobody, " 1\n");
       mapped = WriteProc((base + "/setgroups").c_str(), "deny") && WriteProc((base + "/uid_map").c_str(), map.c_str()) &&
                WriteProc((base + "/gid_map").c_str(), map.c_str());
     }
-    (void)!write(go[1], mapped ? "g" : "x", 1);
-    close(ready[0]);
-    close(go[1]);
+    (void)!send(sock[0], mapped ? "g" : "x", 1, MSG_NOSIGNAL);
+    close(sock[0]);
   }
   SandboxResult r;
   int status = 0;
@@ -262,5 +278,7 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
   }
   return r;
 }
+
+UnshareFn SetSandboxUnshareForTesting(UnshareFn fn) { return g_unshare.exchange(fn); }
 
 }  // namespace rlhf::scoring

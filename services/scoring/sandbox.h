@@ -6,7 +6,8 @@
 //   - a wall-clock timeout after which the whole process tree is killed;
 //   - the scratch directory is removed afterwards.
 // If the isolation cannot be set up (namespaces not permitted, no uid to map), RunSandboxed refuses with
-// FAILED_PRECONDITION and runs nothing: never an unconfined run.
+// FAILED_PRECONDITION and runs nothing: never an unconfined run. The refusal never harms the caller's
+// process (no SIGPIPE from the child's early exit, no leaked descriptors or scratch directories).
 // Thread-safety: concurrent calls are fine (each uses its own scratch directory and child processes).
 #pragma once
 
@@ -37,5 +38,12 @@ struct SandboxResult {
 // FAILED_PRECONDITION when isolation is unavailable; UNAVAILABLE on local errors (fork, disk).
 absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std::map<std::string, std::string>& files,
                                            const SandboxLimits& limits);
+
+// Fault-injection seam: the unshare(2) the sandbox's child calls to create its namespaces. Tests install a
+// function that fails (e.g. with EPERM, as on hosts that refuse user namespaces) to exercise the refusal
+// path on every machine. It runs in the forked child: it must be async-signal-safe. Returns the previous
+// function; pass nullptr to restore the system call. Not to be changed while sandboxes run.
+using UnshareFn = int (*)(int flags);
+UnshareFn SetSandboxUnshareForTesting(UnshareFn fn);
 
 }  // namespace rlhf::scoring

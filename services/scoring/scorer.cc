@@ -128,9 +128,20 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& confi
   }
   if (config.code_weight != 0) {
     if (config.code_command.empty()) return absl::InvalidArgumentError("reward.code_weight needs reward.code_command");
-    // Refuse to start, visibly, where the sandbox cannot isolate: never run generated code unconfined.
-    ASSIGN_OR_RETURN(auto probe, RunSandboxed("true", {}, s->Limits()));
-    if (probe.exit_code != 0) return absl::FailedPreconditionError("the code sandbox does not run commands here");
+    // Where the sandbox cannot isolate, refuse the code reward (visibly, with the reason) and serve the rest:
+    // never run generated code unconfined, never let the missing isolation take the process down.
+    auto probe = RunSandboxed("true", {}, s->Limits());
+    if (probe.ok() && probe->exit_code != 0) {
+      probe = absl::FailedPreconditionError(absl::StrCat("the code sandbox does not run commands here (a probe exited ",
+                                                         probe->exit_code, ": ", probe->output, ")"));
+    }
+    if (!probe.ok() && probe.status().code() != absl::StatusCode::kFailedPrecondition) return probe.status();
+    if (!probe.ok()) {
+      s->code_refusal_ = probe.status();
+      spdlog::error("reward.code_weight: the code reward is refused on this machine: {}; every sample gets this "
+                    "error instead of a code reward, the other sources keep serving",
+                    std::string(probe.status().message()));
+    }
   }
   ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(config.dtype));
   if (config.reward_model_weight != 0) {
@@ -394,7 +405,8 @@ absl::StatusOr<std::vector<ScoreOutcome>> Scorer::Score(std::vector<Sample>& sam
       std::map<std::string, std::string> files = {{config_.code_file, ExtractCode(s.completion())}};
       auto it = s.extra().find(config_.code_tests_field);
       if (it != s.extra().end()) files["tests"] = ExtraText(it->second);
-      auto run = RunSandboxed(config_.code_command, files, Limits());
+      auto run = code_refusal_.ok() ? RunSandboxed(config_.code_command, files, Limits())
+                                    : absl::StatusOr<SandboxResult>(code_refusal_);
       if (!run.ok()) {
         fail(i, "code", run.status());
       } else {

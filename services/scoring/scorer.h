@@ -10,7 +10,9 @@
 //   missing_eos  -1 when the completion was cut at the length limit (finish_reason "length"), else 0
 //   code         1 when `code_command` exits 0 in the sandbox (services/scoring/sandbox.h) with the
 //                completion's last fenced code block (or the whole completion) in `code_file`, else 0;
-//                a scorer whose machine cannot isolate the command refuses to start
+//                where the machine cannot isolate the command (no user namespaces) the scorer still starts,
+//                logs why, and refuses the code reward: every sample it would score gets FAILED_PRECONDITION
+//                with that reason (no reward, never an unconfined run); the other sources keep serving
 //   reward_model the score head of an HF *ForSequenceClassification model at the last token of
 //                prompt + completion, batched by tokens
 //   judge        a local causal LM prompted with a constitution (services/scoring/judge.h): pointwise,
@@ -103,6 +105,7 @@ std::string ExtractCode(const std::string& completion);
 class Scorer {
  public:
   // Loads the configured models. INVALID_ARGUMENT when no source is on or a regex does not compile.
+  // Isolation missing for the code reward is not an error here: see code_refusal().
   static absl::StatusOr<std::unique_ptr<Scorer>> Create(const RewardConfig& config);
   ~Scorer();
 
@@ -120,6 +123,8 @@ class Scorer {
   absl::Status Validate(const Sample& sample, bool want_ref) const;
 
   bool has_reference() const { return !reference_.is_empty(); }
+  // OK, or why the code reward is refused on this machine (FAILED_PRECONDITION: the sandbox cannot isolate).
+  const absl::Status& code_refusal() const { return code_refusal_; }
   const RewardConfig& config() const { return config_; }
   std::vector<std::string> SourceNames() const;
 
@@ -143,6 +148,7 @@ class Scorer {
   std::shared_ptr<text::Tokenizer> tokenizer_;
   struct FormatRe;
   std::shared_ptr<FormatRe> format_;
+  absl::Status code_refusal_;  // set once at Create when the sandbox's probe is refused
 };
 
 }  // namespace rlhf::scoring

@@ -102,6 +102,14 @@ class CoordinatorTest : public ::testing::Test {
       return rollout::PushWeights(stub, *policy_, version, 1 << 16, Rpc()).status();
     };
   }
+  // Batches of `batch` prompts x `group` samples.
+  static CoordinatorOptions Options(int64_t batch, int32_t group) {
+    CoordinatorOptions o;
+    o.rollout_batch_size = batch;
+    o.group_size = group;
+    o.params = Params();
+    return o;
+  }
   static SamplingParams Params() {
     SamplingParams sp;
     sp.set_temperature(1.0f);
@@ -136,10 +144,7 @@ TEST_F(CoordinatorTest, EveryPromptOfEveryEpochEndsInOneState) {
   int pushes = 0;
   RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {3, 0.01}, Publisher(&pushes));
   ScorerClient scorer(scorer_server_->InProcessChannel(), Rpc(), {3, 0.01});
-  CoordinatorOptions o;
-  o.rollout_batch_size = 4;
-  o.group_size = 3;
-  o.params = Params();
+  auto o = Options(4, 3);
   o.epochs = 2;
   Coordinator c(o, Prompts(14, {2, 9}), 11, &pool, &scorer);
   auto trained = RunToTheEnd(c, 0);
@@ -160,10 +165,7 @@ TEST_F(CoordinatorTest, DynamicSamplingFiltersGroupsOfEqualRewards) {
   int pushes = 0;
   RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {3, 0.01}, Publisher(&pushes));
   ScorerClient scorer(scorer_server_->InProcessChannel(), Rpc(), {3, 0.01});
-  CoordinatorOptions o;
-  o.rollout_batch_size = 4;
-  o.group_size = 4;
-  o.params = Params();
+  auto o = Options(4, 4);
   o.dynamic_sampling = true;
   Coordinator c(o, Prompts(12), 3, &pool, &scorer);
   // A random model almost never says the sum: most groups are all 0 and filtered. Each accepted group
@@ -192,10 +194,7 @@ TEST_F(CoordinatorTest, AFailedWorkerAndAStaleVersionAreRecovered) {
   auto dead = MakeChannel(Rpc(), "127.0.0.1:1");
   RolloutPool pool({dead, rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, Publisher(&pushes));
   ScorerClient scorer(scorer_server_->InProcessChannel(), Rpc(), {3, 0.01});
-  CoordinatorOptions o;
-  o.rollout_batch_size = 6;
-  o.group_size = 2;
-  o.params = Params();
+  auto o = Options(6, 2);
   Coordinator c(o, Prompts(6), 1, &pool, &scorer);
   auto b = c.NextBatch(1);
   ASSERT_TRUE(b.ok()) << b.status();
@@ -213,10 +212,7 @@ TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {
   int pushes = 0;
   RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {2, 0.01}, Publisher(&pushes));
   ScorerClient scorer(MakeChannel(Rpc(), "127.0.0.1:1"), Rpc(), {2, 0.01});
-  CoordinatorOptions o;
-  o.rollout_batch_size = 4;
-  o.group_size = 2;
-  o.params = Params();
+  auto o = Options(4, 2);
   Coordinator c(o, Prompts(8), 1, &pool, &scorer);
   auto b = c.NextBatch(0);
   EXPECT_EQ(b.status().code(), absl::StatusCode::kUnavailable) << b.status();
@@ -228,6 +224,41 @@ TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {
   auto resumed = Ledger::FromJson(c.State(), 8, 1);
   ASSERT_TRUE(resumed.ok());
   EXPECT_EQ(resumed->Lease(100).size(), 8u);
+}
+
+int RefuseUnshare(int) {
+  errno = EPERM;
+  return -1;
+}
+
+// A scorer that refuses the code reward (no isolation on its machine: the sandbox seam refuses the
+// namespaces) keeps running; the coordinator stops with its reason and hands every lease back.
+TEST_F(CoordinatorTest, AScorerThatRefusesItsRewardStopsTheStepAndKeepsThePrompts) {
+  const auto previous = scoring::SetSandboxUnshareForTesting(&RefuseUnshare);
+  scoring::RewardConfig reward;
+  reward.code_weight = 1;
+  reward.code_command = "true";
+  auto refusing = scoring::Scorer::Create(reward);
+  scoring::SetSandboxUnshareForTesting(previous);
+  ASSERT_TRUE(refusing.ok()) << refusing.status();
+  ASSERT_EQ((*refusing)->code_refusal().code(), absl::StatusCode::kFailedPrecondition);
+  scoring::ScorerService service(std::move(*refusing), scoring::ScorerServiceConfig{});
+  auto server = RpcServer::Start(Rpc(), {"", "scorer", {}}, {&service});
+  ASSERT_TRUE(server.ok()) << server.status();
+  int pushes = 0;
+  RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {2, 0.01}, Publisher(&pushes));
+  ScorerClient scorer((*server)->InProcessChannel(), Rpc(), {2, 0.01});
+  auto o = Options(4, 2);
+  Coordinator c(o, Prompts(8), 1, &pool, &scorer);
+  auto b = c.NextBatch(0);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition) << b.status();
+  EXPECT_NE(b.status().message().find("refusing to run it unconfined"), std::string::npos) << b.status();
+  const auto n = c.ledger().Current();
+  EXPECT_EQ(n.pending, 8) << "the leases went back";
+  EXPECT_EQ(n.dropped, 0);
+  auto health = CheckHealth((*server)->InProcessChannel(), Rpc());
+  EXPECT_TRUE(health.ok()) << "the scorer still serves";
+  (*server)->Shutdown();
 }
 
 TEST_F(CoordinatorTest, EvaluationCountsWhatTheScorerSays) {

@@ -5,10 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <filesystem>
+#include <map>
 #include <set>
-#include <thread>
 
 #include "common/model/checkpoint.h"
 #include "rollout/weight_client.h"
@@ -135,29 +134,33 @@ TEST(RolloutService, WeightsSwapBetweenGroupsWhileAStreamRuns) {
   auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port()));
   auto stub = Rollout::NewStub(channel);
   auto pusher = Rollout::NewStub(channel);
-  std::atomic<bool> pushed{false};
-  std::thread push_thread;
-  grpc::Status st;
-  auto samples = Collect(stub.get(), Request(12, 1, 8), &st, [&](const rlhf::Sample&) {
-    if (!pushed.exchange(true)) {
-      push_thread = std::thread([&] {
-        auto reply = PushWeights(pusher.get(), *v1, 1, 4096, Rpc());  // small chunks: many per tensor
-        ASSERT_TRUE(reply.ok()) << reply.status();
-        EXPECT_EQ(reply->version(), 1);
-      });
-      push_thread.join();  // the update is committed before the stream goes on
-    }
+  // The push happens at a point of the stream the test chooses, not when the client happens to read: right
+  // after the first sample of the first group is written, while that group still holds the model. The
+  // update (many small chunks over gRPC) is committed before the group's second sample is generated, and
+  // must wait for the group boundary: the second sample is still v0, every later group v1.
+  int written = 0;
+  svc.SetStreamHookForTesting([&](const rlhf::Sample& s) {
+    if (written++ != 0) return;
+    EXPECT_EQ(s.policy_version(), 0);
+    auto reply = PushWeights(pusher.get(), *v1, 1, 4096, Rpc());  // small chunks: many per tensor
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->version(), 1);  // committed; svc.version() would wait for the group (it takes the model)
   });
+  grpc::Status st;
+  auto samples = Collect(stub.get(), Request(12, 1, 8), &st);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(samples.size(), 12u);
-  std::set<int64_t> versions;
+  std::map<int64_t, int64_t> version_of;  // prompt -> version
   for (const auto& s : samples) {
-    versions.insert(s.policy_version());
+    version_of[s.prompt_index()] = s.policy_version();
     auto& ref = s.policy_version() == 0 ? *v0 : *v1;
     EXPECT_TRUE(torch::allclose(Recompute(ref, s, 0.9), torch::tensor(std::vector<float>(s.logprobs().begin(), s.logprobs().end())), 1e-4, 1e-5))
         << "sample of prompt " << s.prompt_index() << " stamped v" << s.policy_version();
   }
-  EXPECT_EQ(versions, (std::set<int64_t>{0, 1}));
+  ASSERT_EQ(version_of.size(), 12u);
+  for (const auto& [prompt, version] : version_of) {
+    EXPECT_EQ(version, prompt < 2 ? 0 : 1) << "prompt " << prompt << " (groups of 2 prompts)";
+  }
   EXPECT_EQ(svc.version(), 1);
 }
 

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/metrics.h"
 #include "services/scoring/sandbox.h"
 #include "services/scoring/scorer.h"
 
@@ -111,6 +113,61 @@ TEST(Sandbox, MemoryAndCpuAreLimited) {
   EXPECT_NE(r.exit_code, 0);
 }
 
+// The refusal path, on every machine: a seam makes the namespace setup fail as it does where the kernel
+// refuses user namespaces (hardened hosts, many Kubernetes nodes). The child exits before the id-map
+// handshake; the caller must get FAILED_PRECONDITION with the reason, run nothing, leak no descriptor, and live
+// (a write to the dead child's pipe once killed the whole process with SIGPIPE).
+int RefuseUserNamespace(int flags) {
+  if (flags & CLONE_NEWUSER) {
+    errno = EPERM;
+    return -1;
+  }
+  return unshare(flags);
+}
+int RefuseInnerNamespaces(int flags) {
+  if (flags & CLONE_NEWPID) {
+    errno = EPERM;
+    return -1;
+  }
+  return unshare(flags);
+}
+
+struct SeamGuard {
+  explicit SeamGuard(UnshareFn fn) : previous(SetSandboxUnshareForTesting(fn)) {}
+  ~SeamGuard() { SetSandboxUnshareForTesting(previous); }
+  UnshareFn previous;
+};
+
+int OpenDescriptors() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+void ExpectCleanRefusal(UnshareFn seam, const std::string& reason) {
+  SeamGuard guard(seam);
+  const std::string marker = "/tmp/rlhf-sandbox-ran-" + std::to_string(getpid());
+  const int fds = OpenDescriptors();
+  for (int i = 0; i < 20; ++i) {
+    auto r = RunSandboxed("touch " + marker, {{"solution.py", "print(1)"}}, SandboxLimits{});
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_NE(r.status().message().find(reason), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find("refusing to run it unconfined"), std::string::npos) << r.status();
+  }
+  EXPECT_FALSE(fs::exists(marker)) << "the command ran unconfined";
+  EXPECT_EQ(OpenDescriptors(), fds) << "descriptors leaked";
+}
+
+TEST(Sandbox, RefusesCleanlyWhereUserNamespacesAreRefused) {
+  ExpectCleanRefusal(&RefuseUserNamespace, "unshare(user namespace): Operation not permitted");
+}
+
+TEST(Sandbox, RefusesCleanlyWhereTheInnerNamespacesAreRefused) {
+  // The user namespace may succeed here (then the parent writes the id maps and the child fails next), or
+  // the machine refuses it already: a refusal either way.
+  ExpectCleanRefusal(&RefuseInnerNamespaces, "unshare(");
+}
+
 TEST(Sandbox, RefusesUnsafeFileNames) {
   EXPECT_EQ(RunSandboxed("true", {{"../x", ""}}, {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -128,10 +185,10 @@ TEST(CodeReward, PassingAndFailingSolutionsInTheSandbox) {
   c.code_wall_seconds = 3;
   c.code_cpu_seconds = 1;
   auto scorer = Scorer::Create(c);
-  if (scorer.status().code() == absl::StatusCode::kFailedPrecondition) {
-    GTEST_SKIP() << "isolation is not available on this machine: " << scorer.status().message();
-  }
   ASSERT_TRUE(scorer.ok()) << scorer.status();
+  if (!(*scorer)->code_refusal().ok()) {
+    GTEST_SKIP() << "isolation is not available on this machine: " << (*scorer)->code_refusal().message();
+  }
   auto sample = [](const std::string& completion) {
     Sample s;
     s.set_completion(completion);
@@ -150,6 +207,35 @@ TEST(CodeReward, PassingAndFailingSolutionsInTheSandbox) {
   EXPECT_EQ(v[2].reward_parts().at("code"), 0.f);  // read-only outside the scratch directory
   EXPECT_EQ(v[3].reward_parts().at("code"), 0.f);  // killed by the CPU or wall-clock limit
   EXPECT_EQ(ExtractCode("no fence"), "no fence");
+}
+
+// Where isolation is missing the scorer does not die and does not refuse to start: it says why once, gives
+// every sample FAILED_PRECONDITION for the code source (no reward, nothing run) and keeps scoring.
+TEST(CodeReward, RefusedWhereIsolationIsMissingWhileTheScorerServesOn) {
+  SeamGuard guard(&RefuseUserNamespace);
+  RewardConfig c;
+  c.code_weight = 1;
+  c.code_command = "touch /tmp/rlhf-code-reward-ran-" + std::to_string(getpid());
+  auto scorer = Scorer::Create(c);
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
+  EXPECT_EQ((*scorer)->code_refusal().code(), absl::StatusCode::kFailedPrecondition);
+  auto& failures = Metrics::Process().Counter("rlhf_reward_failures_total", "samples a reward source could not score",
+                                              {{"source", "code"}});
+  const double before = failures.Value();
+  for (int call = 0; call < 3; ++call) {
+    std::vector<Sample> v(2);
+    v[0].set_completion("```python\nprint(1)\n```");
+    v[1].set_completion("print(2)");
+    auto out = (*scorer)->Score(v, false);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (const auto& o : *out) {
+      EXPECT_EQ(o.status.code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_NE(o.status.message().find("code: the code sandbox cannot isolate"), std::string::npos) << o.status;
+    }
+    for (const auto& s : v) EXPECT_EQ(s.reward_parts().count("code"), 0u) << "a made-up reward";
+  }
+  EXPECT_EQ(failures.Value() - before, 6);
+  EXPECT_FALSE(fs::exists("/tmp/rlhf-code-reward-ran-" + std::to_string(getpid())));
 }
 
 }  // namespace
