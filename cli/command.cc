@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 
+#include "common/file.h"
 #include "common/comm/group.h"
 #include "common/logging.h"
 #include "common/metrics.h"
@@ -67,9 +68,8 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
   RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / (rank == 0 ? "log.txt" : absl::StrCat("log-rank", rank, ".txt"))).string()));
   const std::string resolved = cfg.ToYaml();
   if (rank == 0) {
-    std::ofstream out(fs::path(ctx.run_dir) / "config.yaml");
-    out << "# resolved config of `rlhf " << label << "`\n" << resolved;
-    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", ctx.run_dir, "/config.yaml"));
+    RETURN_IF_ERROR(WriteFileAtomic((fs::path(ctx.run_dir) / "config.yaml").string(),
+                                    absl::StrCat("# resolved config of `rlhf ", label, "`\n", resolved)));
   }
   spdlog::info("rlhf {}: run dir {}; resolved config:\n{}", label, ctx.run_dir, resolved);
   ConfigureRuntime(static_cast<int>(ctx.run.threads));

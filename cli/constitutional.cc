@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/command.h"
+#include "common/file.h"
 #include "common/data/dataset.h"
 #include "common/model/checkpoint.h"
 #include "common/text/chat_template.h"
@@ -199,13 +200,7 @@ Command ConstitutionalCommand() {
     }
     for (const auto& [name, body] : {std::pair<std::string, std::string>{"sft.jsonl", sft.str()},
                                      {"pairs.jsonl", pref.str()}, {"trace.jsonl", trace.str()}}) {
-      const auto path = fs::path(cfg.out) / name;
-      {
-        std::ofstream f(path.string() + ".tmp", std::ios::trunc | std::ios::binary);
-        f << body;
-        if (!f) return absl::UnavailableError(absl::StrCat("cannot write ", path.string()));
-      }
-      fs::rename(path.string() + ".tmp", path);
+      RETURN_IF_ERROR(WriteFileAtomic((fs::path(cfg.out) / name).string(), body));
     }
     std::cout << absl::StrCat(ex.size(), " prompts: ", pairs, " preference pairs, ", ex.size() - empty,
                               " SFT examples (", unchanged, " revisions equal to the response, ", empty,

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/command.h"
+#include "common/file.h"
 #include "common/data/dataset.h"
 #include "common/sample_json.h"
 #include "services/coordinator/eval.h"
@@ -67,17 +68,16 @@ Command EvalCommand() {
     coordinator::ScorerClient scorer(roles->scorer_channel(), roles->rpc(), roles_cfg.retry());
     ASSIGN_OR_RETURN(auto r, coordinator::Evaluate(pool, scorer, prompts, ec, version, static_cast<uint64_t>(ctx.run.seed)));
     const std::string out = files.out.empty() ? (std::filesystem::path(ctx.run_dir) / "generations.jsonl").string() : files.out;
-    {
-      std::ofstream f(out, std::ios::trunc);
-      for (const auto& s : r.generations) f << SampleToJson(s) << "\n";
-      if (!f) return absl::UnavailableError(absl::StrCat("cannot write ", out));
-    }
+    RETURN_IF_ERROR(WriteFileAtomic(out, [&](FileSink& f) -> absl::Status {
+      for (const auto& s : r.generations) RETURN_IF_ERROR(f.Write(SampleToJson(s) + "\n"));
+      return absl::OkStatus();
+    }));
     auto j = r.ToJson();
     j["split"] = ec.split;
     j["data"] = dc.path;
     j["model"] = files.model;
     j["generations"] = out;
-    std::ofstream(std::filesystem::path(ctx.run_dir) / "eval.json") << j.dump(2) << "\n";
+    RETURN_IF_ERROR(WriteFileAtomic((std::filesystem::path(ctx.run_dir) / "eval.json").string(), j.dump(2) + "\n"));
     std::cout << absl::StrFormat("accuracy %d/%d = %.1f%% (95%% CI %.1f-%.1f%%), mean reward %.4f", r.correct, r.prompts,
                                  100 * r.accuracy, 100 * r.accuracy_low, 100 * r.accuracy_high, r.mean_reward);
     if (r.k > 0) std::cout << absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "common/file.h"
 #include "common/data/dataset.h"
 #include "common/model/checkpoint.h"
 #include "common/sample_json.h"
@@ -195,9 +196,7 @@ Command GenerateCommand() {
     });
     if (!out.ok()) return out.status();
     progress(true);
-    std::string tmp = cfg.out + ".tmp";
-    {
-      std::ofstream o(tmp);
+    RETURN_IF_ERROR(WriteFileAtomic(cfg.out, [&](FileSink& o) -> absl::Status {
       for (const auto& g : *out) {
         Sample s;
         const auto& p = prompts[g.prompt_index];
@@ -216,11 +215,10 @@ Command GenerateCommand() {
         for (const auto& [k, v] : lines[g.prompt_index].items()) {
           if (k != "prompt" && k != "prompt_ids") (*s.mutable_extra())[k] = v.dump();
         }
-        o << SampleToJson(s) << "\n";
+        RETURN_IF_ERROR(o.Write(SampleToJson(s) + "\n"));
       }
-      if (!o) return absl::DataLossError(absl::StrCat("cannot write ", tmp));
-    }
-    std::filesystem::rename(tmp, cfg.out);
+      return absl::OkStatus();
+    }));
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     spdlog::info("generate: {} samples, {} tokens in {:.1f}s ({:.0f} tok/s), written to {}", out->size(), tokens, secs,
                  tokens / std::max(secs, 1e-9), cfg.out);

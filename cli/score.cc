@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "common/file.h"
 #include "common/metrics.h"
 #include "common/rpc.h"
 #include "common/sample_json.h"
@@ -54,24 +55,20 @@ Command ScoreCommand() {
     ASSIGN_OR_RETURN(auto samples, ReadSamplesJsonl(cfg.samples));
     const bool want_ref = cfg.ref_logprobs && scorer->has_reference();
     ASSIGN_OR_RETURN(auto outcomes, scorer->Score(samples, want_ref));
-    const std::string tmp = cfg.out + ".tmp";
     int64_t failed = 0;
     double total = 0;
-    {
-      std::ofstream o(tmp);
-      for (size_t i = 0; i < samples.size(); ++i) {
-        if (!outcomes[i].status.ok()) {
-          ++failed;
-          spdlog::warn("sample {} (prompt {}): {}", i, samples[i].prompt_id(), std::string(outcomes[i].status.message()));
-        } else {
-          total += samples[i].reward();
-        }
-        o << SampleToJson(samples[i]) << "\n";  // failed ones are kept, without a reward
+    for (size_t i = 0; i < samples.size(); ++i) {
+      if (!outcomes[i].status.ok()) {
+        ++failed;
+        spdlog::warn("sample {} (prompt {}): {}", i, samples[i].prompt_id(), std::string(outcomes[i].status.message()));
+      } else {
+        total += samples[i].reward();
       }
-      o.flush();
-      if (!o) return absl::DataLossError(absl::StrCat("cannot write ", tmp));
     }
-    std::rename(tmp.c_str(), cfg.out.c_str());
+    RETURN_IF_ERROR(WriteFileAtomic(cfg.out, [&](FileSink& o) -> absl::Status {
+      for (const auto& s : samples) RETURN_IF_ERROR(o.Write(SampleToJson(s) + "\n"));  // failed ones kept, without a reward
+      return absl::OkStatus();
+    }));
     const int64_t ok = static_cast<int64_t>(samples.size()) - failed;
     std::printf("scored %lld samples (%lld failed, kept without a reward); mean reward %.4f -> %s\n",
                 static_cast<long long>(samples.size()), static_cast<long long>(failed), ok > 0 ? total / ok : 0.0,

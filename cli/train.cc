@@ -1,7 +1,7 @@
-// rlhf train: the training pipeline (trainer/train.h) as a command; rlhf serve learner: the same pipeline
+// rlhf train: the training pipeline (trainer/pipeline/pipeline.h) as a command; rlhf serve learner: the same pipeline
 // whose online stages serve rlhf.Learner for a coordinator process.
 #include "cli/command.h"
-#include "trainer/train.h"
+#include "trainer/pipeline/pipeline.h"
 
 namespace rlhf::cli {
 

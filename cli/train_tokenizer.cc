@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "common/file.h"
 #include "common/text/tokenizer.h"
 
 namespace rlhf::cli {
@@ -83,14 +84,12 @@ Command TrainTokenizerCommand() {
     }
     std::error_code ec;
     fs::create_directories(cfg.out, ec);
-    if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", cfg.out, ": ", ec.message()));
-    std::ofstream(fs::path(cfg.out) / "tokenizer.json") << json;
+    if (ec) return FileError(ec.value(), "create", cfg.out);
+    RETURN_IF_ERROR(WriteFileAtomic((fs::path(cfg.out) / "tokenizer.json").string(), json));
     nlohmann::json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", 4096},
                          {"bos_token", nullptr}, {"eos_token", cfg.eos_token}, {"pad_token", cfg.pad_token},
                          {"add_bos_token", false}, {"chat_template", kChatMlTemplate}};
-    std::ofstream out(fs::path(cfg.out) / "tokenizer_config.json");
-    out << tc.dump(2) << "\n";
-    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", cfg.out, "/tokenizer_config.json"));
+    RETURN_IF_ERROR(WriteFileAtomic((fs::path(cfg.out) / "tokenizer_config.json").string(), tc.dump(2) + "\n"));
     spdlog::info("train-tokenizer: {} texts, vocabulary {} tokens, written to {}", texts.size(), tok.vocab_size(), cfg.out);
     return absl::OkStatus();
   };

@@ -10,7 +10,7 @@
 # A few minutes on 2 CPU cores. Set DEMO_DIR to keep the files (default: a temporary folder).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$root/scripts/build.sh"
+bash "$root/scripts/build.sh" rlhf  # the binary it runs, not the tests and benchmarks
 build="${BUILD_DIR:-$root/build}"
 rlhf="$build/cli/rlhf"
 py=/usr/bin/python3

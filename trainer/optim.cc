@@ -17,7 +17,8 @@ void OptimConfig::AddTo(config::Section<OptimConfig>& s) {
   s.Add("eps", &O::eps, "AdamW epsilon", config::AtLeast(0));
   s.Add("warmup_steps", &O::warmup_steps, "linear warmup from 0 over this many optimizer steps", config::AtLeast(0));
   s.Add("min_lr_ratio", &O::min_lr_ratio, "the cosine schedule ends at lr * min_lr_ratio", config::InRange(0, 1));
-  s.Add("schedule", &O::schedule, "after warmup: cosine | constant", config::OneOf({"cosine", "constant"}));
+  s.AddChoice("schedule", &O::schedule, {{"cosine", O::Schedule::kCosine}, {"constant", O::Schedule::kConstant}},
+              "after warmup: cosine | constant");
   s.Add("max_grad_norm", &O::max_grad_norm, "clip the global gradient norm to this; 0 = no clipping",
         config::AtLeast(0));
 }
@@ -26,7 +27,7 @@ double LearningRate(const OptimConfig& c, int64_t step, int64_t total_steps) {
   if (c.warmup_steps > 0 && step < c.warmup_steps) {
     return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
   }
-  if (c.schedule == "constant" || total_steps <= c.warmup_steps) return c.lr;
+  if (c.schedule == OptimConfig::Schedule::kConstant || total_steps <= c.warmup_steps) return c.lr;
   // HF's cosine schedule: progress 0 at the end of warmup, 1 one step after the last.
   double progress = static_cast<double>(step - c.warmup_steps) / static_cast<double>(total_steps - c.warmup_steps);
   progress = std::min(1.0, std::max(0.0, progress));

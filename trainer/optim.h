@@ -25,7 +25,8 @@ struct OptimConfig {
   double eps = 1e-8;
   int64_t warmup_steps = 0;     // linear warmup from 0 to lr over these optimizer steps
   double min_lr_ratio = 0.0;    // cosine decays to lr * min_lr_ratio at the last step
-  std::string schedule = "cosine";  // cosine | constant (after warmup)
+  enum class Schedule { kCosine, kConstant };
+  Schedule schedule = Schedule::kCosine;  // cosine | constant (after warmup)
   double max_grad_norm = 1.0;   // clip the global gradient norm to this; 0 = no clipping
   static void AddTo(config::Section<OptimConfig>& s);  // the keys, under any prefix
 };

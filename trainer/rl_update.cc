@@ -15,10 +15,12 @@ namespace rlhf::trainer {
 
 void RlConfig::AddTo(config::Section<RlConfig>& s) {
   using R = RlConfig;
-  s.Add("advantage", &R::advantage,
-        "estimator: auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | "
-        "reinforce_pp_baseline | process (per-step rewards of the samples, GRPO-normalised)",
-        config::OneOf({"auto", "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "process"}));
+  s.AddChoice("advantage", &R::advantage,
+              {{"auto", Advantage::kAuto}, {"gae", Advantage::kGae}, {"grpo", Advantage::kGrpo},
+               {"dr_grpo", Advantage::kDrGrpo}, {"rloo", Advantage::kRloo}, {"reinforce_pp", Advantage::kReinforcePp},
+               {"reinforce_pp_baseline", Advantage::kReinforcePpBaseline}, {"process", Advantage::kProcess}},
+              "estimator: auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | "
+              "reinforce_pp_baseline | process (per-step rewards of the samples, GRPO-normalised)");
   s.Add("group_size", &R::group_size, "G: samples per prompt (consecutive in the batch)", config::AtLeast(1));
   s.Add("ppo_epochs", &R::ppo_epochs, "passes over each rollout batch", config::AtLeast(1));
   s.Add("minibatch_size", &R::minibatch_size,
@@ -28,12 +30,15 @@ void RlConfig::AddTo(config::Section<RlConfig>& s) {
   s.Add("lam", &R::lam, "GAE lambda", config::InRange(0, 1));
   s.Add("whiten_advantages", &R::whiten_advantages, "whiten GAE advantages over the global batch");
   s.Add("kl_coef", &R::kl_coef, "beta: the initial (or fixed) KL coefficient", config::AtLeast(0));
-  s.Add("kl_placement", &R::kl_placement,
-        "auto (reward for gae / reinforce_pp, loss for grpo / dr_grpo / rloo) | reward (r_t -= beta kl_t) | "
-        "loss (+ beta agg(kl)) | none",
-        config::OneOf({"auto", "reward", "loss", "none"}));
-  s.Add("kl_estimator", &R::kl_estimator, "auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3 (low_var_kl)",
-        config::OneOf({"auto", "k1", "k2", "k3", "low_var_kl"}));
+  s.AddChoice("kl_placement", &R::kl_placement,
+              {{"auto", KlPlacement::kAuto}, {"reward", KlPlacement::kReward}, {"loss", KlPlacement::kLoss},
+               {"none", KlPlacement::kNone}},
+              "auto (reward for gae / reinforce_pp, loss for grpo / dr_grpo / rloo) | reward (r_t -= beta kl_t) | "
+              "loss (+ beta agg(kl)) | none");
+  s.AddChoice("kl_estimator", &R::kl_estimator,
+              {{"auto", KlEstimatorChoice::kAuto}, {"k1", KlEstimatorChoice::kK1}, {"k2", KlEstimatorChoice::kK2},
+               {"k3", KlEstimatorChoice::kK3}, {"low_var_kl", KlEstimatorChoice::kK3}},
+              "auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3 (low_var_kl)");
   s.Add("kl_clamp", &R::kl_clamp, "clamp the log-ratio to [-20, 20] and the KL to [-10, 10] (verl, OpenRLHF)");
   s.Add("kl_target", &R::kl_target, "adaptive KL (Ziegler et al.): target KL per sequence; 0 = fixed coefficient",
         config::AtLeast(0));
@@ -46,16 +51,22 @@ void RlConfig::AddTo(config::Section<RlConfig>& s) {
   s.Add("clip_eps_low", &R::clip_eps_low, "PPO clip: ratio >= 1 - eps_low", config::InRange(0, 1));
   s.Add("clip_eps_high", &R::clip_eps_high, "PPO clip: ratio <= 1 + eps_high (DAPO: 0.28)", config::AtLeast(0));
   s.Add("dual_clip", &R::dual_clip, "dual clip constant c > 1 for negative advantages; 0 = off", config::AtLeast(0));
-  s.Add("ratio_level", &R::ratio_level, "importance ratio per token, or per sequence (GSPO)",
-        config::OneOf({"token", "sequence"}));
+  s.AddChoice("ratio_level", &R::ratio_level,
+              {{"token", algo::RatioLevel::kToken}, {"sequence", algo::RatioLevel::kSequence}},
+              "importance ratio per token, or per sequence (GSPO)");
   s.Add("tis_cap", &R::tis_cap, "truncated importance weights against the behaviour log-probs; 0 = off",
         config::AtLeast(0));
-  s.Add("loss_aggregation", &R::loss_aggregation, "token_mean | seq_mean_token_mean | seq_mean_token_sum_norm",
-        config::OneOf({"token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"}));
+  s.AddChoice("loss_aggregation", &R::loss_aggregation,
+              {{"token_mean", algo::Aggregation::kTokenMean},
+               {"seq_mean_token_mean", algo::Aggregation::kSeqMeanTokenMean},
+               {"seq_mean_token_sum_norm", algo::Aggregation::kSeqMeanTokenSumNorm}},
+              "token_mean | seq_mean_token_mean | seq_mean_token_sum_norm");
   s.Add("norm_length", &R::norm_length, "L_max of seq_mean_token_sum_norm; 0 = the longest response in the batch",
         config::AtLeast(0));
   s.Add("vf_coef", &R::vf_coef, "weight of the value loss", config::AtLeast(0));
-  s.Add("value_clip", &R::value_clip, "none | ppo | study_notes", config::OneOf({"none", "ppo", "study_notes"}));
+  s.AddChoice("value_clip", &R::value_clip,
+              {{"none", algo::ValueClip::kNone}, {"ppo", algo::ValueClip::kPpo}, {"study_notes", algo::ValueClip::kStudyNotes}},
+              "none | ppo | study_notes");
   s.Add("vclip", &R::vclip, "value clip range", config::AtLeast(0));
   s.Add("ent_coef", &R::ent_coef, "entropy bonus coefficient", config::AtLeast(0));
   s.Add("shuffle_minibatches", &R::shuffle_minibatches, "shuffle this rank's samples before cutting minibatches");
@@ -76,14 +87,49 @@ RlUpdate::RlUpdate(Learner* learner, model::Transformer policy, model::Transform
       config_(std::move(config)),
       pad_id_(pad_id),
       kl_(config_.kl_coef, config_.kl_target, config_.kl_horizon) {
-  advantage_ = config_.advantage == "auto" ? (critic_.is_empty() ? "grpo" : "gae") : config_.advantage;
-  const bool group_estimator =
-      advantage_ == "grpo" || advantage_ == "dr_grpo" || advantage_ == "rloo" || advantage_ == "process";
-  kl_placement_ = config_.kl_placement != "auto" ? config_.kl_placement : group_estimator ? "loss" : "reward";
-  kl_estimator_ = config_.kl_estimator != "auto" ? config_.kl_estimator : kl_placement_ == "loss" ? "k3" : "k1";
+  advantage_ = config_.advantage != Advantage::kAuto ? config_.advantage
+               : critic_.is_empty()                   ? Advantage::kGrpo
+                                                      : Advantage::kGae;
+  const bool group_estimator = advantage_ == Advantage::kGrpo || advantage_ == Advantage::kDrGrpo ||
+                               advantage_ == Advantage::kRloo || advantage_ == Advantage::kProcess;
+  kl_placement_ = config_.kl_placement != KlPlacement::kAuto ? config_.kl_placement
+                  : group_estimator                         ? KlPlacement::kLoss
+                                                            : KlPlacement::kReward;
+  switch (config_.kl_estimator) {
+    case KlEstimatorChoice::kK1: kl_estimator_ = algo::KlEstimator::kK1; break;
+    case KlEstimatorChoice::kK2: kl_estimator_ = algo::KlEstimator::kK2; break;
+    case KlEstimatorChoice::kK3: kl_estimator_ = algo::KlEstimator::kK3; break;
+    case KlEstimatorChoice::kAuto:
+      kl_estimator_ = kl_placement_ == KlPlacement::kLoss ? algo::KlEstimator::kK3 : algo::KlEstimator::kK1;
+      break;
+  }
+}
+
+const char* AdvantageName(Advantage a) {
+  switch (a) {
+    case Advantage::kAuto: return "auto";
+    case Advantage::kGae: return "gae";
+    case Advantage::kGrpo: return "grpo";
+    case Advantage::kDrGrpo: return "dr_grpo";
+    case Advantage::kRloo: return "rloo";
+    case Advantage::kReinforcePp: return "reinforce_pp";
+    case Advantage::kReinforcePpBaseline: return "reinforce_pp_baseline";
+    case Advantage::kProcess: return "process";
+  }
+  return "?";
 }
 
 namespace {
+// Sums `named` over the ranks, name by name (every rank passes the same names).
+absl::StatusOr<std::map<std::string, double>> SumByName(comm::Group& group, std::map<std::string, double> named) {
+  std::vector<double> v;
+  for (const auto& [_, x] : named) v.push_back(x);
+  ASSIGN_OR_RETURN(v, group.SumDoubles(std::move(v)));
+  size_t i = 0;
+  for (auto& [_, x] : named) x = v[i++];
+  return named;
+}
+
 // Pads [N, T-1] (values of tokens 1..T-1) back to [N, T] aligned with ids.
 torch::Tensor Unshift(const torch::Tensor& x) { return torch::cat({torch::zeros({x.size(0), 1}, x.options()), x}, 1); }
 }  // namespace
@@ -148,8 +194,8 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     lengths[static_cast<size_t>(i)] = static_cast<double>(len);
   }
   // KL needs reference log-probs: from the samples, else from the reference model.
-  const bool use_kl = kl_placement_ != "none" && (have_ref || !reference_.is_empty());
-  if (kl_placement_ != "none" && c.kl_coef > 0 && !use_kl) {
+  const bool use_kl = kl_placement_ != KlPlacement::kNone && (have_ref || !reference_.is_empty());
+  if (kl_placement_ != KlPlacement::kNone && c.kl_coef > 0 && !use_kl) {
     return absl::InvalidArgumentError("KL needs ref_logprobs in every sample or a reference model");
   }
 
@@ -183,14 +229,14 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
   auto resp = response.slice(1, 1);                    // [N, T-1] every response token
   auto old_s = old_lp.slice(1, 1), ref_s = ref_lp.slice(1, 1), val_s = values.slice(1, 1);
   algo::KlOptions klo;
-  ASSIGN_OR_RETURN(klo.estimator, algo::ParseKlEstimator(kl_estimator_));
+  klo.estimator = kl_estimator_;
   klo.clamp = c.kl_clamp;
   auto kl_tok = use_kl ? algo::KlPenalty(old_s, ref_s, klo) * resp : torch::zeros_like(old_s);  // [N, T-1]
   const double beta = kl_.value();
-  const bool kl_in_reward = kl_placement_ == "reward";
+  const bool kl_in_reward = kl_placement_ == KlPlacement::kReward;
   auto clipped = c.score_clip > 0 ? scores.clamp(-c.score_clip, c.score_clip) : scores;
   torch::Tensor adv, returns;
-  if (advantage_ == "gae") {
+  if (advantage_ == Advantage::kGae) {
     if (critic_.is_empty()) return absl::InvalidArgumentError("advantage 'gae' needs a critic");
     auto rewards = algo::TokenRewards(scores, kl_in_reward ? kl_tok : torch::Tensor(), resp, beta, c.score_clip);
     auto g = algo::Gae(rewards, val_s, resp, c.gamma, c.lam);
@@ -200,14 +246,14 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     } else {
       adv = g.advantages;
     }
-  } else if (advantage_ == "reinforce_pp" || advantage_ == "reinforce_pp_baseline") {
+  } else if (advantage_ == Advantage::kReinforcePp || advantage_ == Advantage::kReinforcePpBaseline) {
     auto s = clipped;
-    if (advantage_ == "reinforce_pp_baseline" && c.group_size > 1) {
+    if (advantage_ == Advantage::kReinforcePpBaseline && c.group_size > 1) {
       s = s - s.view({-1, c.group_size}).mean(1, true).expand({-1, c.group_size}).reshape({-1});
     }
     auto rewards = algo::TokenRewards(s, kl_in_reward ? kl_tok : torch::Tensor(), resp, beta);
     ASSIGN_OR_RETURN(adv, GlobalWhiten(group, algo::ReturnToGo(rewards, resp, c.gamma), mask));
-  } else if (advantage_ == "process") {
+  } else if (advantage_ == Advantage::kProcess) {
     // Process supervision: the scorer's step rewards at the tokens that end the steps (completion token
     // indices, moved to row coordinates here); a completion without a scored step counts as one step worth
     // 0 at its last token.
@@ -234,42 +280,41 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     }
     adv = algo::ProcessAdvantages(step_rewards, step_ends, resp, c.group_size, c.group_eps);
   } else {
-    ASSIGN_OR_RETURN(auto kind, algo::ParseGroupAdvantage(advantage_));
+    const auto kind = advantage_ == Advantage::kDrGrpo ? algo::GroupAdvantage::kDrGrpo
+                      : advantage_ == Advantage::kRloo    ? algo::GroupAdvantage::kRloo
+                                                          : algo::GroupAdvantage::kGrpo;
     adv = algo::BroadcastToTokens(algo::GroupAdvantages(clipped, c.group_size, kind, c.group_eps), resp);
   }
   full.fields["old_logprobs"] = old_lp;
   full.fields["advantages"] = Unshift(adv.to(torch::kFloat32));
   full.fields["behaviour"] = behaviour;
-  if (kl_placement_ == "loss") full.fields["ref_logprobs"] = ref_lp;
+  if (kl_placement_ == KlPlacement::kLoss) full.fields["ref_logprobs"] = ref_lp;
   if (!critic_.is_empty()) {
     full.fields["old_values"] = values;
     full.fields["returns"] = Unshift(returns.to(torch::kFloat32));
   }
 
-  // Rollout statistics, global.
+  // Rollout statistics, global: sums over the ranks, by name.
   std::map<std::string, double> out;
   {
-    const double ntok = resp.sum().item<double>();
-    std::vector<double> v = {static_cast<double>(n),
-                             scores.sum().item<double>(),
-                             scores.pow(2).sum().item<double>(),
-                             std::accumulate(lengths.begin(), lengths.end(), 0.0),
-                             0.0,
-                             ntok,
-                             kl_tok.sum().item<double>(),
-                             0.0,
-                             static_cast<double>(n / c.group_size),
-                             0.0,
-                             0.0};
-    for (const auto& s : samples) v[4] += s.finish_reason() == FINISH_REASON_LENGTH ? 1 : 0;
-    if (use_kl) v[7] = (algo::KlPenalty(old_s, ref_s, algo::KlOptions{}) * resp).sum().item<double>();  // k3, >= 0
+    std::map<std::string, double> sum;
+    sum["samples"] = static_cast<double>(n);
+    sum["score"] = scores.sum().item<double>();
+    sum["score_sq"] = scores.pow(2).sum().item<double>();
+    sum["length"] = std::accumulate(lengths.begin(), lengths.end(), 0.0);
+    sum["truncated"] = 0;
+    for (const auto& s : samples) sum["truncated"] += s.finish_reason() == FINISH_REASON_LENGTH ? 1 : 0;
+    sum["response_tokens"] = resp.sum().item<double>();
+    sum["kl"] = kl_tok.sum().item<double>();
+    sum["kl_k3"] = use_kl ? (algo::KlPenalty(old_s, ref_s, algo::KlOptions{}) * resp).sum().item<double>() : 0.0;  // >= 0
+    sum["groups"] = static_cast<double>(n / c.group_size);
+    sum["groups_without_signal"] =
+        c.group_size > 1
+            ? static_cast<double>(n / c.group_size) - algo::GroupsWithSignal(scores, c.group_size).sum().item<double>()
+            : 0.0;
     // How far the learner's log-probs are from the behaviour log-probs the rollout sampled with (0 up to
     // rounding when strictly on-policy: a check that both sides score the same tokens).
-    const auto gap = (old_s - behaviour.slice(1, 1)).abs() * resp;
-    v[10] = gap.sum().item<double>();
-    if (c.group_size > 1) {
-      v[9] = static_cast<double>(n / c.group_size) - algo::GroupsWithSignal(scores, c.group_size).sum().item<double>();
-    }
+    sum["behaviour_gap"] = ((old_s - behaviour.slice(1, 1)).abs() * resp).sum().item<double>();
     // Reward sources: every rank lists the sources of its samples; the union must agree, so use the names of
     // the first sample (the scorer gives every sample the same sources).
     std::vector<std::string> sources;
@@ -293,43 +338,41 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
         double x = it == s.reward_parts().end() ? 0.0 : it->second;
         s1 += x, s2 += x * x;
       }
-      v.push_back(s1), v.push_back(s2);
+      sum["source/" + k] = s1, sum["source_sq/" + k] = s2;
     }
     // Explained variance of the critic's values before the update.
     if (!critic_.is_empty()) {
       auto d = (returns - val_s) * resp;
       auto r = returns * resp;
-      v.push_back(r.sum().item<double>()), v.push_back(r.pow(2).sum().item<double>());
-      v.push_back(d.sum().item<double>()), v.push_back(d.pow(2).sum().item<double>());
+      sum["return"] = r.sum().item<double>(), sum["return_sq"] = r.pow(2).sum().item<double>();
+      sum["residual"] = d.sum().item<double>(), sum["residual_sq"] = d.pow(2).sum().item<double>();
     }
-    ASSIGN_OR_RETURN(v, group.SumDoubles(std::move(v)));
-    const double N = v[0], T = std::max(v[5], 1.0);
+    ASSIGN_OR_RETURN(sum, SumByName(group, std::move(sum)));
+    const double N = sum["samples"], T = std::max(sum["response_tokens"], 1.0);
     auto stdev = [&](double s1, double s2, double cnt) {
       const double m = s1 / cnt;
       return std::sqrt(std::max(0.0, s2 / cnt - m * m));
     };
     out["samples"] = N;
-    out["reward_mean"] = v[1] / N;
-    out["reward_std"] = stdev(v[1], v[2], N);
-    out["response_length"] = v[3] / N;
-    out["truncated_fraction"] = v[4] / N;
+    out["reward_mean"] = sum["score"] / N;
+    out["reward_std"] = stdev(sum["score"], sum["score_sq"], N);
+    out["response_length"] = sum["length"] / N;
+    out["truncated_fraction"] = sum["truncated"] / N;
     if (use_kl) {
-      out["kl_ref"] = v[6] / T;            // per token, with the configured estimator
-      out["kl_ref_k3"] = v[7] / T;
-      out["kl_ref_sequence"] = v[6] / N;   // per sequence (what the adaptive controller tracks)
+      out["kl_ref"] = sum["kl"] / T;            // per token, with the configured estimator
+      out["kl_ref_k3"] = sum["kl_k3"] / T;
+      out["kl_ref_sequence"] = sum["kl"] / N;   // per sequence (what the adaptive controller tracks)
     }
-    out["behaviour_logprob_gap"] = v[10] / T;  // mean |learner - behaviour| log-prob per response token
+    out["behaviour_logprob_gap"] = sum["behaviour_gap"] / T;  // mean |learner - behaviour| log-prob per response token
     out["kl_coef"] = beta;
-    out["zero_variance_group_fraction"] = c.group_size > 1 ? v[9] / v[8] : 0.0;
-    size_t i = 11;
+    out["zero_variance_group_fraction"] = c.group_size > 1 ? sum["groups_without_signal"] / sum["groups"] : 0.0;
     for (const auto& k : sources) {
-      out["reward_mean/" + k] = v[i] / N;
-      out["reward_std/" + k] = stdev(v[i], v[i + 1], N);
-      i += 2;
+      out["reward_mean/" + k] = sum["source/" + k] / N;
+      out["reward_std/" + k] = stdev(sum["source/" + k], sum["source_sq/" + k], N);
     }
     if (!critic_.is_empty()) {
-      const double var_r = v[i + 1] / T - std::pow(v[i] / T, 2);
-      const double var_d = v[i + 3] / T - std::pow(v[i + 2] / T, 2);
+      const double var_r = sum["return_sq"] / T - std::pow(sum["return"] / T, 2);
+      const double var_d = sum["residual_sq"] / T - std::pow(sum["residual"] / T, 2);
       out["value_explained_variance"] = 1.0 - var_d / std::max(var_r, 1e-12);
     }
   }
@@ -339,15 +382,15 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
   lc.policy.eps_low = c.clip_eps_low;
   lc.policy.eps_high = c.clip_eps_high;
   lc.policy.dual_clip = c.dual_clip;
-  ASSIGN_OR_RETURN(lc.policy.ratio_level, algo::ParseRatioLevel(c.ratio_level));
+  lc.policy.ratio_level = c.ratio_level;
   lc.policy.tis_cap = c.tis_cap;
-  ASSIGN_OR_RETURN(lc.aggregation, algo::ParseAggregation(c.loss_aggregation));
+  lc.aggregation = c.loss_aggregation;
   lc.temperature = temperature;
   lc.vf_coef = c.vf_coef;
-  ASSIGN_OR_RETURN(lc.value_clip, algo::ParseValueClip(c.value_clip));
+  lc.value_clip = c.value_clip;
   lc.vclip = c.vclip;
   lc.ent_coef = c.ent_coef;
-  lc.kl_in_loss = kl_placement_ == "loss" && beta > 0;
+  lc.kl_in_loss = kl_placement_ == KlPlacement::kLoss && beta > 0;
   lc.kl_beta = beta;
   lc.kl = klo;
   if (lc.aggregation == algo::Aggregation::kSeqMeanTokenSumNorm) {

@@ -25,13 +25,25 @@
 #include "common/config/config.h"
 #include "common/model/transformer.h"
 #include "rlhf/sample.pb.h"
+#include "trainer/algo/kl.h"
+#include "trainer/algo/masked.h"
+#include "trainer/algo/ppo.h"
 #include "trainer/learner.h"
 #include "trainer/objectives.h"
 
 namespace rlhf::trainer {
 
+// The advantage estimator (rl.advantage). kAuto: gae with a critic, else grpo.
+enum class Advantage { kAuto, kGae, kGrpo, kDrGrpo, kRloo, kReinforcePp, kReinforcePpBaseline, kProcess };
+// Where the KL to the reference goes (rl.kl_placement). kAuto: the reward for gae / reinforce_pp, the loss
+// for the group estimators.
+enum class KlPlacement { kAuto, kReward, kLoss, kNone };
+// The KL estimator (rl.kl_estimator). kAuto: k1 in the reward, k3 in the loss.
+enum class KlEstimatorChoice { kAuto, kK1, kK2, kK3 };
+const char* AdvantageName(Advantage a);
+
 struct RlConfig {
-  std::string advantage = "auto";       // auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | process
+  Advantage advantage = Advantage::kAuto;  // auto (gae with a critic, else grpo) | gae | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | process
   int64_t group_size = 1;               // G: samples per prompt in the batch
   int64_t ppo_epochs = 1;               // passes over the rollout batch
   int64_t minibatch_size = 0;           // samples per optimizer step over all ranks; 0 = the whole rollout batch
@@ -40,9 +52,9 @@ struct RlConfig {
   double lam = 0.95;                    // GAE lambda
   bool whiten_advantages = true;        // whiten GAE advantages over the global batch
   double kl_coef = 0.05;                // beta: initial (or fixed) KL coefficient
-  std::string kl_placement = "auto";    // auto (reward for gae / reinforce_pp, loss for group estimators) |
+  KlPlacement kl_placement = KlPlacement::kAuto;  // auto (reward for gae / reinforce_pp, loss for group estimators) |
                                         // reward (PPO: r_t -= beta kl_t) | loss (GRPO: + beta agg(kl)) | none
-  std::string kl_estimator = "auto";    // auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3
+  KlEstimatorChoice kl_estimator = KlEstimatorChoice::kAuto;  // auto (k1 in the reward, k3 in the loss) | k1 | k2 | k3
   bool kl_clamp = false;                // clamp log-ratio and KL as verl / OpenRLHF
   double kl_target = 0;                 // adaptive KL: target KL per sequence; 0 = fixed coefficient
   double kl_horizon = 10000;            // adaptive KL horizon (samples)
@@ -53,12 +65,12 @@ struct RlConfig {
   double clip_eps_low = 0.2;
   double clip_eps_high = 0.2;
   double dual_clip = 0;                 // c > 1: dual clip for negative advantages; 0 = off
-  std::string ratio_level = "token";    // token | sequence (GSPO)
+  algo::RatioLevel ratio_level = algo::RatioLevel::kToken;  // token | sequence (GSPO)
   double tis_cap = 0;                   // truncated importance sampling against behaviour log-probs; 0 = off
-  std::string loss_aggregation = "token_mean";  // token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+  algo::Aggregation loss_aggregation = algo::Aggregation::kTokenMean;  // token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
   int64_t norm_length = 0;              // L_max of seq_mean_token_sum_norm; 0 = the longest response of the batch
   double vf_coef = 0.5;
-  std::string value_clip = "ppo";       // none | ppo | study_notes
+  algo::ValueClip value_clip = algo::ValueClip::kPpo;  // none | ppo | study_notes
   double vclip = 0.2;
   double ent_coef = 0;
   bool shuffle_minibatches = true;      // shuffle the rows of this rank before cutting minibatches
@@ -93,14 +105,17 @@ class RlUpdate {
 
   KlController& kl_controller() { return kl_; }
   const RlConfig& config() const { return config_; }
-  std::string advantage() const { return advantage_; }
-  std::string kl_placement() const { return kl_placement_; }
+  Advantage advantage() const { return advantage_; }         // resolved: never kAuto
+  KlPlacement kl_placement() const { return kl_placement_; }  // resolved: never kAuto
 
  private:
   Learner* learner_;
   model::Transformer policy_, critic_, reference_;
   RlConfig config_;
-  std::string advantage_, kl_placement_, kl_estimator_;
+  // Resolved at construction (no kAuto left).
+  Advantage advantage_;
+  KlPlacement kl_placement_;
+  algo::KlEstimator kl_estimator_;
   int32_t pad_id_;
   KlController kl_;
 };

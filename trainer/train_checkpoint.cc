@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file.h"
 #include "common/model/checkpoint.h"
 #include "common/model/safetensors.h"
 
@@ -25,27 +26,9 @@ namespace {
 constexpr const char* kMagic = "rlhf-train-checkpoint";
 constexpr int kVersion = 1;
 
-absl::Status WriteText(const fs::path& p, const std::string& text) {
-  const fs::path tmp = p.string() + ".tmp";
-  {
-    std::ofstream o(tmp, std::ios::binary | std::ios::trunc);
-    o << text;
-    o.flush();
-    if (!o) return absl::DataLossError(absl::StrCat("cannot write ", tmp.string(), " (disk full?)"));
-  }
-  std::error_code ec;
-  fs::rename(tmp, p, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
-  return absl::OkStatus();
-}
+absl::Status WriteText(const fs::path& p, const std::string& text) { return WriteFileAtomic(p.string(), text); }
 
-absl::StatusOr<std::string> ReadText(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+absl::StatusOr<std::string> ReadText(const fs::path& p) { return ReadFile(p.string()); }
 
 absl::Status SaveTensors(const fs::path& path, const std::map<std::string, torch::Tensor>& tensors) {
   std::vector<torch::Tensor> keep;
@@ -118,7 +101,7 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Lear
   const fs::path tmp = root / (".tmp-" + name + "-" + std::to_string(getpid()));
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  if (ec) return FileError(ec.value(), "create", tmp.string());
   auto written = [&]() -> absl::Status {
     for (auto& m : learner.models()) {
       model::SaveOptions so;
@@ -154,7 +137,8 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Lear
   }
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot commit ", final_dir.string(), ": ", ec.message()));
+  if (ec) return FileError(ec.value(), "commit", final_dir.string());
+  RETURN_IF_ERROR(SyncFolder(root.string()));
   RETURN_IF_ERROR(WriteText(root / "latest", name + "\n"));
   if (keep > 0) {
     auto all = CheckpointsNewestFirst(root);

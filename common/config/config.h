@@ -108,6 +108,34 @@ class Section {
     return *this;
   }
 
+  // A string key whose value is one of `choices` (checked when the config is validated), read into an enum
+  // field: options are parsed once, here, never compared as strings where they are used. The default is
+  // the first name whose value is the field's default; several names may map to one value (aliases).
+  template <typename E>
+  Section& AddChoice(const std::string& name, E T::*member, std::vector<std::pair<std::string, E>> choices,
+                     std::string doc) {
+    T defaults{};
+    KeySpec spec;
+    spec.key = prefix_.empty() ? name : prefix_ + "." + name;
+    spec.kind = Kind::kString;
+    std::vector<std::string> names;
+    for (const auto& [n, v] : choices) {
+      names.push_back(n);
+      if (spec.default_value.IsNull() && v == defaults.*member) spec.default_value = YAML::Node(n);
+    }
+    spec.doc = std::move(doc);
+    spec.check = OneOf(names);
+    std::string key = spec.key;
+    specs_.push_back(std::move(spec));
+    readers_.push_back([key, member, choices](const Config& c, T& t) {
+      const auto value = c.Get<std::string>(key);
+      for (const auto& [n, v] : choices) {
+        if (n == value) t.*member = v;
+      }
+    });
+    return *this;
+  }
+
   // Overrides the default of the key added last (sections whose prefixes want different defaults).
   template <typename V>
   Section& Default(const V& value) {

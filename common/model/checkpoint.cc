@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/file.h"
 #include "common/model/safetensors.h"
 
 namespace rlhf::model {
@@ -68,21 +69,7 @@ torch::ScalarType ComputeDtypeFor(torch::ScalarType weights) {
 
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::Status WriteTextFile(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.flush();
-  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", p.string(), " (disk full?)"));
-  return absl::OkStatus();
-}
+absl::Status WriteTextFile(const fs::path& p, const std::string& text) { return WriteFileAtomic(p.string(), text); }
 
 absl::StatusOr<torch::ScalarType> TorchFromSt(StDType t) {
   switch (t) {
@@ -143,7 +130,7 @@ absl::StatusOr<HfConfig> LoadHfConfig(const std::string& dir) {
   if (!fs::exists(p)) {
     return absl::NotFoundError(absl::StrCat(p.string(), ": missing; is '", dir, "' a Hugging Face model folder?"));
   }
-  ASSIGN_OR_RETURN(auto text, ReadFile(p));
+  ASSIGN_OR_RETURN(auto text, ReadFile(p.string()));
   return ParseHfConfig(text, p.string());
 }
 
@@ -168,7 +155,7 @@ absl::StatusOr<Transformer> LoadModel(const std::string& dir, const LoadOptions&
   fs::path index = fs::path(dir) / "model.safetensors.index.json";
   std::vector<std::string> shard_names;
   if (fs::exists(index)) {
-    ASSIGN_OR_RETURN(auto text, ReadFile(index));
+    ASSIGN_OR_RETURN(auto text, ReadFile(index.string()));
     json j = json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(index.string(), ": no weight_map object"));
@@ -241,7 +228,7 @@ absl::Status SaveModel(TransformerImpl& model, const std::string& dir, const Sav
   const fs::path tmp = fs::path(dir + ".tmp." + std::to_string(getpid()));
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  if (ec) return FileError(ec.value(), "create", tmp.string());
 
   auto result = [&]() -> absl::Status {
     // Tensors in registration order, converted to the save dtype.
@@ -291,7 +278,7 @@ absl::Status SaveModel(TransformerImpl& model, const std::string& dir, const Sav
       const fs::path from(options.copy_tokenizer_from);
       for (const char* const* f = kTokenizerFiles; *f != nullptr; ++f) {
         if (fs::exists(from / *f)) fs::copy_file(from / *f, tmp / *f, fs::copy_options::overwrite_existing, ec);
-        if (ec) return absl::UnavailableError(absl::StrCat("cannot copy ", (from / *f).string(), ": ", ec.message()));
+        if (ec) return FileError(ec.value(), "copy", (from / *f).string());
       }
       if (fs::exists(from / "generation_config.json") && c.head == Head::kCausalLM) {
         fs::copy_file(from / "generation_config.json", tmp / "generation_config.json",
@@ -318,15 +305,15 @@ absl::Status SaveModel(TransformerImpl& model, const std::string& dir, const Sav
   if (fs::exists(target)) {
     old = fs::path(dir + ".old." + std::to_string(getpid()));
     fs::rename(target, old, ec);
-    if (ec) return absl::UnavailableError(absl::StrCat("cannot replace ", dir, ": ", ec.message()));
+    if (ec) return FileError(ec.value(), "move aside the old", dir);
   }
   fs::rename(tmp, target, ec);
   if (ec) {
     if (!old.empty()) fs::rename(old, target);
-    return absl::UnavailableError(absl::StrCat("cannot rename ", tmp.string(), " to ", dir, ": ", ec.message()));
+    return FileError(ec.value(), "rename the new folder to", dir);
   }
   if (!old.empty()) fs::remove_all(old, ec);
-  return absl::OkStatus();
+  return SyncFolder(target.parent_path().empty() ? "." : target.parent_path().string());
 }
 
 }  // namespace rlhf::model

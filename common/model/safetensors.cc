@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_join.h"
+#include "common/file.h"
 
 namespace rlhf::model {
 
@@ -209,34 +210,21 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   }
   std::string h = header.dump();
   while (h.size() % 8 != 0) h.push_back(' ');
-  std::string tmp = path + ".tmp." + std::to_string(getpid());
-  FILE* out = std::fopen(tmp.c_str(), "wb");
-  if (out == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-  }
-  bool ok = true;
-  uint8_t len[8];
-  uint64_t n = h.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-  ok = ok && std::fwrite(len, 1, 8, out) == 8;
-  ok = ok && std::fwrite(h.data(), 1, h.size(), out) == h.size();
-  for (const auto& t : tensors) {
-    int64_t numel = 1;
-    for (int64_t d : t.shape) numel *= d;
-    size_t bytes = static_cast<size_t>(numel) * StDTypeSize(t.dtype);
-    if (bytes > 0) ok = ok && std::fwrite(t.data, 1, bytes, out) == bytes;
-  }
-  ok = ok && std::fflush(out) == 0 && fsync(fileno(out)) == 0;
-  ok = (std::fclose(out) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    return absl::DataLossError(absl::StrCat("writing ", path, " failed: ", std::strerror(errno), " (disk full?)"));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
+  // Written whole or not at all (common/file.h).
+  return WriteFileAtomic(path, [&](FileSink& out) -> absl::Status {
+    uint8_t len[8];
+    const uint64_t n = h.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+    RETURN_IF_ERROR(out.Write(len, 8));
+    RETURN_IF_ERROR(out.Write(h));
+    for (const auto& t : tensors) {
+      int64_t numel = 1;
+      for (int64_t d : t.shape) numel *= d;
+      const size_t bytes = static_cast<size_t>(numel) * StDTypeSize(t.dtype);
+      if (bytes > 0) RETURN_IF_ERROR(out.Write(t.data, bytes));
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace rlhf::model

@@ -2,7 +2,12 @@
 
 #include <cmath>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file.h"
+#include "common/sample_json.h"
 
 namespace rlhf::coordinator {
 
@@ -173,6 +178,20 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
   }
   RETURN_IF_ERROR(part_missing);
   return r;
+}
+
+absl::StatusOr<nlohmann::json> EvaluateToFile(RolloutPool& pool, ScorerClient& scorer, const std::vector<Prompt>& prompts,
+                                              const EvalConfig& config, int64_t version, uint64_t seed,
+                                              const std::string& path) {
+  ASSIGN_OR_RETURN(auto r, Evaluate(pool, scorer, prompts, config, version, seed));
+  RETURN_IF_ERROR(WriteFileAtomic(path, [&](FileSink& out) -> absl::Status {
+    for (const auto& s : r.generations) RETURN_IF_ERROR(out.Write(SampleToJson(s) + "\n"));
+    return absl::OkStatus();
+  }));
+  spdlog::info("eval at policy version {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}", version,
+               r.correct, r.prompts, 100 * r.accuracy, 100 * r.accuracy_low, 100 * r.accuracy_high, r.mean_reward,
+               r.k > 0 ? absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k) : std::string());
+  return r.ToJson();
 }
 
 }  // namespace rlhf::coordinator

@@ -103,4 +103,13 @@ std::vector<std::vector<float>> CompletionTokenScores(model::Transformer& net, c
   return out;
 }
 
+std::vector<TokenRow> RowsOf(const std::vector<const Sample*>& samples) {
+  std::vector<TokenRow> rows;
+  for (const Sample* s : samples) {
+    rows.push_back({s->prompt_ids().data(), s->prompt_ids_size(), s->completion_ids().data(), s->completion_ids_size(),
+                    s->temperature()});
+  }
+  return rows;
+}
+
 }  // namespace rlhf::scoring

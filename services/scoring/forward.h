@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/model/transformer.h"
+#include "rlhf/sample.pb.h"
 
 namespace rlhf::scoring {
 
@@ -18,6 +19,9 @@ struct TokenRow {
   float temperature = 1.f;  // <= 0 is taken as 1
   int64_t size() const { return prompt_len + completion_len; }
 };
+
+// The token rows of samples (they must outlive the rows).
+std::vector<TokenRow> RowsOf(const std::vector<const Sample*>& samples);
 
 // Per row, the log-probs of its completion tokens at its temperature (log-softmax in f32); a completion
 // token at position 0 has no prediction and gets 0.

@@ -183,10 +183,10 @@ absl::StatusOr<std::vector<int32_t>> TokenEnds(const text::Tokenizer& tokenizer,
   return out;
 }
 
-float AggregateSteps(const std::vector<float>& scores, const std::string& mode) {
+float AggregateSteps(const std::vector<float>& scores, StepAggregate mode) {
   if (scores.empty()) return 0.f;
-  if (mode == "min") return *std::min_element(scores.begin(), scores.end());
-  if (mode == "last") return scores.back();
+  if (mode == StepAggregate::kMin) return *std::min_element(scores.begin(), scores.end());
+  if (mode == StepAggregate::kLast) return scores.back();
   return std::accumulate(scores.begin(), scores.end(), 0.f) / static_cast<float>(scores.size());
 }
 

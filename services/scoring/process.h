@@ -40,7 +40,9 @@ std::optional<float> CheckArithmeticStep(const std::string& step);
 absl::StatusOr<std::vector<int32_t>> TokenEnds(const text::Tokenizer& tokenizer, const std::vector<int32_t>& ids,
                                                const std::vector<size_t>& ends);
 
+// How the step scores make the process reward (reward.process_aggregate).
+enum class StepAggregate { kMean, kMin, kLast };
 // mean | min | last of the step scores; 0 for none.
-float AggregateSteps(const std::vector<float>& scores, const std::string& mode);
+float AggregateSteps(const std::vector<float>& scores, StepAggregate mode);
 
 }  // namespace rlhf::scoring

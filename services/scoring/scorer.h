@@ -1,8 +1,8 @@
 // The scorer: rewards from every configured source, composed with weights, and reference-model log-probs,
 // for batches of samples. Used in process by trainers and `rlhf score`, and behind `rlhf serve scorer`.
 //
-// Sources (each on when its weight is not 0; reward_parts holds each source's value before weighting,
-// reward = sum of weight * value):
+// Sources (services/scoring/sources.h: a chain, each on when its weight is not 0; reward_parts holds each
+// source's value before weighting, reward = sum of weight * value):
 //   exact_match  1 when the completion's final answer equals the sample's ground-truth field, else 0
 //                (services/scoring/verifiers.h); a sample without that field is an error
 //   format       1 when the completion matches the configured regex (ECMAScript, whole text), else 0
@@ -38,7 +38,9 @@
 #include "common/model/transformer.h"
 #include "common/status.h"
 #include "rlhf/sample.pb.h"
+#include "services/scoring/process.h"
 #include "services/scoring/sandbox.h"
+#include "services/scoring/verifiers.h"
 
 namespace rlhf::text {
 class Tokenizer;
@@ -46,12 +48,13 @@ class Tokenizer;
 
 namespace rlhf::scoring {
 
-class Judge;
+enum class JudgeMode { kPointwise, kPairwise };
+enum class ProcessSourceKind { kChecker, kModel };
 
 struct RewardConfig {
   double exact_match_weight = 0;        // weight of the exact-match reward; 0 = off
   std::string answer_field = "answer";  // pass-through field holding the ground truth
-  std::string extract = "flexible";     // strict (boxed / "answer is" / ####) | flexible (else the last number)
+  ExtractMode extract = ExtractMode::kFlexible;  // strict (boxed / "answer is" / ####) | flexible (else the last number)
   double format_weight = 0;             // weight of the format reward; 0 = off
   std::string format_pattern;           // ECMAScript regex the whole completion must match
   double length_weight = 0;             // weight of the length penalty; 0 = off
@@ -71,7 +74,7 @@ struct RewardConfig {
   std::string judge_model;              // HF folder of the judge (causal LM)
   std::string judge_tokenizer;          // folder / tokenizer.json of the judge; "" = judge_model
   std::string judge_constitution;       // text file filled in for {constitution}
-  std::string judge_mode = "pointwise"; // pointwise | pairwise
+  JudgeMode judge_mode = JudgeMode::kPointwise;  // pointwise | pairwise
   std::string judge_template =
       "{constitution}\n\nPrompt: {prompt}\nResponse: {completion}\n"
       "Does the response follow the principles above? Answer Yes or No.\nAnswer:";
@@ -82,10 +85,10 @@ struct RewardConfig {
   std::string judge_first = " A", judge_second = " B";  // pairwise verdict texts
   bool judge_chat_template = false;     // wrap the prompt as the user message of the judge's chat template
   double process_weight = 0;            // weight of the aggregated process reward; 0 = off
-  std::string process_source = "checker";  // checker (rule-based arithmetic steps) | model (process reward model)
+  ProcessSourceKind process_source = ProcessSourceKind::kChecker;  // checker (rule-based arithmetic steps) | model (process reward model)
   std::string process_model;            // HF folder with a score head (num_labels 1) for process_source model
   std::string process_separator = "\n"; // text that ends a step
-  std::string process_aggregate = "mean";  // mean | min | last of the step scores
+  StepAggregate process_aggregate = StepAggregate::kMean;  // mean | min | last of the step scores
   std::string tokenizer;                // the policy's tokenizer (folder or file): places step ends on tokens
   std::vector<std::string> monitor;     // rule-based sources computed with weight 0 (reward_parts only), e.g. exact_match
   std::string reference_model;          // HF folder of the frozen reference policy; "" = no reference log-probs
@@ -102,10 +105,13 @@ struct ScoreOutcome {
 // The code of a completion: its last ``` fenced block without the info string, else all of it.
 std::string ExtractCode(const std::string& completion);
 
+class RewardSource;
+
 class Scorer {
  public:
-  // Loads the configured models. INVALID_ARGUMENT when no source is on or a regex does not compile.
-  // Isolation missing for the code reward is not an error here: see code_refusal().
+  // Builds the chain of sources and loads their models. INVALID_ARGUMENT when no source is on, a regex does
+  // not compile or a source lacks its file. Isolation missing for the code reward is not an error here: see
+  // code_refusal().
   static absl::StatusOr<std::unique_ptr<Scorer>> Create(const RewardConfig& config);
   ~Scorer();
 
@@ -123,32 +129,23 @@ class Scorer {
   absl::Status Validate(const Sample& sample, bool want_ref) const;
 
   bool has_reference() const { return !reference_.is_empty(); }
-  // OK, or why the code reward is refused on this machine (FAILED_PRECONDITION: the sandbox cannot isolate).
-  const absl::Status& code_refusal() const { return code_refusal_; }
   const RewardConfig& config() const { return config_; }
+  // The sources with a weight, in chain order.
   std::vector<std::string> SourceNames() const;
-
-  // Forward passes of `rows` (prompt + completion ids) in batches of at most config.batch_tokens padded
-  // tokens: the reward model's score per row / the reference log-probs of each row's completion tokens.
-  std::vector<float> RewardModelScores(const std::vector<const Sample*>& rows);
-  std::vector<std::vector<float>> ReferenceLogProbs(const std::vector<const Sample*>& rows);
+  // OK, or why the code reward is refused on this machine (FAILED_PRECONDITION: the sandbox cannot isolate).
+  absl::Status code_refusal() const;
 
  private:
   explicit Scorer(RewardConfig config);
-  SandboxLimits Limits() const;
-  // A source is computed when it has a weight or is monitored.
-  bool On(const char* name, double weight) const;
-  void ScoreJudge(std::vector<Sample>& samples, const std::vector<int32_t>& groups,
-                  std::vector<std::map<std::string, float>>& parts, const std::function<void(size_t, absl::Status)>& fail);
-  void ScoreProcess(std::vector<Sample>& samples, std::vector<std::map<std::string, float>>& parts,
-                    const std::function<void(size_t, absl::Status)>& fail);
+  struct Link {
+    std::string name;
+    double weight = 0;  // 0 for a monitored source
+    bool uses_models = false;
+    std::unique_ptr<RewardSource> source;
+  };
   RewardConfig config_;
-  model::Transformer reward_model_{nullptr}, reference_{nullptr}, process_model_{nullptr};
-  std::unique_ptr<Judge> judge_;
-  std::shared_ptr<text::Tokenizer> tokenizer_;
-  struct FormatRe;
-  std::shared_ptr<FormatRe> format_;
-  absl::Status code_refusal_;  // set once at Create when the sandbox's probe is refused
+  std::vector<Link> chain_;
+  model::Transformer reference_{nullptr};
 };
 
 }  // namespace rlhf::scoring

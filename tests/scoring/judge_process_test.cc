@@ -61,7 +61,7 @@ const text::Tokenizer& Tok() {
   return t;
 }
 
-RewardConfig JudgeConfig(const std::string& mode) {
+RewardConfig JudgeConfig(JudgeMode mode) {
   RewardConfig c;
   c.judge_weight = 1;
   c.judge_model = F().judge;
@@ -94,7 +94,7 @@ TEST(Judge, FillsPlaceholdersInOnePass) {
 }
 
 TEST(Judge, PointwiseScoreEqualsADirectForwardOfThePromptAndVerdicts) {
-  auto cfg = JudgeConfig("pointwise");
+  auto cfg = JudgeConfig(JudgeMode::kPointwise);
   auto judge = Judge::Create(cfg);
   ASSERT_TRUE(judge.ok()) << judge.status();
   // The verdicts are several tokens here: the probability is the product over the verdict's tokens.
@@ -124,7 +124,7 @@ TEST(Judge, PointwiseScoreEqualsADirectForwardOfThePromptAndVerdicts) {
 }
 
 TEST(Judge, PairwiseJudgesBothOrdersAndComparesWithinAPromptAndRequest) {
-  auto cfg = JudgeConfig("pairwise");
+  auto cfg = JudgeConfig(JudgeMode::kPairwise);
   auto judge = Judge::Create(cfg).value();
   auto m = model::LoadModel(F().judge).value();
   const std::string q = "What is 2 + 2?", a = "4", b = "The answer is 5";
@@ -164,7 +164,7 @@ TEST(Judge, ChatTemplateWrapsThePromptAsTheUserMessage) {
   for (const auto& e : fs::directory_iterator(F().judge)) fs::copy(e.path(), dir + "/" + e.path().filename().string());
   Write(dir + "/tokenizer_config.json",
         R"({"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"})");
-  auto cfg = JudgeConfig("pointwise");
+  auto cfg = JudgeConfig(JudgeMode::kPointwise);
   cfg.judge_model = dir;
   cfg.judge_chat_template = true;
   cfg.judge_template = "Q: {prompt} R: {completion}";
@@ -175,16 +175,16 @@ TEST(Judge, ChatTemplateWrapsThePromptAsTheUserMessage) {
 }
 
 TEST(Judge, RefusesBadConfigsAndFailsOnlyTheSampleThatIsTooLong) {
-  auto cfg = JudgeConfig("pointwise");
+  auto cfg = JudgeConfig(JudgeMode::kPointwise);
   cfg.judge_model = "";
   EXPECT_EQ(Scorer::Create(cfg).status().code(), absl::StatusCode::kInvalidArgument);
-  cfg = JudgeConfig("pointwise");
+  cfg = JudgeConfig(JudgeMode::kPointwise);
   cfg.judge_no = cfg.judge_yes;
   EXPECT_EQ(Scorer::Create(cfg).status().code(), absl::StatusCode::kInvalidArgument);
-  cfg = JudgeConfig("pointwise");
+  cfg = JudgeConfig(JudgeMode::kPointwise);
   cfg.judge_constitution = F().dir + "/missing.txt";
   EXPECT_EQ(Scorer::Create(cfg).status().code(), absl::StatusCode::kNotFound);
-  auto scorer = Scorer::Create(JudgeConfig("pointwise")).value();
+  auto scorer = Scorer::Create(JudgeConfig(JudgeMode::kPointwise)).value();
   std::vector<Sample> v(2);
   v[0].set_completion("fine");
   v[1].set_completion(std::string(5000, 'z'));  // beyond the judge's context
@@ -221,10 +221,10 @@ TEST(Process, ArithmeticCheckerScoresEveryEquationOfAStep) {
   EXPECT_EQ(CheckArithmeticStep("12 + 3 = lots"), 0.f);
   EXPECT_FALSE(CheckArithmeticStep("The answer is 80"));
   EXPECT_FALSE(CheckArithmeticStep("x = 5"));
-  EXPECT_EQ(AggregateSteps({1, 0, 1}, "min"), 0.f);
-  EXPECT_EQ(AggregateSteps({1, 0, 0.5}, "last"), 0.5f);
-  EXPECT_NEAR(AggregateSteps({1, 0, 1}, "mean"), 2.f / 3, 1e-6);
-  EXPECT_EQ(AggregateSteps({}, "mean"), 0.f);
+  EXPECT_EQ(AggregateSteps({1, 0, 1}, StepAggregate::kMin), 0.f);
+  EXPECT_EQ(AggregateSteps({1, 0, 0.5}, StepAggregate::kLast), 0.5f);
+  EXPECT_NEAR(AggregateSteps({1, 0, 1}, StepAggregate::kMean), 2.f / 3, 1e-6);
+  EXPECT_EQ(AggregateSteps({}, StepAggregate::kMean), 0.f);
 }
 
 Sample Solution(const std::string& text) {
@@ -269,9 +269,9 @@ TEST(Process, CheckerStepRewardsLandOnEachStepsLastToken) {
 TEST(Process, ModelStepScoresEqualADirectForwardAtTheStepEnds) {
   RewardConfig cfg;
   cfg.process_weight = 1;
-  cfg.process_source = "model";
+  cfg.process_source = ProcessSourceKind::kModel;
   cfg.process_model = F().prm;
-  cfg.process_aggregate = "min";
+  cfg.process_aggregate = StepAggregate::kMin;
   cfg.batch_tokens = 60;
   EXPECT_EQ(Scorer::Create(cfg).status().code(), absl::StatusCode::kInvalidArgument) << "needs a tokenizer";
   cfg.tokenizer = F().tokenizer;

@@ -304,7 +304,7 @@ TEST(RlUpdate, FirstMinibatchOfAFreshBatchHasRatioOneAndNoClipping) {
     EXPECT_NEAR((*m)["kl_ref"], 0.0, 1e-6);  // the reference is the starting policy
     EXPECT_TRUE(m->count("reward_mean/toy"));
     EXPECT_EQ(m->count("value_explained_variance"), with_critic ? 1u : 0u);
-    EXPECT_EQ(update.advantage(), with_critic ? "gae" : "grpo");
+    EXPECT_EQ(update.advantage(), with_critic ? Advantage::kGae : Advantage::kGrpo);
     // Later minibatches are off-policy: the policy moved.
     EXPECT_GT((*m)["approx_kl"], 0.0);
   }
@@ -316,7 +316,7 @@ TEST(RlUpdate, RejectsUnscoredSamplesAndBrokenGroups) {
   learner.AddModel("policy", policy, OptimConfig{}, 10);
   RlConfig rc;
   rc.group_size = 2;
-  rc.kl_placement = "none";
+  rc.kl_placement = KlPlacement::kNone;
   RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
   auto samples = ScoredSamples(2, 2, 50, 1);
   samples[1].clear_reward();
@@ -340,7 +340,7 @@ TEST(RlUpdate, MissingEosPenaltyAndMaskingOfTruncatedResponses) {
     learner.AddModel("policy", policy, OptimConfig{}, 10);
     RlConfig rc;
     rc.group_size = 4;
-    rc.kl_placement = "none";
+    rc.kl_placement = KlPlacement::kNone;
     rc.missing_eos_penalty = penalty;
     rc.mask_truncated = mask;
     RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
@@ -402,8 +402,8 @@ TEST(RlUpdate, ProcessAdvantageSumsTheNormalisedStepsEndingAtOrAfterEachToken) {
   learner.AddModel("policy", policy, OptimConfig{}, 10);
   RlConfig rc;
   rc.group_size = 3;
-  rc.advantage = "process";
-  rc.kl_placement = "none";
+  rc.advantage = Advantage::kProcess;
+  rc.kl_placement = KlPlacement::kNone;
   RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
   auto m = update.Update(samples, 1);
   ASSERT_TRUE(m.ok()) << m.status();

@@ -1,29 +1,22 @@
-#include "trainer/online_learner.h"
+#include "trainer/pipeline/learner_service.h"
 
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "trainer/batching.h"
 
 namespace rlhf::trainer {
 
 namespace {
-
 // What rank 0 tells the other ranks: one byte, then the payload.
-constexpr char kKeepAlive = 'K', kTrain = 'T', kCheckpoint = 'C', kFinish = 'F';
-
-// Long work (a training step, a checkpoint) gets this deadline rather than the short default of rpc.*.
-constexpr double kWorkDeadlineSeconds = 24 * 3600.0;
-
-// A closed server (finished or failed) answers nothing more.
-#define RETURN_GRPC_IF_CLOSED()                                                                        \
-  if (finished_) return ToGrpc(absl::FailedPreconditionError("the learner has finished its stage")); \
-  if (!error_.ok()) return ToGrpc(absl::Status(error_.code(), absl::StrCat("the learner failed: ", error_.message())))
+constexpr char kKeepAlive = 'K', kTrain = 'T', kCheckpoint = 'C', kFinish = 'F', kAbort = 'A';
+constexpr absl::Duration kKeepAliveEvery = absl::Seconds(5);
+}  // namespace
 
 class LearnerServer final : public rlhf::Learner::Service {
  public:
@@ -35,15 +28,24 @@ class LearnerServer final : public rlhf::Learner::Service {
 
   int64_t version() const { return version_.load(); }
 
-  // Blocks until Finish has been answered; sends keep-alives to the other ranks meanwhile.
+  // Rank 0: blocks until Finish has been answered, the learner failed or Stop; sends keep-alives meanwhile.
   absl::Status Wait() {
-    std::unique_lock<std::mutex> lk(mu_);
+    absl::MutexLock lock(&mu_);
     while (!finished_ && error_.ok()) {
-      if (cv_.wait_for(lk, std::chrono::seconds(5), [&] { return finished_ || !error_.ok(); })) break;
-      auto s = comm::BroadcastBytes(group_, std::string(1, kKeepAlive));
-      if (!s.ok()) error_ = s.status();
+      if (cv_.WaitWithTimeout(&mu_, kKeepAliveEvery)) {
+        auto s = comm::BroadcastBytes(group_, std::string(1, kKeepAlive));
+        if (!s.ok()) error_ = s.status();
+      }
     }
     return error_;
+  }
+
+  void Stop(const absl::Status& why) {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || !error_.ok()) return;
+    error_ = why;
+    (void)comm::BroadcastBytes(group_, std::string(1, kAbort) + std::string(why.message()));
+    cv_.SignalAll();
   }
 
   grpc::Status State(grpc::ServerContext*, const LearnerStateRequest*, LearnerStateReply* reply) override {
@@ -51,15 +53,15 @@ class LearnerServer final : public rlhf::Learner::Service {
     reply->set_version(version_.load());
     reply->set_group_size(hooks_.group_size);
     reply->set_ranks(group_.size());
-    std::lock_guard<std::mutex> lk(mu_);
+    absl::MutexLock lock(&mu_);
     reply->set_extra_json(extra_json_);
     reply->set_checkpoint_step(checkpoint_step_);
     return grpc::Status::OK;
   }
 
   grpc::Status Train(grpc::ServerContext*, const TrainRequest* req, TrainReply* reply) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    RETURN_GRPC_IF_CLOSED();
+    absl::MutexLock lock(&mu_);
+    if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
     if (req->step() != version_.load()) {
       return ToGrpc(absl::FailedPreconditionError(absl::StrCat("the learner is at version ", version_.load(),
                                                                "; this batch is for step ", req->step())));
@@ -80,8 +82,8 @@ class LearnerServer final : public rlhf::Learner::Service {
   }
 
   grpc::Status Weights(grpc::ServerContext*, const WeightsRequest* req, grpc::ServerWriter<WeightChunk>* writer) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    RETURN_GRPC_IF_CLOSED();
+    absl::MutexLock lock(&mu_);
+    if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
     const int64_t chunk = req->chunk_bytes() > 0 ? req->chunk_bytes() : (4 << 20);
     if (!hooks_.weights(version_.load(), chunk, [&](const WeightChunk& c) { return writer->Write(c); })) {
       return ToGrpc(absl::UnavailableError("the weight stream to the coordinator broke"));
@@ -91,8 +93,8 @@ class LearnerServer final : public rlhf::Learner::Service {
 
   grpc::Status Checkpoint(grpc::ServerContext*, const LearnerCheckpointRequest* req,
                           LearnerCheckpointReply* reply) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    RETURN_GRPC_IF_CLOSED();
+    absl::MutexLock lock(&mu_);
+    if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
     if (req->step() != version_.load()) {
       return ToGrpc(absl::FailedPreconditionError(absl::StrCat("the learner is at version ", version_.load(),
                                                                "; the checkpoint is for step ", req->step())));
@@ -106,18 +108,18 @@ class LearnerServer final : public rlhf::Learner::Service {
   }
 
   grpc::Status Finish(grpc::ServerContext*, const FinishRequest*, FinishReply* reply) override {
-    std::lock_guard<std::mutex> lk(mu_);
-    RETURN_GRPC_IF_CLOSED();
+    absl::MutexLock lock(&mu_);
+    if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
     auto bytes = comm::BroadcastBytes(group_, std::string(1, kFinish));
     absl::StatusOr<std::string> model = bytes.ok() ? hooks_.finish() : absl::StatusOr<std::string>(bytes.status());
     if (!model.ok()) {
       error_ = model.status();
-      cv_.notify_all();
+      cv_.SignalAll();
       return ToGrpc(model.status());
     }
     reply->set_model(*model);
     finished_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
     return grpc::Status::OK;
   }
 
@@ -129,19 +131,27 @@ class LearnerServer final : public rlhf::Learner::Service {
       const char kind = bytes[0];
       if (kind == kKeepAlive) continue;
       if (kind == kFinish) return hooks_.finish().status();
+      if (kind == kAbort) return absl::AbortedError(absl::StrCat("learner rank 0 stopped the stage: ", bytes.substr(1)));
       RETURN_IF_ERROR(Execute(bytes).status());
     }
   }
 
  private:
+  // A closed server (finished, failed or stopped) answers nothing more.
+  absl::Status Closed() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return absl::FailedPreconditionError("the learner has finished its stage");
+    if (!error_.ok()) return absl::Status(error_.code(), absl::StrCat("the learner failed: ", error_.message()));
+    return absl::OkStatus();
+  }
+
   // Rank 0: sends a command to the other ranks, then does its own part. A failure closes the server: the
   // other ranks have failed with it.
-  absl::StatusOr<std::map<std::string, double>> Run(const std::string& command) {
+  absl::StatusOr<std::map<std::string, double>> Run(const std::string& command) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto sent = comm::BroadcastBytes(group_, command);
     absl::StatusOr<std::map<std::string, double>> r = sent.ok() ? Execute(command) : sent.status();
     if (!r.ok()) {
       error_ = r.status();
-      cv_.notify_all();
+      cv_.SignalAll();
     }
     return r;
   }
@@ -165,98 +175,61 @@ class LearnerServer final : public rlhf::Learner::Service {
     }
     return absl::InternalError(absl::StrCat("learner: unknown command '", std::string(1, command[0]), "'"));
   }
-#undef RETURN_GRPC_IF_CLOSED
 
   comm::Group& group_;
-  LearnerHooks hooks_;
+  const LearnerHooks hooks_;
   std::atomic<int64_t> version_{0};
-  std::mutex mu_;  // one call at a time: each one is a collective of every rank
-  std::condition_variable cv_;
-  bool finished_ = false;
-  absl::Status error_;
-  std::string extra_json_;      // the coordinator's state of the newest checkpoint
-  int64_t checkpoint_step_ = 0;  // its step
+  // One call at a time: each one is a collective of every rank.
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::string extra_json_ ABSL_GUARDED_BY(mu_);      // the coordinator's state of the newest checkpoint
+  int64_t checkpoint_step_ ABSL_GUARDED_BY(mu_) = 0;  // its step
 };
 
-}  // namespace
+absl::StatusOr<std::unique_ptr<LearnerHost>> LearnerHost::Start(comm::Group& group, const RpcConfig& rpc,
+                                                                const std::string& address, LearnerHooks hooks) {
+  if (group.rank() != 0) return absl::InternalError("LearnerHost::Start is for rank 0; the other ranks follow");
+  std::unique_ptr<LearnerHost> host(new LearnerHost());
+  const std::string stage = hooks.stage;
+  host->service_ = std::make_unique<LearnerServer>(group, std::move(hooks));
+  auto* svc = host->service_.get();
+  ASSIGN_OR_RETURN(host->server_, RpcServer::Start(rpc, {address, "learner", [svc] { return svc->version(); }}, {svc}));
+  host->keep_alive_ = std::thread([h = host.get()] { h->wait_status_ = h->service_->Wait(); });
+  if (!address.empty()) {
+    spdlog::info("learner: serving stage {} at version {} on port {} ({} rank{})", stage, svc->version(),
+                 host->server_->port(), group.size(), group.size() == 1 ? "" : "s");
+  }
+  return host;
+}
+
+LearnerHost::~LearnerHost() {
+  if (service_) service_->Stop(absl::CancelledError("the learner's host process ended the stage"));
+  if (keep_alive_.joinable()) keep_alive_.join();
+  if (server_) server_->Shutdown(std::chrono::milliseconds(5000));
+}
+
+std::shared_ptr<grpc::Channel> LearnerHost::InProcessChannel() const { return server_->InProcessChannel(); }
+int LearnerHost::port() const { return server_->port(); }
+absl::Status LearnerHost::Wait() {
+  if (keep_alive_.joinable()) keep_alive_.join();
+  return wait_status_;
+}
+void LearnerHost::Stop(const absl::Status& why) { service_->Stop(why); }
+
+absl::Status FollowLearner(comm::Group& group, LearnerHooks hooks) {
+  LearnerServer follower(group, std::move(hooks));
+  return follower.Follow();
+}
 
 absl::Status ServeLearner(comm::Group& group, const RpcConfig& rpc, const std::string& address, LearnerHooks hooks) {
+  if (group.rank() != 0) return FollowLearner(group, std::move(hooks));
   const std::string stage = hooks.stage;
-  LearnerServer svc(group, std::move(hooks));
-  if (group.rank() != 0) return svc.Follow();
-  ASSIGN_OR_RETURN(auto server,
-                   RpcServer::Start(rpc, {address, "learner", [&svc] { return svc.version(); }}, {&svc}));
-  spdlog::info("learner: serving stage {} at version {} on port {} ({} rank{})", stage, svc.version(), server->port(),
-               group.size(), group.size() == 1 ? "" : "s");
-  auto status = svc.Wait();
-  server->Shutdown(std::chrono::milliseconds(5000));
-  if (status.ok()) spdlog::info("learner: stage {} finished at version {}", stage, svc.version());
+  ASSIGN_OR_RETURN(auto host, LearnerHost::Start(group, rpc, address, std::move(hooks)));
+  auto status = host->Wait();
+  if (status.ok()) spdlog::info("learner: stage {} finished", stage);
   return status;
-}
-
-RemoteLearner::RemoteLearner(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc, coordinator::RetryPolicy retry)
-    : stub_(rlhf::Learner::NewStub(channel)), rpc_(rpc), retry_(retry) {}
-
-absl::StatusOr<LearnerStateReply> RemoteLearner::State() {
-  absl::Status last;
-  for (int64_t attempt = 0; attempt < std::max<int64_t>(1, retry_.max_attempts); ++attempt) {
-    if (attempt > 0) coordinator::Backoff(retry_, attempt - 1);
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, rpc_);
-    LearnerStateReply reply;
-    last = FromGrpc(stub_->State(&ctx, LearnerStateRequest(), &reply));
-    if (last.ok()) return reply;
-    if (!coordinator::Retryable(last.code())) break;
-  }
-  return absl::Status(last.code(), absl::StrCat("learner State: ", last.message()));
-}
-
-absl::StatusOr<TrainReply> RemoteLearner::Train(int64_t step, const std::vector<Sample>& samples, uint64_t seed) {
-  TrainRequest req;
-  req.set_step(step);
-  req.set_seed(seed);
-  for (const auto& s : samples) *req.add_samples() = s;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc_, kWorkDeadlineSeconds);
-  TrainReply reply;
-  auto s = FromGrpc(stub_->Train(&ctx, req, &reply));
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner Train: ", s.message()));
-  return reply;
-}
-
-absl::StatusOr<std::vector<WeightChunk>> RemoteLearner::Weights(int64_t chunk_bytes) {
-  WeightsRequest req;
-  req.set_chunk_bytes(chunk_bytes);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc_, kWorkDeadlineSeconds);
-  auto reader = stub_->Weights(&ctx, req);
-  std::vector<WeightChunk> chunks;
-  WeightChunk c;
-  while (reader->Read(&c)) chunks.push_back(c);
-  auto s = FromGrpc(reader->Finish());
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner Weights: ", s.message()));
-  return chunks;
-}
-
-absl::Status RemoteLearner::Checkpoint(int64_t step, const std::string& extra_json) {
-  LearnerCheckpointRequest req;
-  req.set_step(step);
-  req.set_extra_json(extra_json);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc_, kWorkDeadlineSeconds);
-  LearnerCheckpointReply reply;
-  auto s = FromGrpc(stub_->Checkpoint(&ctx, req, &reply));
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner Checkpoint: ", s.message()));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> RemoteLearner::Finish() {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc_, kWorkDeadlineSeconds);
-  FinishReply reply;
-  auto s = FromGrpc(stub_->Finish(&ctx, FinishRequest(), &reply));
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner Finish: ", s.message()));
-  return reply.model();
 }
 
 }  // namespace rlhf::trainer

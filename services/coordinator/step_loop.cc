@@ -1,0 +1,230 @@
+#include "services/coordinator/step_loop.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file.h"
+#include "common/metrics.h"
+#include "rollout/weight_client.h"
+
+namespace rlhf::coordinator {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+double Seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Makes a rollout worker hold the learner's current weights: the learner's chunks are relayed one at a
+// time into the worker's UpdateWeights stream, stamped with `version`, then committed.
+RolloutPool::Publisher LearnerPublisher(LearnerClient& learner, int64_t chunk_bytes, const RpcConfig& rpc) {
+  return [&learner, chunk_bytes, rpc](Rollout::Stub* stub, int64_t version) -> absl::Status {
+    const double t0 = Seconds();
+    absl::Status source;
+    auto r = rollout::PushChunks(stub, version, [&](const rollout::ChunkWriter& w) {
+      source = learner.StreamWeights(chunk_bytes, [&](const WeightChunk& c) {
+        WeightChunk stamped = c;
+        stamped.set_version(version);
+        return w(stamped);
+      });
+      return source.ok();
+    }, rpc);
+    if (!source.ok() && source.code() != absl::StatusCode::kUnavailable) return source;  // the learner's error
+    if (!r.ok()) return r.status();
+    Metrics::Process()
+        .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight update to one rollout worker",
+                   {0.01, 0.1, 1, 10, 100})
+        .Observe(Seconds() - t0);
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, LearnerClient& learner,
+                                        std::vector<Prompt> train_prompts, const std::vector<Prompt>& eval_prompts,
+                                        const StepLoopHooks& hooks) {
+  const std::string& stage = o.stage;
+  const int64_t g = o.coordinator.group_size;
+  const double t_start = Seconds();
+  // Where the learner stands: its stage, version and the state of this loop in its newest checkpoint.
+  ASSIGN_OR_RETURN(auto st, learner.State());
+  if (st.stage() != stage || st.group_size() != g) {
+    return absl::FailedPreconditionError(absl::StrCat("the learner (", o.learner_label, ") serves stage ", st.stage(),
+                                                      " with groups of ", st.group_size(), "; this is ", stage,
+                                                      " with groups of ", g));
+  }
+  if (st.version() != st.checkpoint_step()) {
+    // This loop's state of the steps after the checkpoint is gone: continuing would train them twice.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the learner (", o.learner_label, ") is at policy version ", st.version(),
+        " but its newest checkpoint is of step ", st.checkpoint_step(),
+        ": restart it with --resume, so that learner and coordinator continue from that checkpoint"));
+  }
+  int64_t step = st.version();
+  const int64_t learner_ranks = std::max(1, st.ranks());
+  RETURN_IF_ERROR(hooks.resume_at(step));
+  json extra = json::object();
+  if (!st.extra_json().empty()) extra = json::parse(st.extra_json(), nullptr, false);
+  if (!extra.is_object()) return absl::DataLossError("the learner's checkpoint holds a coordinator state that is not JSON");
+  spdlog::info("{}: learner {} ({} rank{}), policy version {}", stage, o.learner_label, learner_ranks,
+               learner_ranks == 1 ? "" : "s", step);
+
+  fs::create_directories(o.stage_dir);
+  const RpcConfig rpc = roles.rpc();
+  RolloutPool pool(roles.rollout_channels(), rpc, o.retry, LearnerPublisher(learner, o.weight_chunk_bytes, rpc));
+  ScorerClient scorer(roles.scorer_channel(), rpc, o.retry);
+  Coordinator coord(o.coordinator, std::move(train_prompts), o.seed, &pool, &scorer);
+  if (extra.contains("ledger")) RETURN_IF_ERROR(coord.Restore(extra["ledger"]));
+  // Every worker holds the policy of this step (a fresh or restarted worker may hold anything).
+  RETURN_IF_ERROR(pool.Sync(step, /*force=*/true));
+  spdlog::info("{}: online, {} training prompts x {} epochs, {} held-out prompts for eval; rollout workers: {} ({}), "
+               "scorer: {}", stage, coord.ledger().num_prompts(), o.coordinator.epochs, eval_prompts.size(), pool.size(),
+               roles.embedded_rollout() ? "embedded" : "remote", roles.embedded_scorer() ? "embedded" : "remote");
+  auto eval_file = [&](const std::string& name) { return (fs::path(o.stage_dir) / (name + ".jsonl")).string(); };
+  if (!extra.contains("eval_before")) {
+    ASSIGN_OR_RETURN(extra["eval_before"],
+                     EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_before")));
+  }
+  auto& reg = Metrics::Process();
+  auto& version_gauge = reg.Gauge("rlhf_policy_version", "weights version held by this process", {{"role", "learner"}});
+  auto& tokens_total = reg.Counter("rlhf_rollout_tokens_total", "completion tokens generated by the rollout workers");
+  auto& reassigned_total = reg.Counter("rlhf_samples_reassigned_total", "prompt leases handed out again after a failure");
+  auto& reward_gauge = reg.Gauge("rlhf_reward_mean", "mean reward of the latest rollout batch");
+  auto& kl_gauge = reg.Gauge("rlhf_kl_mean", "mean KL to the reference of the latest batch");
+  // Role throughput, accumulated over the run (and across resumes).
+  auto acc = [&](const char* k) -> double& {
+    if (!extra.contains("acc")) extra["acc"] = json::object();
+    if (!extra["acc"].contains(k)) extra["acc"][k] = 0.0;
+    return extra["acc"][k].get_ref<double&>();
+  };
+  const double wall_before = acc("wall_seconds");  // of the run before this process resumed it
+  int64_t released_seen = coord.ledger().Totals().released;
+  for (; o.steps == 0 || step < o.steps; ++step) {
+    // 1-3. Lease, generate, score and sort: a batch of whole groups, at least one per learner rank.
+    StepBatch batch;
+    while (true) {
+      ASSIGN_OR_RETURN(batch, coord.NextBatch(step));
+      if (batch.empty() || static_cast<int64_t>(batch.prompts.size()) >= learner_ranks) break;
+      // An epoch's remainder too small to give every rank a group: recorded as filtered, not trained.
+      RETURN_IF_ERROR(coord.Discard(batch, "epoch remainder smaller than the number of learner ranks"));
+    }
+    if (batch.empty()) break;  // every epoch done
+    // 4. The learner step.
+    const double t_learn = Seconds();
+    ASSIGN_OR_RETURN(auto reply, learner.Train(step, batch.samples, o.seed + static_cast<uint64_t>(step)));
+    std::map<std::string, double> m(reply.metrics().begin(), reply.metrics().end());
+    const double learn_seconds = Seconds() - t_learn;
+    const int64_t version = step + 1;
+    version_gauge.Set(static_cast<double>(version));
+    // 5. Settle the ledger; 6. the workers take the new weights.
+    RETURN_IF_ERROR(coord.MarkTrained(batch));
+    const double t_sync = Seconds();
+    RETURN_IF_ERROR(pool.Sync(version));
+    m["weight_sync_seconds"] = Seconds() - t_sync;
+    acc("generate_seconds") += batch.generate_seconds;
+    acc("generated_tokens") += static_cast<double>(batch.generated_tokens);
+    acc("score_seconds") += batch.score_seconds;
+    acc("scored_samples") += static_cast<double>(batch.generated_samples);
+    acc("learn_seconds") += learn_seconds;
+    acc("learned_samples") += static_cast<double>(batch.samples.size());
+    const auto t = coord.ledger().Totals();
+    m["rollout/reward_mean"] = batch.rewarded > 0 ? batch.reward_sum / static_cast<double>(batch.rewarded) : 0.0;
+    m["rollout/tokens_per_second"] = static_cast<double>(batch.generated_tokens) / std::max(batch.generate_seconds, 1e-9);
+    m["rollout/filtered"] = static_cast<double>(batch.filtered);
+    m["rollout/dropped"] = static_cast<double>(batch.dropped);
+    m["scorer/samples_per_second"] = static_cast<double>(batch.generated_samples) / std::max(batch.score_seconds, 1e-9);
+    m["ledger/trained"] = static_cast<double>(t.trained);
+    m["ledger/filtered"] = static_cast<double>(t.filtered);
+    m["ledger/dropped"] = static_cast<double>(t.dropped);
+    m["ledger/released"] = static_cast<double>(t.released);
+    m["epoch"] = static_cast<double>(batch.epoch);
+    m["policy_version"] = static_cast<double>(version);
+    tokens_total.Increment(static_cast<double>(batch.generated_tokens));
+    reassigned_total.Increment(static_cast<double>(t.released - released_seen));
+    released_seen = t.released;
+    reward_gauge.Set(m["rollout/reward_mean"]);
+    if (m.count("kl_ref")) kl_gauge.Set(m.at("kl_ref"));
+    // 7. Evaluation every eval.every steps (the last step is evaluated after the loop).
+    const bool done = coord.Done() || (o.steps > 0 && version >= o.steps);
+    if (o.eval.every > 0 && version % o.eval.every == 0 && !done) {
+      ASSIGN_OR_RETURN(auto ev, EvaluateToFile(pool, scorer, eval_prompts, o.eval, version, o.seed,
+                                               eval_file(absl::StrCat("eval_step_", version))));
+      m["eval/accuracy"] = ev["accuracy"].get<double>();
+      m["eval/mean_reward"] = ev["mean_reward"].get<double>();
+      if (!ev["pass_at_k"].is_null()) m["eval/pass_at_k"] = ev["pass_at_k"].get<double>();
+    }
+    if (hooks.log_step) hooks.log_step(version, m);
+    if (version % o.log_every == 0 || coord.Done()) {
+      std::string parts;  // the update's own figures, those this stage reports
+      for (const char* k : {"pg_loss", "kl_ref", "clip_fraction", "entropy", "accuracy", "margin", "kept_fraction"}) {
+        if (m.count(k)) parts += absl::StrFormat(" %s %.4f", k, m.at(k));
+      }
+      spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f}{} | rollout {:.0f} tok/s, filtered {}, dropped {} | "
+                   "trained {}/{} prompts of epoch {}",
+                   stage, version, o.total_estimate, m["reward_mean"], m["loss"], parts, m["rollout/tokens_per_second"],
+                   batch.filtered, batch.dropped, coord.ledger().Current().trained, coord.ledger().num_prompts(),
+                   coord.ledger().epoch());
+    }
+    // 8. Checkpoint: the learner's state with this loop's beside it.
+    if ((o.save_every > 0 && version % o.save_every == 0) || done) {
+      extra["ledger"] = coord.State();
+      acc("wall_seconds") = wall_before + Seconds() - t_start;
+      RETURN_IF_ERROR(learner.Checkpoint(version, extra.dump()));
+      spdlog::info("checkpoint of step {} on the learner", version);
+      hooks.after_checkpoint(version);
+    }
+  }
+  // The end: the learner saves its models; evaluation of the final policy; summary.json.
+  ASSIGN_OR_RETURN(auto model, learner.Finish());
+  spdlog::info("{}: the learner saved {}", stage, model);
+  ASSIGN_OR_RETURN(auto eval_after, EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_after")));
+  RETURN_IF_ERROR(coord.ledger().Check());
+  const auto t = coord.ledger().Totals();
+  const bool finished = coord.Done();
+  const double wall = wall_before + Seconds() - t_start;
+  auto rate = [&](const char* num, const char* den) { return acc(den) > 0 ? acc(num) / acc(den) : 0.0; };
+  json summary = {
+      {"stage", stage},
+      {"steps", step},
+      {"policy_version", step},
+      {"epochs", o.coordinator.epochs},
+      {"prompts_per_epoch", coord.ledger().num_prompts()},
+      {"prompts_trained", t.trained},
+      {"prompts_filtered", t.filtered},
+      {"prompts_dropped", t.dropped},
+      {"prompts_released", t.released},
+      {"prompts_not_reached", finished ? 0 : t.pending},  // rl.steps stopped the run inside an epoch
+      {"duplicates", t.duplicates},
+      {"missing", t.leased + (finished ? t.pending : 0)},
+      {"reasons", t.reasons},
+      {"eval_before", extra["eval_before"]},
+      {"eval_after", eval_after},
+      {"wall_seconds", wall},
+      {"throughput",
+       {{"rollout_tokens_per_second", rate("generated_tokens", "generate_seconds")},
+        {"scorer_samples_per_second", rate("scored_samples", "score_seconds")},
+        {"learner_samples_per_second", rate("learned_samples", "learn_seconds")}}},
+      {"roles",
+       {{"rollout_workers", pool.size()},
+        {"rollout", roles.embedded_rollout() ? "embedded" : "remote"},
+        {"scorer", roles.embedded_scorer() ? "embedded" : "remote"},
+        {"learner", o.learner_label},
+        {"learner_ranks", learner_ranks}}}};
+  RETURN_IF_ERROR(WriteFileAtomic(o.summary_path, summary.dump(2) + "\n"));
+  spdlog::info("{}: held-out accuracy {:.1f}% -> {:.1f}%; prompts trained {}, filtered {}, dropped {}, released {}; "
+               "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),
+               100 * eval_after["accuracy"].get<double>(), t.trained, t.filtered, t.dropped, t.released, o.summary_path);
+  return model;
+}
+
+}  // namespace rlhf::coordinator

@@ -1,0 +1,248 @@
+// `rlhf train`: the stage table, the keys, and the pipeline that runs the stages in order with
+// evaluations between them, checkpoints and exact resume.
+#include "trainer/pipeline/pipeline.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/comm/group.h"
+#include "common/file.h"
+#include "services/coordinator/eval.h"
+#include "services/coordinator/roles.h"
+#include "services/scoring/scorer.h"
+#include "trainer/pipeline/stage.h"
+#include "trainer/pipeline/stages.h"
+
+namespace rlhf::trainer {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---- the stage table ------------------------------------------------------------------------------------------
+namespace {
+
+void OfflineKeys(const std::string& name, config::Schema& schema, void (*own)(const std::string&, config::Schema&)) {
+  own(name, schema);
+  DataSection(name).Register(schema);
+  OptimSection(name + ".optim").Register(schema);
+}
+void SftKeys(const std::string& name, config::Schema& schema) {
+  OfflineKeys(name, schema, [](const std::string&, config::Schema& s) { SftConfig::Spec().Register(s); });
+}
+void RewardModelKeys(const std::string& name, config::Schema& schema) {
+  OfflineKeys(name, schema, [](const std::string&, config::Schema& s) { RewardModelConfig::Spec().Register(s); });
+}
+void PreferenceKeys(const std::string& name, config::Schema& schema) {
+  OfflineKeys(name, schema, [](const std::string& n, config::Schema& s) { PreferenceConfig::Spec(n).Register(s); });
+}
+// The rl.* keys are registered once for every online stage (RegisterTrainKeys).
+void NoOwnKeys(const std::string&, config::Schema&) {}
+
+}  // namespace
+
+const std::vector<StageSpec>& Stages() {
+  using F = StageFamily;
+  static const std::vector<StageSpec> stages = {
+      {"sft", F::kSft, false, true, SftKeys, RunSft},
+      {"reward_model", F::kRewardModel, false, false, RewardModelKeys, RunPreference},
+      {"dpo", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"kto", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"orpo", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"simpo", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"cpo", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"rrhf", F::kPreference, false, true, PreferenceKeys, RunPreference},
+      {"ppo", F::kRl, true, true, NoOwnKeys, RunRl},
+      {"grpo", F::kRl, true, true, NoOwnKeys, RunRl},
+      {"online_dpo", F::kOnlinePreference, true, true, NoOwnKeys, RunOnlinePreference},
+      {"rft", F::kOnlinePreference, true, true, NoOwnKeys, RunOnlinePreference},
+  };
+  return stages;
+}
+
+const StageSpec* FindStage(const std::string& name) {
+  for (const auto& s : Stages()) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> StageNames() {
+  std::vector<std::string> out;
+  for (const auto& s : Stages()) out.push_back(s.name);
+  return out;
+}
+
+// ---- evaluations of the pipeline's policies and summary.json ------------------------------------------------
+namespace {
+
+// The JSON object in `path`; an empty object when the file is missing or holds something else.
+json ReadJsonObject(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return json::object();
+  json j = json::parse(*text, nullptr, false);
+  return j.is_object() ? j : json::object();
+}
+
+}  // namespace
+
+// With eval.data.path set, the policy is evaluated (greedy accuracy, mean reward, pass@k; services/coordinator)
+// before the first stage and after each stage that changes it, on an embedded rollout worker and scorer;
+// the figures go to <run>/evals.json and summary.json. Rank 0 evaluates; the others wait.
+absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
+  const auto dc = coordinator::EvalDataSection().Read(*p.config);
+  if (dc.path.empty()) return absl::OkStatus();
+  if (p.rank0()) {
+    const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
+    const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
+    const auto reward_cfg = PipelineReward(p);
+    ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, p.tokenizer_dir, reward_cfg.answer_field));
+    coordinator::RolesConfig embedded = roles_cfg;
+    embedded.rollout_addresses.clear();  // the worker must hold this policy
+    ASSIGN_OR_RETURN(auto roles, coordinator::Roles::Start(embedded, *p.config, p.policy, 0, &reward_cfg));
+    coordinator::RolloutPool pool(roles->rollout_channels(), roles->rpc(), roles_cfg.retry(), {});
+    coordinator::ScorerClient scorer(roles->scorer_channel(), roles->rpc(), roles_cfg.retry());
+    ASSIGN_OR_RETURN(auto r, coordinator::EvaluateToFile(pool, scorer, prompts, ec, 0, p.seed,
+                                                         (fs::path(p.run_dir) / ("eval_" + name + ".jsonl")).string()));
+    const std::string path = (fs::path(p.run_dir) / "evals.json").string();
+    json all = ReadJsonObject(path);
+    r["policy"] = p.policy;
+    all[name] = r;
+    RETURN_IF_ERROR(WriteFileAtomic(path, all.dump(2) + "\n"));
+    spdlog::info("eval of {} ({}): accuracy {:.1f}%", name, p.policy, 100 * r["accuracy"].get<double>());
+  }
+  return p.group->Barrier();
+}
+
+namespace {
+
+// summary.json of the pipeline: the evaluations in stage order, the first and the last; merged into the one
+// an online stage wrote.
+absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& names, double wall) {
+  if (!p.rank0()) return absl::OkStatus();
+  const std::string evals_path = (fs::path(p.run_dir) / "evals.json").string();
+  const std::string path = (fs::path(p.run_dir) / "summary.json").string();
+  json summary = ReadJsonObject(path);
+  if (fs::exists(evals_path)) {
+    json evals = ReadJsonObject(evals_path);
+    json ordered = json::array();
+    for (const auto& n : names) {
+      if (evals.is_object() && evals.contains(n)) ordered.push_back({{"after", n}, {"eval", evals[n]}});
+    }
+    summary["pipeline_evals"] = ordered;
+    if (!ordered.empty() && !summary.contains("eval_before")) {
+      summary["eval_before"] = ordered.front()["eval"];
+      summary["eval_after"] = ordered.back()["eval"];
+    }
+  }
+  summary["stages"] = p.train.stages;
+  if (!summary.contains("wall_seconds")) summary["wall_seconds"] = wall;
+  return WriteFileAtomic(path, summary.dump(2) + "\n");
+}
+
+}  // namespace
+
+void RegisterTrainKeys(config::Schema& schema) {
+  TrainConfig::Spec().Register(schema);
+  comm::DistConfig::Spec().Register(schema);
+  for (const auto& s : Stages()) s.register_keys(s.name, schema);
+  RlStageConfig::Spec().Register(schema);
+  DataSection("rl").Register(schema);
+  RlSection().Register(schema);
+  coordinator::EvalConfig::Spec().Register(schema);
+  coordinator::EvalDataSection().Register(schema);
+  OnlinePrefConfig::Dpo().Register(schema);
+  OnlinePrefConfig::Rft().Register(schema);
+  coordinator::RegisterRoleKeys(schema);
+  OptimSection("rl.optim").Register(schema);
+  OptimSection("rl.critic_optim").Register(schema);
+}
+
+absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed,
+                         const std::string& serve_learner_address) {
+  Pipeline p;
+  p.config = &config;
+  p.run_dir = run_dir;
+  p.seed = seed;
+  p.serve_learner_address = serve_learner_address;
+  p.train = TrainConfig::Spec().Read(config);
+  const auto t_start = std::chrono::steady_clock::now();
+  const auto dist = comm::DistConfig::Spec().Read(config);
+  p.bucket_bytes = dist.bucket_bytes;
+  if (p.train.stages.empty()) return absl::InvalidArgumentError("train.stages is empty");
+  for (const auto& s : p.train.stages) {
+    if (FindStage(s) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("train.stages: unknown stage '", s,
+                                                     "' (", absl::StrJoin(StageNames(), ", "), ")"));
+    }
+  }
+  if (p.train.model.empty()) return absl::InvalidArgumentError("set train.model (--model DIR): the starting policy");
+  p.policy = p.train.model;
+  p.tokenizer_dir = p.train.model;
+  const bool coordinate_only = LearnsElsewhere(p);
+  if (coordinate_only) {
+    for (const auto& s : p.train.stages) {
+      if (!FindStage(s)->online_capable) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "roles.learner_address: this process only coordinates online stages; stage '", s,
+            "' belongs in the learner's pipeline (rlhf serve learner)"));
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(p.group, comm::Group::Create(dist));
+  torch::manual_seed(seed);
+
+  int64_t resume_stage = 0;
+  if (coordinate_only) {
+    // The learner holds the checkpoints; the log is cut at its step once the stage knows it (RunOnline).
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), std::numeric_limits<int64_t>::max(), 0));
+  } else if (p.train.resume) {
+    ASSIGN_OR_RETURN(p.resume_dir, FindLatestCheckpoint(run_dir));
+    ASSIGN_OR_RETURN(auto state, ReadTrainState(p.resume_dir));
+    if (state.stage_index >= static_cast<int64_t>(p.train.stages.size()) ||
+        p.train.stages[static_cast<size_t>(state.stage_index)] != state.stage) {
+      return absl::FailedPreconditionError(absl::StrCat(p.resume_dir, " belongs to stage '", state.stage,
+                                                        "', which is not stage ", state.stage_index, " of train.stages"));
+    }
+    resume_stage = state.stage_index;
+    p.resume = state;
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), state.stage_index, state.step));
+  } else {
+    if (p.rank0() && fs::exists(fs::path(run_dir) / "checkpoints" / "latest")) {
+      return absl::FailedPreconditionError(absl::StrCat(run_dir, " already holds checkpoints: add --resume to continue "
+                                                        "it, or choose another --run-dir"));
+    }
+    RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), -1, 0));
+  }
+  for (size_t i = 0; i < p.train.stages.size(); ++i) {
+    const std::string& stage = p.train.stages[i];
+    const int64_t index = static_cast<int64_t>(i);
+    if (index < resume_stage) {  // finished before the checkpoint: take its outputs
+      const std::string out = (fs::path(StageDir(p, index, stage)) / "model").string();
+      if (!fs::exists(fs::path(out) / "config.json")) {
+        return absl::FailedPreconditionError(absl::StrCat("cannot resume: stage ", index, " (", stage,
+                                                          ") finished but its output ", out, " is missing"));
+      }
+      (FindStage(stage)->makes_policy ? p.policy : p.reward_model) = out;
+      continue;
+    }
+    // Pipeline evaluations run where the policy is: in the learner's process when that is another one.
+    if (index == 0 && !p.resume && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, "start"));
+    if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
+    const StageSpec& spec = *FindStage(stage);
+    RETURN_IF_ERROR(spec.run(p, index, stage));
+    if (spec.makes_policy && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, absl::StrCat(index, "-", stage)));
+  }
+  std::vector<std::string> names = {"start"};
+  for (size_t i = 0; i < p.train.stages.size(); ++i) names.push_back(absl::StrCat(i, "-", p.train.stages[i]));
+  RETURN_IF_ERROR(WritePipelineSummary(
+      p, names, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()));
+  if (p.rank0()) spdlog::info("training done: policy {}", p.policy);
+  return absl::OkStatus();
+}
+
+}  // namespace rlhf::trainer

@@ -1,0 +1,295 @@
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/model/checkpoint.h"
+#include "common/model/safetensors.h"
+#include "trainer/pipeline/stage.h"
+
+namespace rlhf::trainer {
+
+namespace fs = std::filesystem;
+
+std::string StageDir(const Pipeline& p, int64_t index, const std::string& stage) {
+  return (fs::path(p.run_dir) / absl::StrCat(index, "-", stage)).string();
+}
+
+// Fault-injection seam for the resume tests: RLHF_FAULT_KILL_AFTER_CHECKPOINT=<step> kills this process
+// (SIGKILL, no cleanup) right after the checkpoint of that step is committed.
+void MaybeKillAfterCheckpoint(int64_t step) {
+  const char* v = std::getenv("RLHF_FAULT_KILL_AFTER_CHECKPOINT");
+  if (v && std::atoll(v) == step) {
+    spdlog::warn("fault injection: killing the process after the checkpoint of step {}", step);
+    spdlog::default_logger()->flush();
+    std::raise(SIGKILL);
+  }
+}
+
+absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state) {
+  state.learner_steps = learner.steps();
+  state.skipped_steps = learner.skipped_steps();
+  ASSIGN_OR_RETURN(auto dir, SaveTrainCheckpoint(p.run_dir, learner, state, p.tokenizer_dir, p.train.keep_checkpoints));
+  RETURN_IF_ERROR(p.group->Barrier());  // nobody runs ahead of a checkpoint that may be needed to resume
+  if (p.rank0()) spdlog::info("checkpoint {}", dir);
+  MaybeKillAfterCheckpoint(state.step);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<model::Transformer> LoadForTraining(const std::string& dir, std::optional<model::Head> head,
+                                                   uint64_t seed) {
+  model::LoadOptions lo;
+  lo.dtype = torch::kFloat32;  // f32 master weights
+  lo.head = head;
+  lo.init_seed = seed;
+  ASSIGN_OR_RETURN(auto net, model::LoadModel(dir, lo));
+  net->train();
+  return net;
+}
+
+absl::StatusOr<model::Transformer> LoadFrozen(const std::string& dir) {
+  model::LoadOptions lo;
+  lo.dtype = torch::kFloat32;
+  ASSIGN_OR_RETURN(auto net, model::LoadModel(dir, lo));
+  for (auto& prm : net->parameters()) prm.set_requires_grad(false);
+  net->eval();
+  return net;
+}
+
+
+absl::StatusOr<TextTools> LoadTextTools(const std::string& dir, const model::HfConfig& cfg) {
+  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(dir));
+  TextTools t{std::move(tok), std::nullopt, data::ojson::object(), -1, 0};
+  auto chat = text::ChatTemplate::FromFolder(dir);
+  if (chat.ok()) {
+    t.vars["bos_token"] = chat->bos_token;
+    t.vars["eos_token"] = chat->eos_token;
+    if (!chat->eos_token.empty()) {
+      if (auto id = t.tokenizer.TokenToId(chat->eos_token)) t.eos = *id;
+    }
+    t.chat.emplace(std::move(*chat));
+  }
+  if (t.eos < 0 && !cfg.eos_token_ids.empty()) t.eos = static_cast<int32_t>(cfg.eos_token_ids[0]);
+  t.pad = cfg.pad_token_id ? static_cast<int32_t>(*cfg.pad_token_id) : (t.eos >= 0 ? t.eos : 0);
+  return t;
+}
+
+absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
+  const auto& c = task.cfg;
+  const int64_t per_epoch = task.n_train / c.batch_size;
+  if (per_epoch == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(task.stage, ": the training split has ", task.n_train,
+                                                   " examples, fewer than batch_size ", c.batch_size));
+  }
+  if (c.batch_size < p.group->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(task.stage, ".batch_size must be at least the number of ranks"));
+  }
+  int64_t total = per_epoch * c.epochs;
+  if (c.max_steps > 0) total = std::min(total, c.max_steps);
+  learner.SetTotalSteps(total);
+  int64_t step = 0;
+  if (p.resume) {
+    step = p.resume->step;
+    RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
+    if (p.rank0()) spdlog::info("{}: resumed at step {} from {}", task.stage, step, p.resume_dir);
+    p.resume.reset();
+  }
+  if (p.rank0()) spdlog::info("{}: {} steps ({} per epoch, batch {} over {} ranks)", task.stage, total, per_epoch,
+                              c.batch_size, p.group->size());
+  int64_t cached_epoch = -1;
+  std::vector<size_t> order;
+  for (; step < total; ++step) {
+    const int64_t epoch = step / per_epoch;
+    if (epoch != cached_epoch) order = task.order(epoch), cached_epoch = epoch;
+    const size_t begin = static_cast<size_t>((step % per_epoch) * c.batch_size);
+    auto [lo, hi] = ShardRange(static_cast<size_t>(c.batch_size), p.group->rank(), p.group->size());
+    std::vector<size_t> mine(order.begin() + static_cast<std::ptrdiff_t>(begin + lo),
+                             order.begin() + static_cast<std::ptrdiff_t>(begin + hi));
+    ASSIGN_OR_RETURN(auto micro, task.micro(mine));
+    ASSIGN_OR_RETURN(auto r, learner.Step(micro, *task.objective));
+    auto m = r.metrics;
+    m["epoch"] = static_cast<double>(step) / static_cast<double>(per_epoch);
+    const bool last = step + 1 == total;
+    if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || last) {
+      ASSIGN_OR_RETURN(auto ev, task.evaluate());
+      for (const auto& [k, v] : ev) m["eval/" + k] = v;
+    }
+    p.log.Write(task.stage_index, task.stage, step + 1, m);
+    if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
+      std::string evs;
+      for (const auto& [k, v] : m) {
+        if (k.rfind("eval/", 0) == 0) evs += absl::StrFormat(" %s %.4f", k, v);
+      }
+      spdlog::info("{} step {}/{}: loss {:.4f} grad_norm {:.3f} lr {:.3g} {:.0f} tok/s{}{}", task.stage, step + 1, total,
+                   m["loss"], m["grad_norm/policy"] + m["grad_norm/reward_model"], m["lr/policy"] + m["lr/reward_model"],
+                   m["tokens_per_second"], r.skipped ? " (skipped: non-finite gradients)" : "", evs);
+    }
+    if ((p.train.save_every > 0 && (step + 1) % p.train.save_every == 0) || last) {
+      TrainState st;
+      st.stage = task.stage;
+      st.stage_index = task.stage_index;
+      st.step = step + 1;
+      RETURN_IF_ERROR(Checkpoint(p, learner, st));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveStageModel(Pipeline& p, model::TransformerImpl& net, const std::string& dir) {
+  if (p.rank0()) {
+    model::SaveOptions so;
+    so.copy_tokenizer_from = p.tokenizer_dir;
+    so.overwrite = true;
+    RETURN_IF_ERROR(model::SaveModel(net, dir, so));
+    spdlog::info("saved {}", dir);
+  }
+  return p.group->Barrier();
+}
+
+// Loads a dataset of one of `kinds`.
+absl::StatusOr<data::Dataset> LoadData(const data::DataConfig& dc, const std::string& stage,
+                                       std::initializer_list<data::Kind> kinds) {
+  if (dc.path.empty()) return absl::InvalidArgumentError(absl::StrCat("set ", stage, ".data.path"));
+  data::LoadStats stats;
+  ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc, &stats));
+  bool ok = false;
+  for (auto k : kinds) ok = ok || ds.kind() == k;
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(stage, ": ", dc.path, " holds ", data::KindName(ds.kind()),
+                                                   " data, which this stage does not train on"));
+  }
+  spdlog::info("{}: {} examples ({} train, {} held out, {} skipped)", stage, stats.loaded, stats.train, stats.heldout,
+               stats.skipped);
+  return ds;
+}
+
+std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const TextTools& t,
+                               int64_t max_length, data::ojson data::Example::*field, absl::Status* status) {
+  std::vector<TokenSeq> out;
+  for (size_t i : idx) {
+    const auto& ex = ds.examples()[i];
+    auto sft = data::BuildSft(ex.prompt, ex.*field, t.tokenizer, t.chat ? &t.chat->chat_template : nullptr, t.vars, t.eos);
+    if (!sft.ok()) {
+      *status = absl::InvalidArgumentError(absl::StrCat("line ", ex.line, ": ", sft.status().message()));
+      return {};
+    }
+    TokenSeq s{std::move(sft->ids), std::move(sft->labels)};
+    if (static_cast<int64_t>(s.ids.size()) > max_length) s.ids.resize(static_cast<size_t>(max_length)), s.target.resize(static_cast<size_t>(max_length));
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// Pairs (prompt + chosen, prompt + rejected) as rows: chosen rows first, then rejected rows.
+MicroBatch PairRows(const std::vector<const TokenSeq*>& chosen, const std::vector<const TokenSeq*>& rejected, int32_t pad) {
+  std::vector<const TokenSeq*> rows = chosen;
+  rows.insert(rows.end(), rejected.begin(), rejected.end());
+  return PadRows(rows, pad);
+}
+
+// Summed completion log-probs of `seqs` under `net`, without gradient, `micro` rows per forward.
+std::vector<float> SequenceLogProbs(model::TransformerImpl& net, const std::vector<const TokenSeq*>& seqs, int64_t micro,
+                                    int32_t pad) {
+  torch::NoGradGuard ng;
+  std::vector<float> out;
+  for (size_t i = 0; i < seqs.size(); i += static_cast<size_t>(micro)) {
+    std::vector<const TokenSeq*> part(seqs.begin() + static_cast<std::ptrdiff_t>(i),
+                                      seqs.begin() + static_cast<std::ptrdiff_t>(std::min(seqs.size(), i + static_cast<size_t>(micro))));
+    auto mb = PadRows(part, pad);
+    auto seq = (RowTokenStats(net, mb, 1.0, false).logprobs * mb.target_mask.slice(1, 1)).sum(1).contiguous();
+    for (int64_t k = 0; k < seq.size(0); ++k) out.push_back(seq[k].item<float>());
+  }
+  return out;
+}
+
+// Identity of what reference log-probs depend on: the reference's weight files (path, size, mtime) and the
+// token ids (and completion masks) of the rows.
+static std::string ReferenceFingerprint(const std::string& ref_dir, const std::vector<const TokenSeq*>& seqs) {
+  std::string key = fs::weakly_canonical(ref_dir).string();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(ref_dir, ec)) {
+    if (e.path().extension() != ".safetensors") continue;
+    key += absl::StrCat("|", e.path().filename().string(), ":", fs::file_size(e.path(), ec), ":",
+                        static_cast<int64_t>(fs::last_write_time(e.path(), ec).time_since_epoch().count()));
+  }
+  std::string ids;
+  for (const TokenSeq* s : seqs) {
+    ids.append(reinterpret_cast<const char*>(s->ids.data()), s->ids.size() * sizeof(int32_t));
+    ids.append(reinterpret_cast<const char*>(s->target.data()), s->target.size());
+    ids.push_back('\n');
+  }
+  return key + "|rows:" + std::to_string(seqs.size()) + "|ids:" + data::HashText(ids);
+}
+
+// Reference log-probs of `seqs`: from <stage dir>/reference_logprobs.safetensors when it was made for the
+// same reference and rows, else computed with `reference` (loaded from ref_dir when empty; rank 0 writes
+// the cache when `cache`).
+absl::StatusOr<std::vector<float>> ReferenceLogProbs(Pipeline& p, int64_t index, const std::string& stage,
+                                                     const std::string& ref_dir, model::Transformer reference, bool cache,
+                                                     const std::vector<const TokenSeq*>& seqs, int64_t micro, int32_t pad) {
+  const std::string path = (fs::path(StageDir(p, index, stage)) / "reference_logprobs.safetensors").string();
+  const std::string key = ReferenceFingerprint(ref_dir, seqs);
+  auto load = [&]() -> std::optional<std::vector<float>> {
+    if (!cache || !fs::exists(path)) return std::nullopt;
+    auto f = model::SafetensorsFile::Open(path);
+    if (!f.ok()) return std::nullopt;
+    auto it = (*f)->metadata().find("fingerprint");
+    const auto* t = (*f)->Find("logprobs");
+    if (it == (*f)->metadata().end() || it->second != key || t == nullptr || t->dtype != model::StDType::kF32 ||
+        t->numel() != static_cast<int64_t>(seqs.size())) {
+      return std::nullopt;
+    }
+    std::vector<float> v(seqs.size());
+    std::memcpy(v.data(), (*f)->Data(*t), v.size() * sizeof(float));
+    return v;
+  };
+  auto compute = [&]() -> absl::StatusOr<std::vector<float>> {
+    if (reference.is_empty()) {
+      ASSIGN_OR_RETURN(reference, LoadFrozen(ref_dir));
+    }
+    std::vector<float> v;
+    RETURN_IF_ERROR(GuardExceptions("reference log-probs", [&]() -> absl::Status {
+      v = SequenceLogProbs(*reference, seqs, micro, pad);
+      return absl::OkStatus();
+    }));
+    return v;
+  };
+  std::vector<float> out;
+  if (p.rank0()) {
+    if (auto v = load()) {
+      spdlog::info("{}: reference log-probs of {} rows from {}", stage, seqs.size(), path);
+      out = std::move(*v);
+    } else {
+      ASSIGN_OR_RETURN(out, compute());
+      if (cache) {
+        fs::create_directories(fs::path(path).parent_path());
+        model::TensorToWrite t{"logprobs", model::StDType::kF32, {static_cast<int64_t>(out.size())}, out.data()};
+        RETURN_IF_ERROR(model::WriteSafetensors(path, {t}, {{"fingerprint", key}}));
+        spdlog::info("{}: reference log-probs of {} rows computed and cached in {}", stage, seqs.size(), path);
+      }
+    }
+  }
+  RETURN_IF_ERROR(p.group->Barrier());
+  if (!p.rank0()) {
+    if (auto v = load()) return *v;
+    return compute();
+  }
+  return out;
+}
+
+absl::StatusOr<OnlinePrompts> LoadOnlinePrompts(const RlStageConfig& sc, const data::DataConfig& dc) {
+  ASSIGN_OR_RETURN(auto ds, LoadData(dc, "rl", {data::Kind::kPromptAnswer, data::Kind::kPromptCompletion,
+                                                data::Kind::kMessages, data::Kind::kPreference, data::Kind::kKto}));
+  const int64_t n = static_cast<int64_t>(ds.Indices(data::Split::kTrain).size());
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(dc.path, " has no training prompts"));
+  int64_t total = (n * sc.epochs + sc.rollout_batch_size - 1) / sc.rollout_batch_size;
+  if (sc.steps > 0) total = std::min(total, sc.steps);
+  return OnlinePrompts{std::move(ds), total};
+}
+
+}  // namespace rlhf::trainer
