@@ -81,8 +81,5 @@ Command ServeLearnerCommand();  // `rlhf serve learner` (train.cc)
 Command EvalCommand();         // `rlhf eval`
 Command ConstitutionalCommand();  // `rlhf constitutional`
 
-// The ids that end a completion: config.json's eos ids, generation_config.json's, and the chat template's
-// eos token (defined in generate.cc).
-std::vector<int32_t> EosIds(const std::string& dir, const model::HfConfig& cfg, const text::Tokenizer& tok);
 
 }  // namespace rlhf::cli

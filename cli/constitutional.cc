@@ -15,6 +15,7 @@
 #include "common/data/dataset.h"
 #include "common/model/checkpoint.h"
 #include "common/text/chat_template.h"
+#include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 #include "rollout/generator.h"
 #include "services/scoring/judge.h"
@@ -105,21 +106,21 @@ Command ConstitutionalCommand() {
     ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc));
     ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(""));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
-    ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(cfg.model));
-    auto chat = text::ChatTemplate::FromFolder(cfg.model);
-    if (cfg.chat_template && !chat.ok()) return chat.status();
-    data::ojson vars = data::ojson::object();
-    if (chat.ok()) vars = {{"bos_token", chat->bos_token}, {"eos_token", chat->eos_token}};
-    const auto* tmpl = chat.ok() ? &chat->chat_template : nullptr;
+    ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(cfg.model));
+    if (cfg.chat_template && !mt.chat) {
+      ASSIGN_OR_RETURN(auto t, text::ChatTemplate::FromFolder(cfg.model));  // the reason it has none
+    }
 
-    // Renders `text` (or a message list) as a prompt: the user turn of the chat template when asked.
-    auto render = [&](const data::ojson& prompt) -> absl::StatusOr<std::string> {
-      data::ojson p = prompt;
-      if (cfg.chat_template && p.is_string()) p = data::ojson::array({{{"role", "user"}, {"content", p.get<std::string>()}}});
-      return data::RenderPrompt(p, cfg.chat_template || p.is_array() ? tmpl : nullptr, vars);
+    // `text` (or a message list) as a prompt: the user turn of the chat template when asked.
+    auto as_prompt = [&](const data::ojson& prompt) -> data::ojson {
+      if (cfg.chat_template && prompt.is_string()) {
+        return data::ojson::array({{{"role", "user"}, {"content", prompt.get<std::string>()}}});
+      }
+      return prompt;
     };
-    // One batched round: a completion for each text.
-    auto round = [&](const std::vector<std::string>& texts, int64_t max_new, uint64_t salt)
+    auto render = [&](const data::ojson& prompt) { return mt.RenderPrompt(as_prompt(prompt)); };
+    // One batched round: a completion for each prompt (a string, or messages), encoded as every role does.
+    auto round = [&](const std::vector<data::ojson>& texts, int64_t max_new, uint64_t salt)
         -> absl::StatusOr<std::vector<std::string>> {
       std::vector<rollout::PromptInput> in;
       int64_t longest = 0;
@@ -127,7 +128,7 @@ Command ConstitutionalCommand() {
         rollout::PromptInput p;
         p.prompt_id = absl::StrCat(salt, "-", i);
         p.prompt_index = static_cast<int64_t>(i);
-        p.ids = tok.Encode(texts[i], /*add_special_tokens=*/!cfg.chat_template);
+        ASSIGN_OR_RETURN(p.ids, mt.EncodePrompt(as_prompt(texts[i])));
         longest = std::max<int64_t>(longest, static_cast<int64_t>(p.ids.size()));
         in.push_back(std::move(p));
       }
@@ -143,7 +144,7 @@ Command ConstitutionalCommand() {
       sp.top_p = cfg.top_p;
       sp.max_new_tokens = max_new;
       sp.seed = static_cast<uint64_t>(ctx.run.seed);
-      rollout::Generator gen(net.get(), &tok, EosIds(cfg.model, net->config(), tok), go);
+      rollout::Generator gen(net.get(), &mt.tokenizer, mt.stop_ids, go);
       ASSIGN_OR_RETURN(auto out, gen.Generate(in, 1, sp));
       std::vector<std::string> texts_out(texts.size());
       for (const auto& g : out) texts_out[static_cast<size_t>(g.prompt_index)] = Trim(g.completion);
@@ -151,29 +152,27 @@ Command ConstitutionalCommand() {
     };
 
     const auto& ex = ds.examples();
-    std::vector<std::string> prompt_texts, shown;
+    std::vector<data::ojson> prompts;
+    std::vector<std::string> shown;
     for (const auto& e : ex) {
       ASSIGN_OR_RETURN(auto r, render(e.prompt));
-      prompt_texts.push_back(r);
+      prompts.push_back(e.prompt);
       shown.push_back(e.prompt.is_string() ? e.prompt.get<std::string>() : r);  // what the templates show
     }
     spdlog::info("constitutional: {} prompts; round 1/3: responses", ex.size());
-    ASSIGN_OR_RETURN(auto responses, round(prompt_texts, cfg.max_new_tokens, 1));
-    std::vector<std::string> critique_in, revision_in;
+    ASSIGN_OR_RETURN(auto responses, round(prompts, cfg.max_new_tokens, 1));
+    std::vector<data::ojson> critique_in, revision_in;
     for (size_t i = 0; i < ex.size(); ++i) {
-      ASSIGN_OR_RETURN(auto r, render(scoring::FillTemplate(
-                                   cfg.critique_template,
-                                   {{"constitution", constitution}, {"prompt", shown[i]}, {"response", responses[i]}})));
-      critique_in.push_back(r);
+      critique_in.push_back(scoring::FillTemplate(
+          cfg.critique_template, {{"constitution", constitution}, {"prompt", shown[i]}, {"response", responses[i]}}));
     }
     spdlog::info("constitutional: round 2/3: critiques");
     ASSIGN_OR_RETURN(auto critiques, round(critique_in, cfg.critique_max_new_tokens, 2));
     for (size_t i = 0; i < ex.size(); ++i) {
-      ASSIGN_OR_RETURN(auto r, render(scoring::FillTemplate(cfg.revision_template, {{"constitution", constitution},
-                                                                                   {"prompt", shown[i]},
-                                                                                   {"response", responses[i]},
-                                                                                   {"critique", critiques[i]}})));
-      revision_in.push_back(r);
+      revision_in.push_back(scoring::FillTemplate(cfg.revision_template, {{"constitution", constitution},
+                                                                         {"prompt", shown[i]},
+                                                                         {"response", responses[i]},
+                                                                         {"critique", critiques[i]}}));
     }
     spdlog::info("constitutional: round 3/3: revisions");
     ASSIGN_OR_RETURN(auto revisions, round(revision_in, cfg.revision_max_new_tokens, 3));

@@ -5,6 +5,7 @@
 #include "cli/command.h"
 #include "common/data/dataset.h"
 #include "common/text/chat_template.h"
+#include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 
 namespace rlhf::cli {
@@ -50,16 +51,12 @@ Command DataCheckCommand() {
     std::printf("\n");
     for (const auto& e : stats.first_errors) std::printf("skipped: %s\n", e.c_str());
     if (!check.model.empty()) {
-      ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(check.model));
-      auto chat = text::ChatTemplate::FromFolder(check.model);
-      const text::ChatTemplate* tmpl = chat.ok() ? &chat->chat_template : nullptr;
-      data::ojson vars = data::ojson::object();
-      if (chat.ok()) vars["bos_token"] = chat->bos_token, vars["eos_token"] = chat->eos_token;
+      ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(check.model));
       int64_t n = 0, prompt_total = 0, prompt_max = 0;
       for (const auto& e : ds.examples()) {
-        auto text = data::RenderPrompt(e.prompt, tmpl, vars);
-        if (!text.ok()) return Annotate(text.status(), absl::StrCat(cfg.path, ":", e.line));
-        int64_t len = static_cast<int64_t>(tok.Encode(*text).size());
+        auto ids = mt.EncodePrompt(e.prompt);  // as every role encodes it
+        if (!ids.ok()) return Annotate(ids.status(), absl::StrCat(cfg.path, ":", e.line));
+        int64_t len = static_cast<int64_t>(ids->size());
         prompt_total += len;
         prompt_max = std::max(prompt_max, len);
         ++n;

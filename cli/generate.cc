@@ -13,6 +13,7 @@
 #include "common/model/checkpoint.h"
 #include "common/sample_json.h"
 #include "common/text/chat_template.h"
+#include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 #include "rollout/generator.h"
 
@@ -62,31 +63,6 @@ struct GenerateConfig {
 
 }  // namespace
 
-std::vector<int32_t> EosIds(const std::string& dir, const model::HfConfig& cfg, const text::Tokenizer& tok) {
-  std::vector<int32_t> ids(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
-  std::ifstream g(std::filesystem::path(dir) / "generation_config.json");
-  if (g) {
-    auto j = nlohmann::json::parse(g, nullptr, false);
-    if (!j.is_discarded() && j.contains("eos_token_id")) {
-      auto add = [&](const nlohmann::json& v) {
-        if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
-      };
-      if (j["eos_token_id"].is_array()) {
-        for (const auto& v : j["eos_token_id"]) add(v);
-      } else {
-        add(j["eos_token_id"]);
-      }
-    }
-  }
-  auto chat = text::ChatTemplate::FromFolder(dir);
-  if (chat.ok() && !chat->eos_token.empty()) {
-    if (auto id = tok.TokenToId(chat->eos_token)) ids.push_back(*id);
-  }
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  return ids;
-}
-
 Command GenerateCommand() {
   Command c;
   c.name = "generate";
@@ -110,11 +86,9 @@ Command GenerateCommand() {
     }
     ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
-    ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(cfg.model));
-    std::optional<text::ChatTemplate::FromFolderResult> chat;
-    if (cfg.chat_template) {
-      ASSIGN_OR_RETURN(auto t, text::ChatTemplate::FromFolder(cfg.model));
-      chat.emplace(std::move(t));
+    ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(cfg.model));
+    if (cfg.chat_template && !mt.chat) {
+      ASSIGN_OR_RETURN(auto t, text::ChatTemplate::FromFolder(cfg.model));  // the reason it has none
     }
     // Prompts.
     std::ifstream in(cfg.prompts);
@@ -146,12 +120,11 @@ Command GenerateCommand() {
         if (cfg.chat_template && pr.is_string()) {
           pr = nlohmann::ordered_json::array({{{"role", "user"}, {"content", pr.get<std::string>()}}});
         }
-        nlohmann::ordered_json vars = nlohmann::ordered_json::object();
-        if (chat) vars["bos_token"] = chat->bos_token, vars["eos_token"] = chat->eos_token;
-        auto rendered = data::RenderPrompt(pr, chat ? &chat->chat_template : nullptr, vars);
-        if (!rendered.ok()) return bad(std::string(rendered.status().message()) + " (use --chat)");
+        if (!cfg.chat_template && pr.is_array()) return bad("conversational data needs a chat template (use --chat)");
+        auto rendered = mt.RenderPrompt(pr);
+        if (!rendered.ok()) return bad(std::string(rendered.status().message()));
         text = *rendered;
-        for (int32_t id : tok.Encode(text, /*add_special_tokens=*/!chat)) p.ids.push_back(id);
+        ASSIGN_OR_RETURN(p.ids, mt.EncodePrompt(pr));
       } else {
         return bad("needs 'prompt' (text or messages) or 'prompt_ids'");
       }
@@ -174,7 +147,7 @@ Command GenerateCommand() {
     sp.max_new_tokens = cfg.max_new_tokens;
     sp.stop = cfg.stop;
     sp.seed = static_cast<uint64_t>(ctx.run.seed);
-    rollout::Generator gen(net.get(), &tok, EosIds(cfg.model, net->config(), tok), go);
+    rollout::Generator gen(net.get(), &mt.tokenizer, mt.stop_ids, go);
     const int64_t total = static_cast<int64_t>(prompts.size()) * cfg.n;
     int64_t finished = 0, tokens = 0;
     const auto start = std::chrono::steady_clock::now();

@@ -9,7 +9,7 @@
 namespace rlhf {
 
 namespace {
-std::mutex g_mu;
+std::mutex g_mu;  // the logger's set-up (sinks, level)
 }
 
 void InitLogging(const std::string& level) {

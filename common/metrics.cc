@@ -64,20 +64,20 @@ void Metrics::Claim(const std::string& name, const std::string& kind, const Labe
 }
 
 prometheus::Counter& Metrics::Counter(const std::string& name, const std::string& help, const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Claim(name, "counter", labels);
   return prometheus::BuildCounter().Name(name).Help(help).Register(*registry_).Add(labels);
 }
 
 prometheus::Gauge& Metrics::Gauge(const std::string& name, const std::string& help, const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Claim(name, "gauge", labels);
   return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add(labels);
 }
 
 prometheus::Histogram& Metrics::Histogram(const std::string& name, const std::string& help,
                                           const std::vector<double>& buckets, const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Claim(name, "histogram", labels);
   return prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_).Add(labels, buckets);
 }
@@ -186,7 +186,7 @@ class MetricsHttpServer {
 };
 
 absl::StatusOr<int> Metrics::Serve(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (server_) return absl::FailedPreconditionError("metrics endpoint already serving");
   ASSIGN_OR_RETURN(server_, MetricsHttpServer::Start(address, [this] { return Text(); }));
   return server_->port();

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/config/config.h"
 #include "common/status.h"
 
@@ -62,12 +64,12 @@ class Metrics {
  private:
   Metrics();
   ~Metrics();
-  // Checks the naming rules and that `name` is not registered as another kind. Caller holds mu_.
-  void Claim(const std::string& name, const std::string& kind, const Labels& labels);
+  // Checks the naming rules and that `name` is not registered as another kind.
+  void Claim(const std::string& name, const std::string& kind, const Labels& labels) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<prometheus::Registry> registry_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::string> kinds_;  // name -> "counter" | "gauge" | "histogram"
-  std::unique_ptr<MetricsHttpServer> server_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::string> kinds_ ABSL_GUARDED_BY(mu_);  // name -> "counter" | "gauge" | "histogram"
+  std::unique_ptr<MetricsHttpServer> server_ ABSL_GUARDED_BY(mu_);
 };
 
 // Throws std::invalid_argument unless `name` and `labels` follow the naming rules for a metric of `kind`.

@@ -1,8 +1,11 @@
 #include "rollout/service.h"
 
+#include "common/text/model_text.h"
+
 #include <cstring>
 
 #include "common/model/checkpoint.h"
+#include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 
 namespace rlhf::rollout {
@@ -251,11 +254,15 @@ absl::StatusOr<std::unique_ptr<ServedRollout>> LoadRolloutService(const RolloutS
   auto out = std::make_unique<ServedRollout>();
   ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(config.dtype));
   ASSIGN_OR_RETURN(out->model, model::LoadModel(model_dir, load));
-  if (auto t = text::Tokenizer::FromFile(model_dir); t.ok()) {
-    out->tokenizer = std::make_unique<text::Tokenizer>(std::move(*t));
-  }
+  // A completion ends at the model folder's stop ids (text::ModelText: config.json's and
+  // generation_config.json's eos ids, and the chat template's end-of-turn token), as in `rlhf generate`;
+  // config.json's alone where the folder has no tokenizer.
   const auto& ids = out->model->config().eos_token_ids;
   std::vector<int32_t> eos(ids.begin(), ids.end());
+  if (auto t = text::ModelText::Load(model_dir); t.ok()) {
+    eos = t->stop_ids;
+    out->tokenizer = std::make_unique<text::Tokenizer>(std::move(t->tokenizer));
+  }
   RolloutServiceOptions opts;
   opts.generator = {config.slots, config.capacity, true};
   opts.max_new_tokens = config.max_new_tokens;

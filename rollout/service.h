@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "common/config/config.h"
 #include "common/model/transformer.h"
 #include "common/text/tokenizer.h"
@@ -70,8 +71,8 @@ class RolloutService final : public Rollout::Service {
   absl::StatusOr<std::vector<PromptInput>> Prepare(const GenerateRequest& request) const;
   // Queues a complete staged update and applies it at once when no generation group is running.
   void Commit(std::unique_ptr<Staged> staged);
-  // Applies a committed update if one is waiting. Caller holds model_mu_.
-  void SwapIfPending();
+  // Applies a committed update if one is waiting.
+  void SwapIfPending() ABSL_EXCLUSIVE_LOCKS_REQUIRED(model_mu_);
 
   model::TransformerImpl* model_;
   const text::Tokenizer* tokenizer_;
@@ -79,12 +80,12 @@ class RolloutService final : public Rollout::Service {
   RolloutServiceOptions options_;
   std::map<std::string, torch::Tensor> params_;  // name -> live parameter
 
-  mutable std::mutex model_mu_;  // generation groups and swaps
-  std::unique_ptr<Generator> generator_;
-  int64_t version_ = 0;
+  mutable std::mutex model_mu_;  // generation groups and swaps: the model's weights are read or written under it
+  std::unique_ptr<Generator> generator_ ABSL_GUARDED_BY(model_mu_);
+  int64_t version_ ABSL_GUARDED_BY(model_mu_) = 0;
 
   std::mutex staged_mu_;
-  std::unique_ptr<Staged> pending_;  // committed, waiting for the next group boundary
+  std::unique_ptr<Staged> pending_ ABSL_GUARDED_BY(staged_mu_);  // committed, waiting for the next group boundary
   StreamHook stream_hook_;           // tests only
 };
 

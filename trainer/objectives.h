@@ -47,7 +47,7 @@ class RewardObjective : public Objective {
   double centering_;
 };
 
-// Paired preference losses (ALGORITHMS.md, "Preference losses") on sequence log-probs: rows as in
+// Paired preference losses (docs/algorithms.md, "Preference losses") on sequence log-probs: rows as in
 // RewardObjective (chosen then rejected), target_mask on the completions. DPO needs fields "ref_chosen" /
 // "ref_rejected" [P] (reference sequence log-probs); the others are reference-free. nll_chosen is the
 // per-token mean NLL of each chosen completion. Loss mean over the global number of pairs.

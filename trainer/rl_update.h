@@ -1,4 +1,4 @@
-// The PPO-family update on a rollout batch of scored samples (ALGORITHMS.md, "Batch vocabulary"): the
+// The PPO-family update on a rollout batch of scored samples (docs/algorithms.md, "Batch vocabulary"): the
 // offline RL stage of `rlhf train` and the online driver both call RlUpdate::Update once per policy step.
 //
 //   1. rows = prompt ++ completion; targets = the completion tokens (truncated ones masked by option)

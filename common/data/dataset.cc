@@ -1,5 +1,7 @@
 #include "common/data/dataset.h"
 
+#include "common/text/model_text.h"
+
 #include <fstream>
 #include <random>
 
@@ -246,33 +248,19 @@ std::vector<size_t> Dataset::Shuffled(Split split, uint64_t seed, uint64_t epoch
   return idx;
 }
 
-absl::StatusOr<std::string> RenderPrompt(const ojson& prompt, const text::ChatTemplate* chat, const ojson& vars) {
-  if (prompt.is_string()) return prompt.get<std::string>();
-  if (chat == nullptr) return absl::FailedPreconditionError("conversational data needs a chat template");
-  ojson ctx = vars.is_object() ? vars : ojson::object();
-  ctx["messages"] = prompt;
-  ctx["add_generation_prompt"] = true;
-  return chat->Render(ctx.dump());
-}
-
-absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion, const text::Tokenizer& tok,
-                                   const text::ChatTemplate* chat, const ojson& vars, int32_t eos_id) {
+absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion, const text::ModelText& text) {
   SftTokens out;
-  std::string prompt_text, completion_text;
+  std::string completion_text;
   bool add_eos = false;
   if (prompt.is_string()) {
     if (!completion.is_string()) return absl::InvalidArgumentError("a text prompt needs a text completion");
-    prompt_text = prompt.get<std::string>();
     completion_text = completion.get<std::string>();
     add_eos = true;
   } else {
-    ASSIGN_OR_RETURN(prompt_text, RenderPrompt(prompt, chat, vars));
+    ASSIGN_OR_RETURN(auto prompt_text, text.RenderPrompt(prompt));
     ojson all = prompt;
     for (const auto& m : completion) all.push_back(m);
-    ojson ctx = vars.is_object() ? vars : ojson::object();
-    ctx["messages"] = all;
-    ctx["add_generation_prompt"] = false;
-    ASSIGN_OR_RETURN(std::string full, chat->Render(ctx.dump()));
+    ASSIGN_OR_RETURN(std::string full, text.RenderConversation(all));
     if (full.compare(0, prompt_text.size(), prompt_text) != 0) {
       return absl::InvalidArgumentError(
           "the chat template renders the conversation so that it does not start with the rendered prompt; "
@@ -281,9 +269,9 @@ absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion,
     completion_text = full.substr(prompt_text.size());
   }
   // The prompt carries the tokenizer's special tokens (e.g. BOS) once; the completion none.
-  auto p = tok.Encode(prompt_text, /*add_special_tokens=*/prompt.is_string());
-  auto c = tok.Encode(completion_text, /*add_special_tokens=*/false);
-  if (add_eos && eos_id >= 0 && (c.empty() || c.back() != eos_id)) c.push_back(eos_id);
+  ASSIGN_OR_RETURN(auto p, text.EncodePrompt(prompt));
+  auto c = text.tokenizer.Encode(completion_text, /*add_special_tokens=*/false);
+  if (add_eos && text.eos >= 0 && (c.empty() || c.back() != text.eos)) c.push_back(text.eos);
   out.ids = p;
   out.ids.insert(out.ids.end(), c.begin(), c.end());
   out.labels.assign(p.size(), 0);

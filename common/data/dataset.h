@@ -25,6 +25,7 @@
 namespace rlhf::text {
 class Tokenizer;
 class ChatTemplate;
+struct ModelText;
 }  // namespace rlhf::text
 
 namespace rlhf::data {
@@ -104,11 +105,7 @@ struct SftTokens {
 // Text prompts: encode(prompt) + encode(completion) + [eos] (eos added unless the completion already ends
 // with it). Conversational ones: the chat template renders the prompt (with the generation prompt) and the
 // whole conversation; the completion is what the latter adds, so it ends with the template's end-of-turn
-// token. `chat` may be null for text-only data. template_vars: extra template variables (bos_token, ...).
-absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion, const text::Tokenizer& tokenizer,
-                                   const text::ChatTemplate* chat, const ojson& template_vars, int32_t eos_id);
-
-// The prompt of an example as text: the chat template with the generation prompt for message lists.
-absl::StatusOr<std::string> RenderPrompt(const ojson& prompt, const text::ChatTemplate* chat, const ojson& template_vars);
+// token. The prompt's ids are text.EncodePrompt's, as every other role encodes it.
+absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion, const text::ModelText& text);
 
 }  // namespace rlhf::data

@@ -84,8 +84,7 @@ std::vector<size_t> SplitIndices(const data::Dataset& data, const std::string& s
 }
 
 absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const std::vector<size_t>& indices,
-                                              const text::ChatTemplate* chat, const data::ojson& template_vars,
-                                              const std::string& answer_field) {
+                                              const text::ModelText& text, const std::string& answer_field) {
   std::vector<Prompt> out;
   out.reserve(indices.size());
   for (size_t i : indices) {
@@ -93,8 +92,10 @@ absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const s
     Prompt p;
     p.set_prompt_id(e.prompt_id);
     p.set_prompt_index(static_cast<int64_t>(out.size()));
-    ASSIGN_OR_RETURN(auto text, data::RenderPrompt(e.prompt, chat, template_vars));
-    p.set_text(text);
+    ASSIGN_OR_RETURN(auto rendered, text.RenderPrompt(e.prompt));
+    ASSIGN_OR_RETURN(auto ids, text.EncodePrompt(e.prompt));
+    p.set_text(rendered);
+    for (int32_t id : ids) p.add_ids(id);
     if (!e.answer.is_null()) (*p.mutable_extra())[answer_field] = e.answer.dump();
     for (const auto& [k, v] : e.extra.items()) (*p.mutable_extra())[k] = v.dump();
     out.push_back(std::move(p));
@@ -106,11 +107,8 @@ absl::StatusOr<std::vector<Prompt>> LoadEvalPrompts(const data::DataConfig& dc, 
                                                     const std::string& model_dir, const std::string& answer_field) {
   data::LoadStats stats;
   ASSIGN_OR_RETURN(auto ds, data::Dataset::Load(dc, &stats));
-  auto chat = text::ChatTemplate::FromFolder(model_dir);
-  data::ojson vars = data::ojson::object();
-  if (chat.ok()) vars = {{"bos_token", chat->bos_token}, {"eos_token", chat->eos_token}};
-  ASSIGN_OR_RETURN(auto prompts, PromptsOf(ds, SplitIndices(ds, split), chat.ok() ? &chat->chat_template : nullptr,
-                                           vars, answer_field));
+  ASSIGN_OR_RETURN(auto text, text::ModelText::Load(model_dir));
+  ASSIGN_OR_RETURN(auto prompts, PromptsOf(ds, SplitIndices(ds, split), text, answer_field));
   spdlog::info("eval: {} prompts of split '{}' of {} ({} train, {} held out)", prompts.size(), split, dc.path,
                stats.train, stats.heldout);
   return prompts;

@@ -13,6 +13,7 @@
 #include "common/config/config.h"
 #include "common/data/dataset.h"
 #include "common/rpc.h"
+#include "common/text/model_text.h"
 #include "rlhf/rollout.pb.h"
 #include "services/coordinator/clients.h"
 
@@ -68,11 +69,11 @@ class Roles {
 void RegisterRoleKeys(config::Schema& schema);
 
 // The prompts of `indices` of a dataset as rollout prompts: prompt_index = position in `indices`, the id
-// of the example, the text (message lists rendered with `chat` and the generation prompt; `chat` may be
-// null for text prompts), and the answer (under `answer_field`) and every other field as pass-through JSON.
+// of the example, the text (message lists rendered with the chat template and the generation prompt), its
+// token ids (text::ModelText::EncodePrompt: the workers take these rather than tokenizing the text again),
+// and the answer (under `answer_field`) and every other field as pass-through JSON.
 absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const std::vector<size_t>& indices,
-                                              const text::ChatTemplate* chat, const data::ojson& template_vars,
-                                              const std::string& answer_field);
+                                              const text::ModelText& text, const std::string& answer_field);
 
 // Indices of a dataset's split by name: heldout | train | all.
 std::vector<size_t> SplitIndices(const data::Dataset& data, const std::string& split);

@@ -40,16 +40,13 @@ absl::StatusOr<std::unique_ptr<Judge>> Judge::Create(const RewardConfig& c) {
   load.head = model::Head::kCausalLM;
   ASSIGN_OR_RETURN(j->model_, model::LoadModel(c.judge_model, load));
   const std::string tok_dir = c.judge_tokenizer.empty() ? c.judge_model : c.judge_tokenizer;
-  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(tok_dir));
-  j->tokenizer_.emplace(std::move(tok));
-  if (c.judge_chat_template) {
-    auto chat = text::ChatTemplate::FromFolder(tok_dir);
-    if (!chat.ok()) {
-      return absl::Status(chat.status().code(), absl::StrCat("reward.judge_chat_template: ", chat.status().message()));
-    }
-    j->chat_.emplace(std::move(chat->chat_template));
-    j->bos_ = chat->bos_token;
-    j->eos_ = chat->eos_token;
+  ASSIGN_OR_RETURN(auto text, text::ModelText::Load(tok_dir));
+  j->text_.emplace(std::move(text));
+  j->chat_template_ = c.judge_chat_template;
+  if (c.judge_chat_template && !j->text_->chat) {
+    auto chat = text::ChatTemplate::FromFolder(tok_dir);  // the reason there is none
+    return absl::Status(chat.ok() ? absl::StatusCode::kNotFound : chat.status().code(),
+                        absl::StrCat("reward.judge_chat_template: ", chat.ok() ? "no chat template" : chat.status().message()));
   }
   if (!c.judge_constitution.empty()) {
     std::ifstream in(c.judge_constitution, std::ios::binary);
@@ -64,7 +61,7 @@ absl::StatusOr<std::unique_ptr<Judge>> Judge::Create(const RewardConfig& c) {
   j->template_ = c.judge_template;
   j->pair_template_ = c.judge_pair_template;
   auto verdict = [&](const std::string& key, const std::string& text, std::vector<int32_t>* ids) -> absl::Status {
-    *ids = j->tokenizer_->Encode(text, /*add_special_tokens=*/false);
+    *ids = j->text_->tokenizer.Encode(text, /*add_special_tokens=*/false);
     if (ids->empty()) return absl::InvalidArgumentError(absl::StrCat("reward.", key, " encodes to no tokens"));
     for (int32_t id : *ids) {
       if (id >= j->model_->config().vocab_size) {
@@ -85,14 +82,10 @@ absl::StatusOr<std::unique_ptr<Judge>> Judge::Create(const RewardConfig& c) {
 }
 
 absl::StatusOr<std::vector<int32_t>> Judge::Encode(const std::string& text) const {
-  if (!chat_) return tokenizer_->Encode(text, /*add_special_tokens=*/true);
-  nlohmann::json ctx = {{"messages", {{{"role", "user"}, {"content", text}}}},
-                        {"add_generation_prompt", true},
-                        {"bos_token", bos_},
-                        {"eos_token", eos_}};
-  ASSIGN_OR_RETURN(auto rendered, chat_->Render(ctx.dump()));
-  // As transformers' apply_chat_template: the rendered text carries its own special tokens.
-  return tokenizer_->Encode(rendered, /*add_special_tokens=*/false);
+  // As every role encodes a prompt (text::ModelText): plain text with the tokenizer's special tokens, the
+  // user turn of the chat template as rendered (it carries its own special tokens).
+  if (!chat_template_) return text_->EncodePrompt(nlohmann::ordered_json(text));
+  return text_->EncodePrompt(nlohmann::ordered_json::array({{{"role", "user"}, {"content", text}}}));
 }
 
 absl::StatusOr<std::vector<int32_t>> Judge::PointwisePrompt(const std::string& prompt, const std::string& completion) const {

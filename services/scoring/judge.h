@@ -21,8 +21,7 @@
 
 #include "common/model/transformer.h"
 #include "common/status.h"
-#include "common/text/chat_template.h"
-#include "common/text/tokenizer.h"
+#include "common/text/model_text.h"
 
 namespace rlhf::scoring {
 
@@ -57,9 +56,8 @@ class Judge {
                                               const std::vector<int32_t>& v0, const std::vector<int32_t>& v1);
 
   model::Transformer model_{nullptr};
-  std::optional<text::Tokenizer> tokenizer_;
-  std::optional<text::ChatTemplate> chat_;
-  std::string bos_, eos_;
+  std::optional<text::ModelText> text_;  // the judge's tokenizer and chat template
+  bool chat_template_ = false;            // wrap prompts as the user turn of the chat template
   std::string constitution_, template_, pair_template_;
   std::vector<int32_t> yes_, no_, first_, second_;
   int64_t batch_tokens_ = 8192;

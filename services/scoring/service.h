@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "common/config/config.h"
 #include "rlhf/scoring.grpc.pb.h"
 #include "services/scoring/scorer.h"
@@ -44,10 +45,10 @@ class ScorerService final : public ::rlhf::Scorer::Service {
   std::unique_ptr<Scorer> scorer_;
   ScorerServiceConfig config_;
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Pending>> queue_;
-  int64_t queued_samples_ = 0;
-  bool stop_ = false;
+  std::condition_variable cv_;  // a request arrived, a batch is done, or stop
+  std::deque<std::shared_ptr<Pending>> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_samples_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread worker_;
 };
 

@@ -338,7 +338,7 @@ TEST(Gradients, PreferenceLossesMatchFiniteDifferences) {
   EXPECT_LT(GradError([&](const torch::Tensor& x) { return BradleyTerryLossFn(x, rr, margin, 0.01).loss; }, rc), 1e-6);
 }
 
-// ---- properties named in ALGORITHMS.md ---------------------------------------------------------------
+// ---- properties named in docs/algorithms.md ---------------------------------------------------------------
 
 TEST(Properties, FreshOnPolicyBatchHasRatioOneAndNoClipping) {
   Fixture fx;

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "common/text/chat_template.h"
+#include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 
 namespace rlhf::data {
@@ -130,10 +131,18 @@ text::Tokenizer DemoTokenizer() {
   return std::move(text::Tokenizer::FromJson(json, "demo").value());
 }
 
+// The text side of a model folder without a chat template, its eos the demo tokenizer's <|endoftext|>.
+text::ModelText DemoText() {
+  text::ModelText t{DemoTokenizer()};
+  t.eos = *t.tokenizer.TokenToId("<|endoftext|>");
+  return t;
+}
+
 TEST(Sft, TextExamplesEndWithTheTrainedEos) {
-  auto tok = DemoTokenizer();
-  const int32_t eos = *tok.TokenToId("<|endoftext|>");
-  auto s = BuildSft(ojson("What is 2+2?"), ojson(" 4"), tok, nullptr, ojson::object(), eos);
+  auto text = DemoText();
+  const auto& tok = text.tokenizer;
+  const int32_t eos = text.eos;
+  auto s = BuildSft(ojson("What is 2+2?"), ojson(" 4"), text);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_EQ(s->ids.size(), s->labels.size());
   EXPECT_EQ(s->ids.back(), eos);
@@ -144,14 +153,17 @@ TEST(Sft, TextExamplesEndWithTheTrainedEos) {
 }
 
 TEST(Sft, ConversationsTrainOnTheEndOfTurnToken) {
-  auto tok = DemoTokenizer();
+  auto plain = DemoText();
   auto chat = text::ChatTemplate::Parse(
       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
       "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
   ASSERT_TRUE(chat.ok());
+  auto text = DemoText();
+  text.chat.emplace(text::ChatTemplate::FromFolderResult{std::move(*chat), "", "<|im_end|>"});
+  const auto& tok = text.tokenizer;
   ojson prompt = ojson::parse(R"([{"role": "user", "content": "What is 2+2?"}])");
   ojson completion = ojson::parse(R"([{"role": "assistant", "content": "4"}])");
-  auto s = BuildSft(prompt, completion, tok, &*chat, ojson::object(), *tok.TokenToId("<|endoftext|>"));
+  auto s = BuildSft(prompt, completion, text);
   ASSERT_TRUE(s.ok()) << s.status();
   // The trained part decodes to the assistant text and its end-of-turn token.
   std::vector<int32_t> trained;
@@ -159,10 +171,9 @@ TEST(Sft, ConversationsTrainOnTheEndOfTurnToken) {
     if (s->labels[i]) trained.push_back(s->ids[i]);
   }
   EXPECT_EQ(*tok.Decode(trained), "4<|im_end|>\n");
-  auto prompt_text = RenderPrompt(prompt, &*chat, ojson::object());
+  auto prompt_text = text.RenderPrompt(prompt);
   EXPECT_EQ(*prompt_text, "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n");
-  EXPECT_EQ(BuildSft(prompt, completion, tok, nullptr, ojson::object(), 0).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(BuildSft(prompt, completion, plain).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Rewards and advantages of the PPO family (ALGORITHMS.md: reward placement, GAE, outcome advantages,
+// Rewards and advantages of the PPO family (docs/algorithms.md: reward placement, GAE, outcome advantages,
 // DAPO pieces, process supervision). Dimension key: B sequences, T response tokens, G samples per prompt
 // (groups are consecutive: rows g*G .. g*G+G-1), S steps. Everything here is computed without gradient.
 #pragma once

@@ -1,4 +1,4 @@
-// KL estimators per token (ALGORITHMS.md, "KL estimators"), with d = ref - lp:
+// KL estimators per token (docs/algorithms.md, "KL estimators"), with d = ref - lp:
 //   k1 = lp - ref = -d        k2 = (lp - ref)^2 / 2        k3 = exp(d) - d - 1  (>= 0; GRPO's default)
 // Optional clamping as verl / OpenRLHF do: d to [-20, 20] before, the estimate to [-10, 10] after; TRL
 // does not clamp (the default here).

@@ -12,7 +12,7 @@
 
 namespace rlhf::algo {
 
-// How per-token losses l [B, T] become one number (ALGORITHMS.md, "Loss aggregation modes").
+// How per-token losses l [B, T] become one number (docs/algorithms.md, "Loss aggregation modes").
 enum class Aggregation {
   kTokenMean,            // sum(m * l) / (number of response tokens)               [verl, OpenRLHF, DAPO]
   kSeqMeanTokenMean,     // sum_b (sum_t m*l / sum_t m) / (number of sequences)     [original GRPO]

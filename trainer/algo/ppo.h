@@ -1,4 +1,4 @@
-// The PPO-family update losses, top to bottom (ALGORITHMS.md, "PPO losses"):
+// The PPO-family update losses, top to bottom (docs/algorithms.md, "PPO losses"):
 //   ratio  = exp(lp - old)                       (token level), or GSPO's sequence-level ratio
 //   pg_t   = max(-A_t ratio_t, -A_t clip(ratio_t, 1 - eps_low, 1 + eps_high))
 //   dual clip (c > 1): for A_t < 0, pg_t = min(pg_t, -c A_t)

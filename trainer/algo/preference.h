@@ -1,4 +1,4 @@
-// Preference and reward-model losses (ALGORITHMS.md, "Reward model", "Preference losses"). Inputs are
+// Preference and reward-model losses (docs/algorithms.md, "Reward model", "Preference losses"). Inputs are
 // sequence log-probs summed over completion tokens ([B]) unless the name says avg (mean per token).
 // Every function returns the scalar loss plus the metrics TRL reports.
 #pragma once

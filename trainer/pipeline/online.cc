@@ -107,12 +107,11 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.weight_chunk_bytes = roles_cfg.weight_chunk_bytes;
   o.retry = roles_cfg.retry();
   o.learner_label = label;
-  const auto* chat = s.tools->chat ? &s.tools->chat->chat_template : nullptr;
   const auto& ds = *s.data;
-  ASSIGN_OR_RETURN(auto train_prompts, coordinator::PromptsOf(ds, ds.Indices(data::Split::kTrain), chat, s.tools->vars,
-                                                              reward_cfg.answer_field));
-  ASSIGN_OR_RETURN(auto eval_prompts, coordinator::PromptsOf(ds, coordinator::SplitIndices(ds, o.eval.split), chat,
-                                                             s.tools->vars, reward_cfg.answer_field));
+  ASSIGN_OR_RETURN(auto train_prompts,
+                   coordinator::PromptsOf(ds, ds.Indices(data::Split::kTrain), *s.tools, reward_cfg.answer_field));
+  ASSIGN_OR_RETURN(auto eval_prompts,
+                   coordinator::PromptsOf(ds, coordinator::SplitIndices(ds, o.eval.split), *s.tools, reward_cfg.answer_field));
   ASSIGN_OR_RETURN(auto roles, coordinator::Roles::Start(roles_cfg, *p.config, s.start, 0, &reward_cfg));
   coordinator::StepLoopHooks hooks;
   hooks.log_step = [&](int64_t step, const std::map<std::string, double>& m) { p.log.Write(s.index, s.stage, step, m); };
@@ -134,8 +133,7 @@ absl::Status RunOnlineStage(Pipeline& p, OnlineStage& s) {
       return absl::InvalidArgumentError("roles.learner_address: the coordinator is one process (the learner has the ranks)");
     }
     s.start = s.sc.policy.empty() ? p.policy : s.sc.policy;
-    ASSIGN_OR_RETURN(auto cfg, model::LoadHfConfig(s.start));
-    ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, cfg));
+    ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
     s.tools = &tools;
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
     coordinator::LearnerClient learner(MakeChannel(rpc, roles_cfg.learner_address), rpc, roles_cfg.retry());

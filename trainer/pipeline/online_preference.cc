@@ -39,7 +39,7 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
   if (dpo) {
     ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
   }
-  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   const int32_t pad = tools.pad;
   Learner learner(p.group, p.bucket_bytes);
   learner.AddModel("policy", policy, po, 1);

@@ -37,7 +37,7 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
       if (prm.key().rfind("score.", 0) != 0) prm.value().set_requires_grad(false);
     }
   }
-  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, net->config()));
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, kto ? std::initializer_list<data::Kind>{data::Kind::kKto, data::Kind::kPreference}
                                                     : std::initializer_list<data::Kind>{data::Kind::kPreference}));
   std::vector<size_t> every(ds.examples().size());

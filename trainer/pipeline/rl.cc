@@ -82,7 +82,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   if (!all_ref && rc.kl_placement != KlPlacement::kNone && rc.kl_coef > 0) {
     ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
   }
-  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   Learner learner(p.group, p.bucket_bytes);
   learner.AddModel("policy", policy, po, 1);
   if (with_critic) learner.AddModel("critic", critic, co, 1);

@@ -17,7 +17,7 @@ absl::Status RunSft(Pipeline& p, int64_t index, const std::string& stage) {
   const auto oc = OptimSection(stage + ".optim").Read(*p.config);
   const std::string start = cfg.model.empty() ? p.policy : cfg.model;
   ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
-  ASSIGN_OR_RETURN(auto tools, LoadTextTools(p.tokenizer_dir, policy->config()));
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, {data::Kind::kPromptCompletion, data::Kind::kMessages}));
   absl::Status st;
   auto train_idx = ds.Indices(data::Split::kTrain), held_idx = ds.Indices(data::Split::kHeldout);

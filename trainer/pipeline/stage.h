@@ -17,8 +17,7 @@
 #include "common/comm/group.h"
 #include "common/data/dataset.h"
 #include "common/model/transformer.h"
-#include "common/text/chat_template.h"
-#include "common/text/tokenizer.h"
+#include "common/text/model_text.h"
 #include "rlhf/sample.pb.h"
 #include "trainer/batching.h"
 #include "trainer/learner.h"
@@ -68,21 +67,12 @@ absl::StatusOr<model::Transformer> LoadFrozen(const std::string& dir);
 // Rank 0 saves `net` to `dir` with the pipeline's tokenizer files; every rank waits for it.
 absl::Status SaveStageModel(Pipeline& p, model::TransformerImpl& net, const std::string& dir);
 
-// The text side of the pipeline's model folder: tokenizer, chat template and its variables, eos and pad ids.
-struct TextTools {
-  text::Tokenizer tokenizer;
-  std::optional<text::ChatTemplate::FromFolderResult> chat;
-  data::ojson vars = data::ojson::object();
-  int32_t eos = -1, pad = 0;
-};
-absl::StatusOr<TextTools> LoadTextTools(const std::string& dir, const model::HfConfig& cfg);
-
 // ---- data ---------------------------------------------------------------------------------------------------
 // Loads a dataset of one of `kinds` (INVALID_ARGUMENT naming the stage otherwise).
 absl::StatusOr<data::Dataset> LoadData(const data::DataConfig& dc, const std::string& stage,
                                        std::initializer_list<data::Kind> kinds);
 // Prompt + `field` of the examples at `idx` as token rows (completion-only targets), cut at max_length.
-std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const TextTools& t,
+std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const text::ModelText& t,
                                int64_t max_length, data::ojson data::Example::*field, absl::Status* status);
 // Pairs (prompt + chosen, prompt + rejected) as rows: chosen rows first, then rejected rows.
 MicroBatch PairRows(const std::vector<const TokenSeq*>& chosen, const std::vector<const TokenSeq*>& rejected, int32_t pad);
@@ -142,7 +132,7 @@ struct OnlineStage {
   const data::Dataset* data = nullptr;
   int64_t total = 0;                  // about how many policy steps
   std::string start;                  // the starting policy folder (an embedded rollout worker starts from it)
-  const TextTools* tools = nullptr;
+  const text::ModelText* tools = nullptr;
   model::TransformerImpl* policy = nullptr;  // the learner's policy (its weights go to the rollout workers)
   Learner* learner = nullptr;
   OnlineTrainer trainer;

@@ -62,23 +62,6 @@ absl::StatusOr<model::Transformer> LoadFrozen(const std::string& dir) {
 }
 
 
-absl::StatusOr<TextTools> LoadTextTools(const std::string& dir, const model::HfConfig& cfg) {
-  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromFile(dir));
-  TextTools t{std::move(tok), std::nullopt, data::ojson::object(), -1, 0};
-  auto chat = text::ChatTemplate::FromFolder(dir);
-  if (chat.ok()) {
-    t.vars["bos_token"] = chat->bos_token;
-    t.vars["eos_token"] = chat->eos_token;
-    if (!chat->eos_token.empty()) {
-      if (auto id = t.tokenizer.TokenToId(chat->eos_token)) t.eos = *id;
-    }
-    t.chat.emplace(std::move(*chat));
-  }
-  if (t.eos < 0 && !cfg.eos_token_ids.empty()) t.eos = static_cast<int32_t>(cfg.eos_token_ids[0]);
-  t.pad = cfg.pad_token_id ? static_cast<int32_t>(*cfg.pad_token_id) : (t.eos >= 0 ? t.eos : 0);
-  return t;
-}
-
 absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
   const auto& c = task.cfg;
   const int64_t per_epoch = task.n_train / c.batch_size;
@@ -168,12 +151,12 @@ absl::StatusOr<data::Dataset> LoadData(const data::DataConfig& dc, const std::st
   return ds;
 }
 
-std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const TextTools& t,
+std::vector<TokenSeq> Tokenize(const data::Dataset& ds, const std::vector<size_t>& idx, const text::ModelText& t,
                                int64_t max_length, data::ojson data::Example::*field, absl::Status* status) {
   std::vector<TokenSeq> out;
   for (size_t i : idx) {
     const auto& ex = ds.examples()[i];
-    auto sft = data::BuildSft(ex.prompt, ex.*field, t.tokenizer, t.chat ? &t.chat->chat_template : nullptr, t.vars, t.eos);
+    auto sft = data::BuildSft(ex.prompt, ex.*field, t);
     if (!sft.ok()) {
       *status = absl::InvalidArgumentError(absl::StrCat("line ", ex.line, ": ", sft.status().message()));
       return {};
