@@ -1,7 +1,9 @@
 // rlhf train: the training pipeline (trainer/pipeline/pipeline.h) as a command; rlhf serve learner: the same pipeline
 // whose online stages serve rlhf.Learner for a coordinator process.
 #include "cli/command.h"
+#include "absl/strings/str_join.h"
 #include "trainer/pipeline/pipeline.h"
+#include "trainer/pipeline/stages.h"
 
 namespace rlhf::cli {
 
@@ -32,7 +34,7 @@ std::vector<Command::Flag> PipelineFlags() {
 Command TrainCommand() {
   Command c;
   c.name = "train";
-  c.help = "run a pipeline of training stages (sft, reward_model, dpo, ppo, grpo) on one or many ranks";
+  c.help = "run a pipeline of training stages (" + absl::StrJoin(trainer::StageNames(), ", ") + ") on one or many ranks";
   c.add_sections = [](config::Schema& s) { trainer::RegisterTrainKeys(s); };
   c.flags = PipelineFlags();
   c.body = [](const Context& ctx) {

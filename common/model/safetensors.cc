@@ -84,12 +84,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return fail(absl::StatusCode::kNotFound, "no such file");
-    return fail(absl::StatusCode::kUnavailable, std::strerror(errno));
+    return FileError(errno, "open", path);
   }
   struct stat st {};
   if (fstat(fd, &st) != 0) {
+    const int err = errno;
     ::close(fd);
-    return fail(absl::StatusCode::kUnavailable, std::strerror(errno));
+    return FileError(err, "stat", path);
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
@@ -102,7 +103,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   f->map_size_ = size;
   f->map_ = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (f->map_ == MAP_FAILED) return fail(absl::StatusCode::kUnavailable, absl::StrCat("mmap: ", std::strerror(errno)));
+  if (f->map_ == MAP_FAILED) return FileError(errno, "map", path);
   const auto* bytes = static_cast<const uint8_t*>(f->map_);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 
 namespace rlhf::scoring {
 
@@ -169,7 +170,7 @@ void RemountAllReadOnly(int err_fd, const char* keep) {
 absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std::map<std::string, std::string>& files,
                                            const SandboxLimits& limits) {
   char tmpl[] = "/tmp/rlhf-sandbox-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) return absl::UnavailableError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
+  if (mkdtemp(tmpl) == nullptr) return FileError(errno, "create the scratch directory", tmpl);
   const std::string scratch = tmpl;
   struct Cleanup {
     std::string dir;
@@ -182,15 +183,13 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
     if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
       return absl::InvalidArgumentError(absl::StrCat("sandbox file name '", name, "' must be a plain name"));
     }
-    std::ofstream f(scratch + "/" + name, std::ios::binary);
-    f << content;
-    if (!f) return absl::UnavailableError(absl::StrCat("cannot write ", name, " into the scratch directory"));
+    RETURN_IF_ERROR(WriteFileAtomic(scratch + "/" + name, content));
   }
   // The sandbox user owns the scratch directory (and nothing else).
   std::error_code ec;
   for (const auto& e : fs::recursive_directory_iterator(scratch, ec)) (void)!chown(e.path().c_str(), kNobody, kNobody);
   if (chown(scratch.c_str(), kNobody, kNobody) != 0 && geteuid() == 0) {
-    return absl::UnavailableError(absl::StrCat("chown scratch: ", std::strerror(errno)));
+    return FileError(errno, "give the sandbox user", scratch);
   }
   chmod(scratch.c_str(), 0700);
 

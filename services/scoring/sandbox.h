@@ -35,7 +35,8 @@ struct SandboxResult {
 };
 
 // Writes `files` (name -> content) into a new scratch directory and runs `/bin/sh -c command` there.
-// FAILED_PRECONDITION when isolation is unavailable; UNAVAILABLE on local errors (fork, disk).
+// FAILED_PRECONDITION when isolation is unavailable; the file errors of common/file.h for the scratch
+// directory; UNAVAILABLE when a pipe or process cannot be made now (retry later).
 absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std::map<std::string, std::string>& files,
                                            const SandboxLimits& limits);
 
