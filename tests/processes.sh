@@ -12,3 +12,24 @@ ss = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in ss: s.bind(('127.0.0.1', 0))
 print(' '.join(str(s.getsockname()[1]) for s in ss))" "$2"
 }
+
+# sum_task RLHF PYTHON3 DIR N LONG: N prompts "a+b=" with answers in DIR/prompts.jsonl (with LONG = 1, every
+# 8th from the 6th on is 40+ tokens long: too long for a 64-token rollout context), a byte-level tokenizer
+# trained on sums (DIR/tok) and a tiny random Llama over it (DIR/m).
+sum_task() {
+  local rlhf="$1" py="$2" dir="$3" n="$4" long="$5"
+  "$py" - "$dir" "$n" "$long" <<'PY'
+import json, sys
+d, n, long = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+with open(f"{d}/prompts.jsonl", "w") as f, open(f"{d}/corpus.txt", "w") as c:
+    for i in range(n):
+        a, b = i % 7, i // 7 + 1
+        p = "+".join(["1"] * 40) + f"+{a}=" if long and i % 8 == 5 else f"{a}+{b}="
+        f.write(json.dumps({"prompt": p, "answer": str(a + b)}) + "\n")
+    for i in range(200):
+        c.write(f"{i % 13}+{i % 7}={i % 13 + i % 7}\n")
+PY
+  "$rlhf" train-tokenizer --corpus "$dir/corpus.txt" --merges 20 --out "$dir/tok" --run-dir "$dir/r/tok" --set run.log_level=warn
+  "$rlhf" init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 300 \
+    --tokenizer "$dir/tok" --seed 3 --out "$dir/m" --run-dir "$dir/r/init" --set run.log_level=warn
+}

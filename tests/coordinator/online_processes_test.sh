@@ -16,20 +16,7 @@ q="--set run.log_level=warn"
 
 # A task: 24 prompts "a+b=" with answers; 3 of them are too long for the rollout workers' context (64
 # tokens): the workers refuse those, and the ledger records them as dropped.
-"$py" - "$d" <<'PY'
-import json, sys
-d = sys.argv[1]
-with open(f"{d}/prompts.jsonl", "w") as f, open(f"{d}/corpus.txt", "w") as c:
-    for i in range(24):
-        a, b = i % 7, i // 7 + 1
-        p = f"{a}+{b}=" if i % 8 != 5 else "+".join(["1"] * 40) + f"+{a}="
-        f.write(json.dumps({"prompt": p, "answer": str(a + b)}) + "\n")
-    for i in range(200):
-        c.write(f"{i % 13}+{i % 7}={i % 13 + i % 7}\n")
-PY
-"$rlhf" train-tokenizer --corpus "$d/corpus.txt" --merges 20 --out "$d/tok" --run-dir "$d/r/tok" $q
-"$rlhf" init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 300 \
-  --tokenizer "$d/tok" --seed 3 --out "$d/m" --run-dir "$d/r/init" $q
+sum_task "$rlhf" "$py" "$d" 24 1
 
 # Rewards: exact match, plus 1 for a completion that starts with printable ASCII (so that the groups of a
 # random model differ; the rest are filtered by dynamic sampling).

@@ -11,19 +11,7 @@ d="$(mktemp -d)"
 source "$(dirname "$0")/../processes.sh"
 q="--set run.log_level=warn"
 
-"$py" - "$d" <<'PY'
-import json, sys
-d = sys.argv[1]
-with open(f"{d}/prompts.jsonl", "w") as f, open(f"{d}/corpus.txt", "w") as c:
-    for i in range(20):
-        a, b = i % 7, i // 7 + 1
-        f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
-    for i in range(200):
-        c.write(f"{i % 13}+{i % 7}={i % 13 + i % 7}\n")
-PY
-"$rlhf" train-tokenizer --corpus "$d/corpus.txt" --merges 20 --out "$d/tok" --run-dir "$d/r/tok" $q
-"$rlhf" init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 300 \
-  --tokenizer "$d/tok" --seed 3 --out "$d/m" --run-dir "$d/r/init" $q
+sum_task "$rlhf" "$py" "$d" 20 0
 
 reward=(--set reward.exact_match_weight=1 --set reward.format_weight=1 --set 'reward.format_pattern=[ -~][\s\S]*')
 common=(--model "$d/m" --seed 11 $q --set run.threads=1 --set rl.data.path="$d/prompts.jsonl"
