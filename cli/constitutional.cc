@@ -107,9 +107,7 @@ Command ConstitutionalCommand() {
     ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(""));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
     ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(cfg.model));
-    if (cfg.chat_template && !mt.chat) {
-      ASSIGN_OR_RETURN(auto t, text::ChatTemplate::FromFolder(cfg.model));  // the reason it has none
-    }
+    if (cfg.chat_template) RETURN_IF_ERROR(mt.chat_status);
 
     // `text` (or a message list) as a prompt: the user turn of the chat template when asked.
     auto as_prompt = [&](const data::ojson& prompt) -> data::ojson {

@@ -87,9 +87,7 @@ Command GenerateCommand() {
     ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
     ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
     ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(cfg.model));
-    if (cfg.chat_template && !mt.chat) {
-      ASSIGN_OR_RETURN(auto t, text::ChatTemplate::FromFolder(cfg.model));  // the reason it has none
-    }
+    if (cfg.chat_template) RETURN_IF_ERROR(mt.chat_status);
     // Prompts.
     std::ifstream in(cfg.prompts);
     if (!in) return absl::NotFoundError(absl::StrCat("cannot open --prompts ", cfg.prompts));
@@ -121,10 +119,10 @@ Command GenerateCommand() {
           pr = nlohmann::ordered_json::array({{{"role", "user"}, {"content", pr.get<std::string>()}}});
         }
         if (!cfg.chat_template && pr.is_array()) return bad("conversational data needs a chat template (use --chat)");
-        auto rendered = mt.RenderPrompt(pr);
-        if (!rendered.ok()) return bad(std::string(rendered.status().message()));
-        text = *rendered;
-        ASSIGN_OR_RETURN(p.ids, mt.EncodePrompt(pr));
+        auto encoded = mt.TokenizePrompt(pr);
+        if (!encoded.ok()) return bad(std::string(encoded.status().message()));
+        text = std::move(encoded->text);
+        p.ids = std::move(encoded->ids);
       } else {
         return bad("needs 'prompt' (text or messages) or 'prompt_ids'");
       }

@@ -249,32 +249,32 @@ std::vector<size_t> Dataset::Shuffled(Split split, uint64_t seed, uint64_t epoch
 }
 
 absl::StatusOr<SftTokens> BuildSft(const ojson& prompt, const ojson& completion, const text::ModelText& text) {
-  SftTokens out;
+  if (prompt.is_string() && !completion.is_string()) {
+    return absl::InvalidArgumentError("a text prompt needs a text completion");
+  }
+  // The prompt carries the tokenizer's special tokens (e.g. BOS) once; the completion none.
+  ASSIGN_OR_RETURN(auto p, text.TokenizePrompt(prompt));
   std::string completion_text;
-  bool add_eos = false;
   if (prompt.is_string()) {
-    if (!completion.is_string()) return absl::InvalidArgumentError("a text prompt needs a text completion");
     completion_text = completion.get<std::string>();
-    add_eos = true;
   } else {
-    ASSIGN_OR_RETURN(auto prompt_text, text.RenderPrompt(prompt));
     ojson all = prompt;
     for (const auto& m : completion) all.push_back(m);
     ASSIGN_OR_RETURN(std::string full, text.RenderConversation(all));
-    if (full.compare(0, prompt_text.size(), prompt_text) != 0) {
+    if (full.compare(0, p.text.size(), p.text) != 0) {
       return absl::InvalidArgumentError(
           "the chat template renders the conversation so that it does not start with the rendered prompt; "
           "cannot tell the completion apart");
     }
-    completion_text = full.substr(prompt_text.size());
+    completion_text = full.substr(p.text.size());
   }
-  // The prompt carries the tokenizer's special tokens (e.g. BOS) once; the completion none.
-  ASSIGN_OR_RETURN(auto p, text.EncodePrompt(prompt));
   auto c = text.tokenizer.Encode(completion_text, /*add_special_tokens=*/false);
-  if (add_eos && text.eos >= 0 && (c.empty() || c.back() != text.eos)) c.push_back(text.eos);
-  out.ids = p;
+  // A text completion ends with eos; a conversation's ends with the template's end-of-turn already.
+  if (prompt.is_string() && text.eos >= 0 && (c.empty() || c.back() != text.eos)) c.push_back(text.eos);
+  SftTokens out;
+  out.ids = p.ids;
   out.ids.insert(out.ids.end(), c.begin(), c.end());
-  out.labels.assign(p.size(), 0);
+  out.labels.assign(p.ids.size(), 0);
   out.labels.resize(out.ids.size(), 1);
   return out;
 }

@@ -55,6 +55,7 @@ absl::StatusOr<ModelText> ModelText::Load(const std::string& dir) {
   ModelText t{std::move(tok)};
   auto chat = ChatTemplate::FromFolder(dir);
   std::optional<int32_t> template_eos;
+  t.chat_status = chat.status();
   if (chat.ok()) {
     t.vars["bos_token"] = chat->bos_token;
     t.vars["eos_token"] = chat->eos_token;
@@ -76,26 +77,33 @@ absl::StatusOr<ModelText> ModelText::Load(const std::string& dir) {
   return t;
 }
 
-absl::StatusOr<std::string> ModelText::RenderPrompt(const ojson& prompt) const {
-  if (prompt.is_string()) return prompt.get<std::string>();
-  if (!chat) return absl::FailedPreconditionError("conversational data needs a chat template");
-  ojson ctx = vars;
-  ctx["messages"] = prompt;
-  ctx["add_generation_prompt"] = true;
-  return chat->chat_template.Render(ctx.dump());
-}
-
-absl::StatusOr<std::string> ModelText::RenderConversation(const ojson& messages) const {
+absl::StatusOr<std::string> ModelText::Render(const ojson& messages, bool add_generation_prompt) const {
   if (!chat) return absl::FailedPreconditionError("conversational data needs a chat template");
   ojson ctx = vars;
   ctx["messages"] = messages;
-  ctx["add_generation_prompt"] = false;
+  ctx["add_generation_prompt"] = add_generation_prompt;
   return chat->chat_template.Render(ctx.dump());
 }
 
+absl::StatusOr<std::string> ModelText::RenderPrompt(const ojson& prompt) const {
+  if (prompt.is_string()) return prompt.get<std::string>();
+  return Render(prompt, /*add_generation_prompt=*/true);
+}
+
+absl::StatusOr<std::string> ModelText::RenderConversation(const ojson& messages) const {
+  return Render(messages, /*add_generation_prompt=*/false);
+}
+
+absl::StatusOr<ModelText::EncodedPrompt> ModelText::TokenizePrompt(const ojson& prompt) const {
+  EncodedPrompt out;
+  ASSIGN_OR_RETURN(out.text, RenderPrompt(prompt));
+  out.ids = tokenizer.Encode(out.text, /*add_special_tokens=*/prompt.is_string());
+  return out;
+}
+
 absl::StatusOr<std::vector<int32_t>> ModelText::EncodePrompt(const ojson& prompt) const {
-  ASSIGN_OR_RETURN(auto text, RenderPrompt(prompt));
-  return tokenizer.Encode(text, /*add_special_tokens=*/prompt.is_string());
+  ASSIGN_OR_RETURN(auto p, TokenizePrompt(prompt));
+  return std::move(p.ids);
 }
 
 }  // namespace rlhf::text

@@ -39,18 +39,28 @@ struct ModelText {
   int32_t eos = -1;
   int32_t pad = 0;
   std::vector<int32_t> stop_ids;  // sorted, distinct
+  absl::Status chat_status;       // OK with a chat template, else why the folder has none (for a clear error)
 
   // Loads `dir` (a model folder, or a folder with only tokenizer files). NOT_FOUND without tokenizer.json.
   static absl::StatusOr<ModelText> Load(const std::string& dir);
 
-  const ChatTemplate* chat_template() const { return chat ? &chat->chat_template : nullptr; }
   // A prompt (a string, or a list of messages) as text: the string itself, or the chat template's rendering
   // with the generation prompt. FAILED_PRECONDITION for messages without a chat template.
   absl::StatusOr<std::string> RenderPrompt(const nlohmann::ordered_json& prompt) const;
   // A rendered conversation (add_generation_prompt false): prompt and completion messages together.
   absl::StatusOr<std::string> RenderConversation(const nlohmann::ordered_json& messages) const;
+  // A prompt as text and token ids (the rule above), rendered once.
+  struct EncodedPrompt {
+    std::string text;
+    std::vector<int32_t> ids;
+  };
+  absl::StatusOr<EncodedPrompt> TokenizePrompt(const nlohmann::ordered_json& prompt) const;
   // The token ids of a prompt (the rule above).
   absl::StatusOr<std::vector<int32_t>> EncodePrompt(const nlohmann::ordered_json& prompt) const;
+
+ private:
+  // The chat template on `messages` with the template variables.
+  absl::StatusOr<std::string> Render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
 };
 
 }  // namespace rlhf::text

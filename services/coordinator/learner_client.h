@@ -31,7 +31,7 @@ class LearnerClient {
   absl::StatusOr<TrainReply> Train(int64_t step, const std::vector<Sample>& samples, uint64_t seed);
   // Streams the policy of the learner's current version as weight chunks (at most `chunk_bytes` of data
   // each, without a commit chunk) into `sink`, one at a time: the coordinator never holds a whole copy.
-  // UNAVAILABLE when `sink` stops the stream.
+  // UNAVAILABLE when `sink` stops the stream; the learner's error when it fails.
   absl::Status StreamWeights(int64_t chunk_bytes, const ChunkSink& sink);
   // A checkpoint of the learner at `step`, holding the coordinator's state `extra_json`.
   absl::Status Checkpoint(int64_t step, const std::string& extra_json);

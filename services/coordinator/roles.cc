@@ -92,10 +92,9 @@ absl::StatusOr<std::vector<Prompt>> PromptsOf(const data::Dataset& data, const s
     Prompt p;
     p.set_prompt_id(e.prompt_id);
     p.set_prompt_index(static_cast<int64_t>(out.size()));
-    ASSIGN_OR_RETURN(auto rendered, text.RenderPrompt(e.prompt));
-    ASSIGN_OR_RETURN(auto ids, text.EncodePrompt(e.prompt));
-    p.set_text(rendered);
-    for (int32_t id : ids) p.add_ids(id);
+    ASSIGN_OR_RETURN(auto encoded, text.TokenizePrompt(e.prompt));
+    p.set_text(encoded.text);
+    for (int32_t id : encoded.ids) p.add_ids(id);
     if (!e.answer.is_null()) (*p.mutable_extra())[answer_field] = e.answer.dump();
     for (const auto& [k, v] : e.extra.items()) (*p.mutable_extra())[k] = v.dump();
     out.push_back(std::move(p));

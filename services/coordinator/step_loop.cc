@@ -29,16 +29,18 @@ double Seconds() {
 RolloutPool::Publisher LearnerPublisher(LearnerClient& learner, int64_t chunk_bytes, const RpcConfig& rpc) {
   return [&learner, chunk_bytes, rpc](Rollout::Stub* stub, int64_t version) -> absl::Status {
     const double t0 = Seconds();
-    absl::Status source;
+    absl::Status source;         // the learner's side of the relay
+    bool worker_broke = false;   // the worker's stream refused a chunk: its own status says why
     auto r = rollout::PushChunks(stub, version, [&](const rollout::ChunkWriter& w) {
       source = learner.StreamWeights(chunk_bytes, [&](const WeightChunk& c) {
         WeightChunk stamped = c;
         stamped.set_version(version);
-        return w(stamped);
+        worker_broke = !w(stamped);
+        return !worker_broke;
       });
       return source.ok();
     }, rpc);
-    if (!source.ok() && source.code() != absl::StatusCode::kUnavailable) return source;  // the learner's error
+    if (!source.ok() && !worker_broke) return source;
     if (!r.ok()) return r.status();
     Metrics::Process()
         .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight update to one rollout worker",

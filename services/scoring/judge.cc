@@ -43,11 +43,7 @@ absl::StatusOr<std::unique_ptr<Judge>> Judge::Create(const RewardConfig& c) {
   ASSIGN_OR_RETURN(auto text, text::ModelText::Load(tok_dir));
   j->text_.emplace(std::move(text));
   j->chat_template_ = c.judge_chat_template;
-  if (c.judge_chat_template && !j->text_->chat) {
-    auto chat = text::ChatTemplate::FromFolder(tok_dir);  // the reason there is none
-    return absl::Status(chat.ok() ? absl::StatusCode::kNotFound : chat.status().code(),
-                        absl::StrCat("reward.judge_chat_template: ", chat.ok() ? "no chat template" : chat.status().message()));
-  }
+  if (c.judge_chat_template) RETURN_IF_ERROR(Annotate(j->text_->chat_status, "reward.judge_chat_template"));
   if (!c.judge_constitution.empty()) {
     std::ifstream in(c.judge_constitution, std::ios::binary);
     if (!in) return absl::NotFoundError(absl::StrCat("reward.judge_constitution: cannot read ", c.judge_constitution));

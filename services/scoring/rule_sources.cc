@@ -79,11 +79,8 @@ class MissingEosSource : public RewardSource {
 // FAILED_PRECONDITION with the reason: nothing runs unconfined and the scorer serves on.
 class CodeSource : public RewardSource {
  public:
-  CodeSource(const RewardConfig& c, absl::Status refusal) : config_(c), refusal_(std::move(refusal)) {
-    limits_.wall_seconds = c.code_wall_seconds;
-    limits_.cpu_seconds = c.code_cpu_seconds;
-    limits_.memory_mb = c.code_memory_mb;
-  }
+  CodeSource(const RewardConfig& c, SandboxLimits limits, absl::Status refusal)
+      : config_(c), limits_(limits), refusal_(std::move(refusal)) {}
   void Score(ScoreBatch& b) override {
     for (size_t i = 0; i < b.samples.size(); ++i) {
       const Sample& s = b.samples[i];
@@ -102,8 +99,8 @@ class CodeSource : public RewardSource {
 
  private:
   const RewardConfig config_;
-  SandboxLimits limits_;
-  absl::Status refusal_;
+  const SandboxLimits limits_;
+  const absl::Status refusal_;
 };
 
 }  // namespace
@@ -150,7 +147,7 @@ absl::StatusOr<std::unique_ptr<RewardSource>> MakeCodeSource(const SourceContext
                   "error instead of a code reward, the other sources keep serving",
                   std::string(refusal.message()));
   }
-  return std::make_unique<CodeSource>(c.config, refusal);
+  return std::make_unique<CodeSource>(c.config, limits, refusal);
 }
 
 }  // namespace rlhf::scoring

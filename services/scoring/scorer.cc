@@ -113,10 +113,13 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(const RewardConfig& confi
     const bool monitored = spec.monitorable && std::find(config.monitor.begin(), config.monitor.end(), spec.name) != config.monitor.end();
     if (weight == 0 && !monitored) continue;
     ASSIGN_OR_RETURN(auto source, spec.make(context));
+    for (const auto* m : source->models()) s->models_.push_back(m);
     s->chain_.push_back({spec.name, weight, spec.uses_models, std::move(source)});
   }
+  s->chain_has_models_ = !s->models_.empty();
   if (!config.reference_model.empty()) {
     ASSIGN_OR_RETURN(s->reference_, model::LoadModel(config.reference_model, load));
+    s->models_.push_back(s->reference_.get());
   }
   return s;
 }
@@ -137,13 +140,8 @@ absl::Status Scorer::code_refusal() const {
 }
 
 absl::Status Scorer::Validate(const Sample& s, bool want_ref) const {
-  std::vector<const model::TransformerImpl*> nets;
-  for (const auto& link : chain_) {
-    for (const auto* m : link.source->models()) nets.push_back(m);
-  }
   const bool with_ref = want_ref && !reference_.is_empty();
-  if (!reference_.is_empty()) nets.push_back(reference_.get());
-  for (const auto* net : nets) {
+  for (const auto* net : models_) {
     const auto& c = net->config();
     if (s.prompt_ids_size() + s.completion_ids_size() > c.max_position_embeddings) {
       return absl::InvalidArgumentError(absl::StrCat("prompt + completion = ", s.prompt_ids_size() + s.completion_ids_size(),
@@ -157,8 +155,7 @@ absl::Status Scorer::Validate(const Sample& s, bool want_ref) const {
       }
     }
   }
-  const bool source_models = nets.size() > (reference_.is_empty() ? 0u : 1u);
-  if ((source_models || with_ref) && s.prompt_ids_size() + s.completion_ids_size() == 0) {
+  if ((chain_has_models_ || with_ref) && s.prompt_ids_size() + s.completion_ids_size() == 0) {
     return absl::InvalidArgumentError("a sample without token ids cannot be scored by a model");
   }
   if (with_ref && s.completion_ids_size() > 0 && !(s.temperature() >= 0)) {

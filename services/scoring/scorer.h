@@ -145,6 +145,9 @@ class Scorer {
   };
   RewardConfig config_;
   std::vector<Link> chain_;
+  // The models whose context and vocabulary bound a sample (Validate): the chain's, then the reference.
+  std::vector<const model::TransformerImpl*> models_;
+  bool chain_has_models_ = false;
   model::Transformer reference_{nullptr};
 };
 

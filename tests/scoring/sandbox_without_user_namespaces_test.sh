@@ -5,11 +5,8 @@
 #   sandbox_without_user_namespaces_test.sh SCORING_TEST_BINARY PYTHON3 SOURCE_DIR
 set -euo pipefail
 bin="$1"; py="$2"; src="$3"
-# Where no refusal can be made here (the limit cannot be written), the test is skipped (status 77).
-probe=0
-"$py" "$src/tests/python/without_user_namespaces.py" true || probe=$?
-[ "$probe" = 77 ] && { echo "skipped: no real user-namespace refusal can be made on this machine"; exit 77; }
-[ "$probe" = 0 ] || { echo "the refusal wrapper failed ($probe)"; exit 1; }
+source "$src/tests/scoring/require_refusal.sh"
+require_user_namespace_refusal "$py" "$src"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 rc=0

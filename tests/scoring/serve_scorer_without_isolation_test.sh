@@ -6,11 +6,8 @@
 #   serve_scorer_without_isolation_test.sh RLHF_BINARY PYTHON3 SOURCE_DIR
 set -euo pipefail
 rlhf="$1"; py="$2"; src="$3"
-# Where no refusal can be made here (the limit cannot be written), the test is skipped (status 77).
-probe=0
-"$py" "$src/tests/python/without_user_namespaces.py" true || probe=$?
-[ "$probe" = 77 ] && { echo "skipped: no real user-namespace refusal can be made on this machine"; exit 77; }
-[ "$probe" = 0 ] || { echo "the refusal wrapper failed ($probe)"; exit 1; }
+source "$src/tests/scoring/require_refusal.sh"
+require_user_namespace_refusal "$py" "$src"
 d=$(mktemp -d)
 source "$src/tests/serve_python_client.sh"
 serve_python_client "$py" "$src" "$d" "$src/tests/python/scorer_refusal_client.py" \

@@ -132,9 +132,6 @@ absl::Status RunOnlineStage(Pipeline& p, OnlineStage& s) {
     if (p.group->size() != 1) {
       return absl::InvalidArgumentError("roles.learner_address: the coordinator is one process (the learner has the ranks)");
     }
-    s.start = s.sc.policy.empty() ? p.policy : s.sc.policy;
-    ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
-    s.tools = &tools;
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
     coordinator::LearnerClient learner(MakeChannel(rpc, roles_cfg.learner_address), rpc, roles_cfg.retry());
     return Coordinate(p, s, learner, roles_cfg.learner_address);
@@ -142,7 +139,6 @@ absl::Status RunOnlineStage(Pipeline& p, OnlineStage& s) {
   // Embedded: the learner in this process, behind an in-process channel.
   ASSIGN_OR_RETURN(auto hooks, MakeLearnerHooks(p, s, /*log_steps=*/false));
   if (!p.rank0()) return FollowLearner(*p.group, std::move(hooks));
-  fs::create_directories(StageDir(p, s.index, s.stage));
   ASSIGN_OR_RETURN(auto host, LearnerHost::Start(*p.group, rpc, "", std::move(hooks)));
   const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
   coordinator::LearnerClient learner(host->InProcessChannel(), rpc, roles_cfg.retry());

@@ -29,17 +29,17 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
   ASSIGN_OR_RETURN(auto op, LoadOnlinePrompts(sc, data_cfg));
   const data::Dataset& ds = op.data;
   const int64_t total = op.total_steps;
+  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   if (LearnsElsewhere(p)) {  // another process learns: no model here
-    OnlineStage s{stage, index, sc, rc.group_size, dpo, &ds, total};
+    OnlineStage s{stage, index, sc, rc.group_size, dpo, &ds, total, start, &tools};
     return RunOnlineStage(p, s);
   }
-  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
   ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
   model::Transformer reference{nullptr};
   if (dpo) {
     ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
   }
-  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   const int32_t pad = tools.pad;
   Learner learner(p.group, p.bucket_bytes);
   learner.AddModel("policy", policy, po, 1);

@@ -44,6 +44,8 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   }
   const int64_t g = rc.group_size;
 
+  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
+  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   std::vector<Sample> samples;  // offline
   std::optional<data::Dataset> ds;  // online
   int64_t total = 0;
@@ -52,7 +54,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
     ds.emplace(std::move(op.data));
     total = op.total_steps;
     if (LearnsElsewhere(p)) {  // another process learns: no model here
-      OnlineStage s{stage, index, sc, g, false, &*ds, total};
+      OnlineStage s{stage, index, sc, g, false, &*ds, total, start, &tools};
       return RunOnlineStage(p, s);
     }
   } else {
@@ -68,7 +70,6 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
     }
   }
 
-  const std::string start = sc.policy.empty() ? p.policy : sc.policy;
   ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
   model::Transformer critic{nullptr};
   model::Transformer reference{nullptr};
@@ -82,7 +83,6 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   if (!all_ref && rc.kl_placement != KlPlacement::kNone && rc.kl_coef > 0) {
     ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
   }
-  ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   Learner learner(p.group, p.bucket_bytes);
   learner.AddModel("policy", policy, po, 1);
   if (with_critic) learner.AddModel("critic", critic, co, 1);

@@ -122,7 +122,8 @@ struct OnlineTrainer {
   std::function<absl::StatusOr<std::string>()> finish;  // saves the stage's models; the policy folder
 };
 
-// An online stage: its prompts, its sampling, and (null `learner` when another process learns) its learner.
+// An online stage: its prompts, its sampling, its text side, and (null `policy` and `learner` when another
+// process learns) its learner.
 struct OnlineStage {
   std::string stage;
   int64_t index = 0;
