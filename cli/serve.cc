@@ -36,7 +36,7 @@ Command ServeRolloutCommand() {
     if (cfg.model.empty()) return absl::InvalidArgumentError("give --model DIR");
     ASSIGN_OR_RETURN(auto served, rollout::LoadRolloutService(cfg, cfg.model));
     auto& svc = *served->service;
-    ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {cfg.address, "rollout", [&] { return svc.version(); }}, {&svc}));
+    ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {cfg.address, "rollout", [&] { return svc.next_version(); }}, {&svc}));
     auto& version = Metrics::Process().Gauge("rlhf_policy_version", "weights version held by this process",
                                              {{"role", "rollout"}});
     spdlog::info("rollout worker serving {} on port {} ({} slots, capacity {})", cfg.model, server->port(), cfg.slots,

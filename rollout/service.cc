@@ -40,6 +40,14 @@ int64_t RolloutService::version() const {
   return version_;
 }
 
+int64_t RolloutService::next_version() const {
+  {
+    std::lock_guard<std::mutex> lock(staged_mu_);
+    if (pending_) return pending_->version;
+  }
+  return version();
+}
+
 absl::StatusOr<std::vector<PromptInput>> RolloutService::Prepare(const GenerateRequest& r) const {
   const auto& p = r.params();
   auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };

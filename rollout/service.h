@@ -49,7 +49,11 @@ class RolloutService final : public Rollout::Service {
   grpc::Status UpdateWeights(grpc::ServerContext* context, grpc::ServerReader<WeightChunk>* reader,
                              UpdateWeightsReply* reply) override;
 
+  // The version of the weights in use now, and the one the next generation group will use (a committed
+  // update waits for the running group to end). Health reports next_version(): a worker that has accepted a
+  // push is not pushed again.
   int64_t version() const;
+  int64_t next_version() const;
 
   // Stages the weights of a checkpoint folder (same architecture and shapes as the served model) as
   // `version`; they are swapped in like a streamed update. INVALID_ARGUMENT when the folder does not fit.
@@ -84,7 +88,7 @@ class RolloutService final : public Rollout::Service {
   std::unique_ptr<Generator> generator_ ABSL_GUARDED_BY(model_mu_);
   int64_t version_ ABSL_GUARDED_BY(model_mu_) = 0;
 
-  std::mutex staged_mu_;
+  mutable std::mutex staged_mu_;
   std::unique_ptr<Staged> pending_ ABSL_GUARDED_BY(staged_mu_);  // committed, waiting for the next group boundary
   StreamHook stream_hook_;           // tests only
 };

@@ -30,7 +30,16 @@ bool Retryable(absl::StatusCode code) {
 RolloutPool::RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
                          Publisher publish)
     : channels_(std::move(channels)), rpc_(rpc), retry_(retry), publish_(std::move(publish)) {
-  for (const auto& c : channels_) stubs_.push_back(Rollout::NewStub(c));
+  for (const auto& c : channels_) {
+    stubs_.push_back(Rollout::NewStub(c));
+    push_mu_.push_back(std::make_unique<std::mutex>());
+  }
+}
+
+absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
+  std::lock_guard<std::mutex> lock(*push_mu_[w]);
+  if (auto h = CheckHealth(channels_[w], rpc_); h.ok() && h->policy_version == version) return absl::OkStatus();
+  return publish_(stubs_[w].get(), version);
 }
 
 absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
@@ -107,7 +116,7 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
       last = r.status();
       spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), attempt + 1, retry_.max_attempts);
       if (last.code() == absl::StatusCode::kAborted && publish_) {
-        if (auto s = publish_(stubs_[w].get(), version); !s.ok()) last = s;
+        if (auto s = Refresh(w, version); !s.ok()) last = s;
         continue;
       }
       if (!Retryable(last.code())) break;
@@ -152,6 +161,7 @@ absl::Status RolloutPool::Sync(int64_t version, bool force) {
         break;
       }
       if (!publish_) return absl::FailedPreconditionError("rollout pool: no weight publisher");
+      std::lock_guard<std::mutex> lock(*push_mu_[w]);
       last = publish_(stubs_[w].get(), version);
       if (last.ok() || !Retryable(last.code())) break;
     }

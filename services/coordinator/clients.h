@@ -63,11 +63,15 @@ class RolloutPool {
   // One try of a chunk on worker w: the samples grouped per prompt of the chunk.
   absl::StatusOr<std::vector<std::vector<Sample>>> Call(size_t w, const std::vector<Prompt>& chunk,
                                                        const SamplingParams& params, int32_t n, int64_t version);
+  // Brings worker w to `version` after it answered with another one. Several chunks may find the same stale
+  // worker at once: one of them pushes, the others find the version there (asked by Health) and push nothing.
+  absl::Status Refresh(size_t w, int64_t version);
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<Rollout::Stub>> stubs_;
   RpcConfig rpc_;
   RetryPolicy retry_;
   Publisher publish_;
+  std::vector<std::unique_ptr<std::mutex>> push_mu_;  // per worker: one weight push at a time
 };
 
 class ScorerClient {

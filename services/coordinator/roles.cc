@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, co
     ASSIGN_OR_RETURN(r->embedded_rollout_, rollout::LoadRolloutService(rc, policy_dir, initial_version));
     auto* svc = r->embedded_rollout_->service.get();
     ASSIGN_OR_RETURN(r->rollout_server_,
-                     RpcServer::Start(r->rpc_, {"", "rollout", [svc] { return svc->version(); }}, {svc}));
+                     RpcServer::Start(r->rpc_, {"", "rollout", [svc] { return svc->next_version(); }}, {svc}));
     r->rollout_.push_back(r->rollout_server_->InProcessChannel());
     spdlog::info("embedded rollout worker: {} slots, capacity {}", rc.slots, rc.capacity);
   } else {

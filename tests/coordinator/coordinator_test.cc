@@ -6,8 +6,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "common/model/checkpoint.h"
@@ -60,7 +63,7 @@ class CoordinatorTest : public ::testing::Test {
     ASSERT_TRUE(served.ok()) << served.status();
     served_ = std::move(*served);
     auto* svc = served_->service.get();
-    auto rs = RpcServer::Start(Rpc(), {"", "rollout", [svc] { return svc->version(); }}, {svc});
+    auto rs = RpcServer::Start(Rpc(), {"", "rollout", [svc] { return svc->next_version(); }}, {svc});
     ASSERT_TRUE(rs.ok()) << rs.status();
     rollout_server_ = std::move(*rs);
     scoring::RewardConfig reward;
@@ -206,6 +209,40 @@ TEST_F(CoordinatorTest, AFailedWorkerAndAStaleVersionAreRecovered) {
   ASSERT_TRUE(c.MarkTrained(*b).ok());
   EXPECT_EQ(c.ledger().Current().trained, 6);
   EXPECT_TRUE(c.Done());
+}
+
+TEST_F(CoordinatorTest, TwoChunksFindingTheSameStaleWorkerPushItsWeightsOnce) {
+  // Worker 0 is dead, so its chunk moves to worker 1, which holds version 0 while the step needs 1. The
+  // push is held until every version-0 sample of both chunks has been streamed, so both chunks find the
+  // worker stale and ask for the weights. One push is made; the other chunk finds version 1 there.
+  std::mutex mu;
+  std::condition_variable cv;
+  int stale_samples = 0;
+  served_->service->SetStreamHookForTesting([&](const Sample& s) {
+    if (s.policy_version() != 0) return;
+    std::lock_guard<std::mutex> lock(mu);
+    ++stale_samples;
+    cv.notify_all();
+  });
+  int pushes = 0;
+  auto publish = Publisher(&pushes);
+  auto held = [&](Rollout::Stub* stub, int64_t version) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return stale_samples >= 12; }));
+    }
+    return publish(stub, version);
+  };
+  RolloutPool pool({MakeChannel(Rpc(), "127.0.0.1:1"), rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, held);
+  auto r = pool.Generate(Prompts(6), Params(), 2, 1);
+  for (const auto& e : r.errors) EXPECT_TRUE(e.ok()) << e;
+  for (const auto& g : r.groups) {
+    ASSERT_EQ(g.size(), 2u);
+    for (const auto& s : g) EXPECT_EQ(s.policy_version(), 1);
+  }
+  EXPECT_EQ(stale_samples, 12);
+  EXPECT_EQ(pushes, 1);
+  served_->service->SetStreamHookForTesting(nullptr);
 }
 
 TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {
