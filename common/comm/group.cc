@@ -92,8 +92,48 @@ class SingleGroup : public Group {
   int size() const override { return 1; }
   std::string backend() const override { return "none"; }
   absl::Status AllReduceSum(std::vector<torch::Tensor>&) override { return absl::OkStatus(); }
-  absl::Status Broadcast(std::vector<torch::Tensor>&, int) override { return absl::OkStatus(); }
+  absl::StatusOr<std::unique_ptr<Work>> BroadcastAsync(std::vector<torch::Tensor>&, int) override {
+    return std::unique_ptr<Work>(std::make_unique<DoneWork>());
+  }
   absl::Status Barrier() override { return absl::OkStatus(); }
+
+ private:
+  struct DoneWork : Work {
+    absl::Status Wait() override { return absl::OkStatus(); }
+  };
+};
+
+// A c10d exception as a Status: a timeout is DEADLINE_EXCEEDED, anything else UNAVAILABLE (a peer died).
+absl::Status CollectiveError(const char* what, const std::exception& e) {
+  std::string msg = e.what();
+  if (msg.size() > 400) msg = msg.substr(0, 400);
+  if (msg.find("imed out") != std::string::npos || msg.find("imeout") != std::string::npos) {
+    return absl::DeadlineExceededError(absl::StrCat(what, " timed out: ", msg));
+  }
+  return absl::UnavailableError(absl::StrCat(what, " failed (a peer may have died): ", msg));
+}
+
+// A started c10d collective (the work type differs between LibTorch 1.x and 2.x).
+template <typename WorkPtr>
+class C10dWork : public Work {
+ public:
+  C10dWork(WorkPtr work, const char* what, std::chrono::milliseconds timeout)
+      : work_(std::move(work)), what_(what), timeout_(timeout) {}
+  absl::Status Wait() override {
+    try {
+      if (!work_->wait(timeout_)) {
+        return absl::DeadlineExceededError(absl::StrCat(what_, " did not complete within the timeout"));
+      }
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return CollectiveError(what_, e);
+    }
+  }
+
+ private:
+  WorkPtr work_;
+  const char* what_;
+  std::chrono::milliseconds timeout_;
 };
 
 class C10dGroup : public Group {
@@ -113,13 +153,16 @@ class C10dGroup : public Group {
       return pg_->allreduce(tensors, o);
     });
   }
-  absl::Status Broadcast(std::vector<torch::Tensor>& tensors, int root) override {
-    return Run("broadcast", [&] {
+  absl::StatusOr<std::unique_ptr<Work>> BroadcastAsync(std::vector<torch::Tensor>& tensors, int root) override {
+    try {
       c10d::BroadcastOptions o;
       o.rootRank = root;
       o.timeout = timeout_;
-      return pg_->broadcast(tensors, o);
-    });
+      auto work = pg_->broadcast(tensors, o);
+      return std::unique_ptr<Work>(std::make_unique<C10dWork<decltype(work)>>(std::move(work), "broadcast", timeout_));
+    } catch (const std::exception& e) {
+      return CollectiveError("broadcast", e);
+    }
   }
   absl::Status Barrier() override {
     return Run("barrier", [&] {
@@ -134,17 +177,9 @@ class C10dGroup : public Group {
   absl::Status Run(const char* what, Fn&& fn) {
     try {
       auto work = fn();
-      if (!work->wait(timeout_)) {
-        return absl::DeadlineExceededError(absl::StrCat(what, " did not complete within the timeout"));
-      }
-      return absl::OkStatus();
+      return C10dWork<decltype(work)>(std::move(work), what, timeout_).Wait();
     } catch (const std::exception& e) {
-      std::string msg = e.what();
-      if (msg.size() > 400) msg = msg.substr(0, 400);
-      if (msg.find("imed out") != std::string::npos || msg.find("imeout") != std::string::npos) {
-        return absl::DeadlineExceededError(absl::StrCat(what, " timed out: ", msg));
-      }
-      return absl::UnavailableError(absl::StrCat(what, " failed (a peer rank may have died): ", msg));
+      return CollectiveError(what, e);
     }
   }
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
@@ -153,7 +188,120 @@ class C10dGroup : public Group {
   std::chrono::milliseconds timeout_;
 };
 
+class TcpStore : public Store {
+ public:
+  TcpStore(c10::intrusive_ptr<c10d::TCPStore> store, std::string host)
+      : store_(std::move(store)), host_(std::move(host)) {}
+  std::string host() const override { return host_; }
+  int port() const override { return store_->getPort(); }
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    return GuardExceptions("store set", [&]() -> absl::Status {
+      store_->set(key, std::vector<uint8_t>(value.begin(), value.end()));
+      return absl::OkStatus();
+    });
+  }
+  absl::StatusOr<std::string> Get(const std::string& key) override {
+    std::string out;
+    auto st = GuardExceptions("store get", [&]() -> absl::Status {
+      try {
+        auto v = store_->get(key);
+        out.assign(v.begin(), v.end());
+      } catch (const std::exception& e) {
+        return CollectiveError("store get", e);
+      }
+      return absl::OkStatus();
+    });
+    RETURN_IF_ERROR(st);
+    return out;
+  }
+  c10::intrusive_ptr<c10d::Store> raw() const { return store_; }
+
+ private:
+  c10::intrusive_ptr<c10d::TCPStore> store_;
+  std::string host_;
+};
+
+absl::StatusOr<std::shared_ptr<Store>> OpenStore(const std::string& host, int port, bool server, double timeout_seconds) {
+  std::shared_ptr<Store> out;
+  auto st = GuardExceptions(server ? "rendezvous store" : "rendezvous store connect", [&]() -> absl::Status {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(port);
+    o.isServer = server;
+    o.waitWorkers = false;
+    o.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
+    try {
+      out = std::make_shared<TcpStore>(c10::make_intrusive<c10d::TCPStore>(host, o), host);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("rendezvous store at ", host, ":", port, ": ", e.what()));
+    }
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(st);
+  return out;
+}
+
+// A c10d process group of `backend` over `store` (keys under `prefix`).
+absl::StatusOr<c10::intrusive_ptr<c10d::ProcessGroup>> MakeProcessGroup(const c10::intrusive_ptr<c10d::Store>& store,
+                                                                          const std::string& prefix, int rank, int size,
+                                                                          const std::string& backend,
+                                                                          std::chrono::milliseconds timeout,
+                                                                          const std::string& bind) {
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  auto st = GuardExceptions("process group", [&]() -> absl::Status {
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+    if (backend == "nccl") {
+#ifdef RLHF_WITH_CUDA
+      auto o = c10d::ProcessGroupNCCL::Options::create();
+      o->timeout = timeout;
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, size, o);
+#else
+      return absl::FailedPreconditionError("backend nccl needs a build against LibTorch with CUDA");
+#endif
+    } else {
+      auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+      o->devices.push_back(bind.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                        : c10d::ProcessGroupGloo::createDeviceForHostname(bind));
+      o->threads = 2;
+      try {
+        pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, o);
+      } catch (const std::exception& e) {
+        return CollectiveError("forming the process group", e);
+      }
+    }
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(st);
+  return pg;
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<Store>> Store::Host(const std::string& bind_host, int port, double timeout_seconds) {
+  return OpenStore(bind_host, port, true, timeout_seconds);
+}
+
+absl::StatusOr<std::shared_ptr<Store>> Store::Connect(const std::string& host, int port, double timeout_seconds) {
+  return OpenStore(host, port, false, timeout_seconds);
+}
+
+absl::Status Group::Broadcast(std::vector<torch::Tensor>& tensors, int root) {
+  ASSIGN_OR_RETURN(auto work, BroadcastAsync(tensors, root));
+  return work->Wait();
+}
+
+absl::StatusOr<std::shared_ptr<Group>> Group::Join(Store& store, const std::string& prefix, int rank, int size,
+                                                   const GroupOptions& options) {
+  if (size < 1 || rank < 0 || rank >= size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " is not within group size ", size));
+  }
+  if (size == 1) return Single();
+  auto* tcp = dynamic_cast<TcpStore*>(&store);
+  if (!tcp) return absl::InvalidArgumentError("Group::Join needs a store made by Store::Host or Store::Connect");
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
+  const std::string bind = options.interface_addr.empty() ? "127.0.0.1" : options.interface_addr;
+  ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(tcp->raw(), prefix, rank, size, options.backend, timeout, bind));
+  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, rank, size, options.backend, timeout));
+}
 
 absl::StatusOr<WorldInfo> DetectWorld(const DistConfig& config) {
   WorldInfo w;
@@ -242,29 +390,9 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
     backend = "gloo";
 #endif
   }
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
-  st = GuardExceptions("process group", [&]() -> absl::Status {
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("rlhf/dp", store);
-    if (backend == "nccl") {
-#ifdef RLHF_WITH_CUDA
-      auto o = c10d::ProcessGroupNCCL::Options::create();
-      o->timeout = timeout;
-      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, w.rank, w.size, o);
-#else
-      return absl::FailedPreconditionError("dist.backend=nccl needs a build against LibTorch with CUDA");
-#endif
-    } else {
-      auto o = c10d::ProcessGroupGloo::Options::create(timeout);
-      std::string bind = config.interface_addr;
-      if (bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
-      o->devices.push_back(bind.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
-                                        : c10d::ProcessGroupGloo::createDeviceForHostname(bind));
-      o->threads = 2;
-      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, w.rank, w.size, o);
-    }
-    return absl::OkStatus();
-  });
-  RETURN_IF_ERROR(st);
+  std::string bind = config.interface_addr;
+  if (backend == "gloo" && bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
+  ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(store, "rlhf/dp", w.rank, w.size, backend, timeout, bind));
   spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,
                addr, port);
   return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout));

@@ -43,6 +43,38 @@ struct WorldInfo {
 };
 absl::StatusOr<WorldInfo> DetectWorld(const DistConfig& config);
 
+// A rendezvous store (c10d TCPStore): one process hosts it, the others connect to it. Process groups are
+// formed over it under a key prefix, so that a group can be formed again (a new generation) over the same
+// store after a member is lost. Thread-safe.
+class Store {
+ public:
+  // Hosts a store on `bind_host`:`port` (0 = a free port). `timeout_seconds` bounds each wait for a key.
+  static absl::StatusOr<std::shared_ptr<Store>> Host(const std::string& bind_host, int port, double timeout_seconds);
+  // Connects to a store hosted elsewhere; UNAVAILABLE when it cannot be reached within the timeout.
+  static absl::StatusOr<std::shared_ptr<Store>> Connect(const std::string& host, int port, double timeout_seconds);
+  virtual ~Store() = default;
+  virtual std::string host() const = 0;
+  virtual int port() const = 0;
+  virtual absl::Status Set(const std::string& key, const std::string& value) = 0;
+  // The value of `key`, waiting for it up to the store's timeout (DEADLINE_EXCEEDED).
+  virtual absl::StatusOr<std::string> Get(const std::string& key) = 0;
+};
+
+// A collective in flight.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Blocks until the collective is done: OK, DEADLINE_EXCEEDED past the group's timeout, or UNAVAILABLE.
+  virtual absl::Status Wait() = 0;
+};
+
+// How a group formed over a store talks.
+struct GroupOptions {
+  std::string backend = "gloo";   // gloo | nccl (nccl needs a CUDA build)
+  double timeout_seconds = 300;   // each collective and the formation itself
+  std::string interface_addr;     // address the Gloo transport binds; "" = loopback
+};
+
 class Group {
  public:
   virtual ~Group() = default;
@@ -51,6 +83,10 @@ class Group {
   static absl::StatusOr<std::shared_ptr<Group>> Create(const DistConfig& config);
   // A group of one process.
   static std::shared_ptr<Group> Single();
+  // Forms a group of `size` processes over `store` under `prefix` (every member calls it with the same prefix
+  // and size, each with its own rank). Blocks until all have joined or the timeout passes.
+  static absl::StatusOr<std::shared_ptr<Group>> Join(Store& store, const std::string& prefix, int rank, int size,
+                                                     const GroupOptions& options);
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
@@ -59,7 +95,9 @@ class Group {
   // Sums `tensors` over all ranks, in place (same shapes and dtypes on every rank).
   virtual absl::Status AllReduceSum(std::vector<torch::Tensor>& tensors) = 0;
   // Sets `tensors` on every rank to root's, in place.
-  virtual absl::Status Broadcast(std::vector<torch::Tensor>& tensors, int root) = 0;
+  absl::Status Broadcast(std::vector<torch::Tensor>& tensors, int root);
+  // The same, started: the tensors must stay alive and untouched until the Work's Wait returns.
+  virtual absl::StatusOr<std::unique_ptr<Work>> BroadcastAsync(std::vector<torch::Tensor>& tensors, int root) = 0;
   // Returns when every rank has called it.
   virtual absl::Status Barrier() = 0;
 
