@@ -4,7 +4,9 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "common/model/checkpoint.h"
+#include "rollout/weight_client.h"
 #include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
 
@@ -224,6 +226,11 @@ grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerRea
     committed = c.commit();
   }
   if (!committed) return grpc::Status(grpc::StatusCode::ABORTED, "stream ended without a commit chunk: nothing applied");
+  if (parts.size() != params_.size()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("the update names ", parts.size(), " of the model's ", params_.size(),
+                                     " tensors: nothing applied"));
+  }
   auto staged = std::make_unique<Staged>();
   staged->version = version;
   for (auto& [name, p] : parts) {
@@ -237,6 +244,57 @@ grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerRea
   reply->set_version(version);
   reply->set_tensors(static_cast<int64_t>(parts.size()));
   reply->set_bytes(total);
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutService::JoinWeightGroup(grpc::ServerContext*, const WeightGroupSpec* spec,
+                                             WeightGroupReply* reply) {
+  if (spec->rank() < 1 || spec->rank() >= spec->size()) {
+    return ToGrpc(absl::InvalidArgumentError("a rollout worker is rank 1..size-1 of a weight group (0 is the learner)"));
+  }
+  std::lock_guard<std::mutex> lock(weight_mu_);
+  weight_group_.reset();  // the previous generation is over, whatever this one becomes
+  comm::NamedTensors named(params_.begin(), params_.end());
+  auto g = rollout::JoinWeightGroup(*spec, named);
+  if (!g.ok()) return ToGrpc(g.status());
+  weight_group_ = std::move(*g);
+  weight_floor_ = 0;  // a new group (a new run, or the same run re-formed) may start at any version
+  if (bucket_hook_) weight_group_->SetBucketHookForTesting(bucket_hook_);
+  reply->set_generation(weight_group_->generation());
+  reply->set_wire_dtype(ProtoDType(weight_group_->wire_dtype()));
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutService::ReceiveWeights(grpc::ServerContext*, const WeightSyncRequest* request,
+                                            UpdateWeightsReply* reply) {
+  std::lock_guard<std::mutex> lock(weight_mu_);
+  if (!weight_group_ || weight_group_->generation() != request->generation()) {
+    return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
+        "this rollout worker is not in weight group generation ", request->generation(),
+        weight_group_ ? absl::StrCat(" (it is in ", weight_group_->generation(), ")") : std::string(" (in none)"))));
+  }
+  bool reuse = false;  // the previous sync's buffers are free once its update has been swapped in
+  {
+    std::lock_guard<std::mutex> staged(staged_mu_);
+    reuse = pending_ == nullptr;
+  }
+  auto r = weight_group_->Receive(weight_floor_, reuse);
+  if (!r.ok()) {
+    if (r.status().code() != absl::StatusCode::kAborted) weight_group_.reset();  // out of step: re-formed next
+    return ToGrpc(r.status());
+  }
+  if (r->stats.version != request->version()) {
+    return ToGrpc(absl::DataLossError(absl::StrCat("the weight group sent version ", r->stats.version,
+                                                   ", the coordinator announced ", request->version())));
+  }
+  weight_floor_ = r->stats.version;
+  auto staged = std::make_unique<Staged>();
+  staged->version = r->stats.version;
+  staged->tensors = std::move(r->tensors);
+  Commit(std::move(staged));
+  reply->set_version(r->stats.version);
+  reply->set_tensors(r->stats.tensors);
+  reply->set_bytes(r->stats.bytes);
   return grpc::Status::OK;
 }
 

@@ -23,6 +23,7 @@
 #include "common/text/tokenizer.h"
 #include "common/rpc.h"
 #include "rlhf/rollout.grpc.pb.h"
+#include "common/comm/weight_sync.h"
 #include "rollout/generator.h"
 
 namespace rlhf::text {
@@ -48,6 +49,19 @@ class RolloutService final : public Rollout::Service {
                         grpc::ServerWriter<GenerateResponse>* writer) override;
   grpc::Status UpdateWeights(grpc::ServerContext* context, grpc::ServerReader<WeightChunk>* reader,
                              UpdateWeightsReply* reply) override;
+  // Weights over a collective (common/comm/weight_sync.h). Within one group versions never go back (an
+  // older one is refused: ABORTED); a new group may start anywhere (a new run). A failed sync leaves the
+  // group (the coordinator forms the next generation) and swaps nothing in.
+  grpc::Status JoinWeightGroup(grpc::ServerContext* context, const WeightGroupSpec* spec,
+                               WeightGroupReply* reply) override;
+  grpc::Status ReceiveWeights(grpc::ServerContext* context, const WeightSyncRequest* request,
+                              UpdateWeightsReply* reply) override;
+  // Test seam: the weight group's per-bucket hook (see comm::WeightGroup::SetBucketHookForTesting), set on
+  // every group this worker joins.
+  void SetWeightBucketHookForTesting(std::function<void(int64_t, torch::Tensor&)> hook) {
+    std::lock_guard<std::mutex> lock(weight_mu_);
+    bucket_hook_ = std::move(hook);
+  }
 
   // The version of the weights in use now, and the one the next generation group will use (a committed
   // update waits for the running group to end). Health reports next_version(): a worker that has accepted a
@@ -91,6 +105,11 @@ class RolloutService final : public Rollout::Service {
   mutable std::mutex staged_mu_;
   std::unique_ptr<Staged> pending_ ABSL_GUARDED_BY(staged_mu_);  // committed, waiting for the next group boundary
   StreamHook stream_hook_;           // tests only
+
+  std::mutex weight_mu_;  // one weight-group call at a time
+  std::unique_ptr<comm::WeightGroup> weight_group_ ABSL_GUARDED_BY(weight_mu_);
+  int64_t weight_floor_ ABSL_GUARDED_BY(weight_mu_) = 0;  // the newest version taken in this group: none older
+  std::function<void(int64_t, torch::Tensor&)> bucket_hook_ ABSL_GUARDED_BY(weight_mu_);  // tests only
 };
 
 // The keys of a rollout worker (`rlhf serve rollout`, and the embedded worker of `rlhf train`).

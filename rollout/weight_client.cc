@@ -49,4 +49,29 @@ absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::Trans
   return PushChunks(stub, version, [&](const ChunkWriter& w) { return ModelChunks(model, version, chunk_bytes, w); }, rpc);
 }
 
+absl::StatusOr<std::unique_ptr<comm::WeightGroup>> JoinWeightGroup(const WeightGroupSpec& spec,
+                                                                   const comm::NamedTensors& named) {
+  comm::WeightGroupOptions o;
+  o.group.backend = spec.backend().empty() ? "gloo" : spec.backend();
+  o.group.timeout_seconds = spec.timeout_seconds() > 0 ? spec.timeout_seconds() : 60;
+  o.group.interface_addr = spec.interface_addr().empty() ? comm::DefaultInterface(spec.store_host()) : spec.interface_addr();
+  o.bucket_bytes = spec.bucket_bytes() > 0 ? spec.bucket_bytes() : (64 << 20);
+  o.checksum = spec.checksum();
+  if (spec.store_host().empty() || spec.store_port() <= 0 || spec.store_port() > 65535) {
+    return absl::InvalidArgumentError("a weight group needs the store's host and port");
+  }
+  ASSIGN_OR_RETURN(auto store, comm::Store::Connect(spec.store_host(), spec.store_port(), o.group.timeout_seconds));
+  return comm::WeightGroup::Join(*store, spec.generation(), spec.rank(), spec.size(), o, named);
+}
+
+DType ProtoDType(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? DTYPE_BF16 : t == torch::kFloat16 ? DTYPE_F16 : DTYPE_F32;
+}
+
+comm::NamedTensors NamedParameters(model::TransformerImpl& model) {
+  comm::NamedTensors out;
+  for (const auto& p : model.named_parameters(true)) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
 }  // namespace rlhf::rollout

@@ -5,6 +5,7 @@
 #include <functional>
 #include <vector>
 
+#include "common/comm/weight_sync.h"
 #include "common/model/transformer.h"
 #include "common/rpc.h"
 #include "rlhf/rollout.grpc.pb.h"
@@ -27,5 +28,17 @@ absl::StatusOr<UpdateWeightsReply> PushChunks(Rollout::Stub* stub, int64_t versi
 // PushChunks of ModelChunks(model).
 absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
                                                int64_t chunk_bytes, const RpcConfig& rpc);
+
+// Joins the weight group a spec describes (connects to its store; rank 0 sends), with `named` as this
+// member's tensors. Errors: the store unreachable (UNAVAILABLE), the formation past its timeout, a model
+// that does not match the others' (FAILED_PRECONDITION).
+absl::StatusOr<std::unique_ptr<comm::WeightGroup>> JoinWeightGroup(const WeightGroupSpec& spec,
+                                                                   const comm::NamedTensors& named);
+
+// The proto dtype of a torch dtype (F32, BF16 or F16).
+DType ProtoDType(torch::ScalarType t);
+
+// A model's parameters by name (what a weight group sends and receives).
+comm::NamedTensors NamedParameters(model::TransformerImpl& model);
 
 }  // namespace rlhf::rollout

@@ -106,6 +106,7 @@ class SingleGroup : public Group {
 // A c10d exception as a Status: a timeout is DEADLINE_EXCEEDED, anything else UNAVAILABLE (a peer died).
 absl::Status CollectiveError(const char* what, const std::exception& e) {
   std::string msg = e.what();
+  msg = msg.substr(0, msg.find('\n'));  // c10 appends a stack trace
   if (msg.size() > 400) msg = msg.substr(0, 400);
   if (msg.find("imed out") != std::string::npos || msg.find("imeout") != std::string::npos) {
     return absl::DeadlineExceededError(absl::StrCat(what, " timed out: ", msg));
@@ -276,6 +277,19 @@ absl::StatusOr<c10::intrusive_ptr<c10d::ProcessGroup>> MakeProcessGroup(const c1
 
 }  // namespace
 
+std::string DefaultInterface(const std::string& store_host) {
+  return IsLoopback(store_host) ? "127.0.0.1" : Hostname();
+}
+std::string HostName() { return Hostname(); }
+std::string DefaultBackend() {
+#ifdef RLHF_WITH_CUDA
+  return torch::cuda::is_available() ? "nccl" : "gloo";
+#else
+  return "gloo";
+#endif
+}
+bool IsLoopbackHost(const std::string& host) { return IsLoopback(host); }
+
 absl::StatusOr<std::shared_ptr<Store>> Store::Host(const std::string& bind_host, int port, double timeout_seconds) {
   return OpenStore(bind_host, port, true, timeout_seconds);
 }
@@ -383,13 +397,7 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
   RETURN_IF_ERROR(st);
 
   std::string backend = config.backend;
-  if (backend == "auto") {
-#ifdef RLHF_WITH_CUDA
-    backend = torch::cuda::is_available() ? "nccl" : "gloo";
-#else
-    backend = "gloo";
-#endif
-  }
+  if (backend == "auto") backend = DefaultBackend();
   std::string bind = config.interface_addr;
   if (backend == "gloo" && bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
   ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(store, "rlhf/dp", w.rank, w.size, backend, timeout, bind));

@@ -60,6 +60,16 @@ class Store {
   virtual absl::StatusOr<std::string> Get(const std::string& key) = 0;
 };
 
+// The address this process's transport binds for a group whose store is at `store_host`: loopback when the
+// store is on loopback, else this host's name.
+std::string DefaultInterface(const std::string& store_host);
+// The collective backend of this build: nccl when built with CUDA and a GPU is present, else gloo.
+std::string DefaultBackend();
+// This host's name when it resolves, else loopback.
+std::string HostName();
+// True for localhost, 127.x.x.x and ::1.
+bool IsLoopbackHost(const std::string& host);
+
 // A collective in flight.
 class Work {
  public:

@@ -195,7 +195,7 @@ absl::StatusOr<WeightSyncStats> WeightGroup::Send(const NamedTensors& named, int
   return stats;
 }
 
-absl::StatusOr<WeightGroup::Received> WeightGroup::Receive(int64_t newer_than, bool reuse_buffers) {
+absl::StatusOr<WeightGroup::Received> WeightGroup::Receive(int64_t at_least, bool reuse_buffers) {
   if (rank() == 0) return absl::FailedPreconditionError("rank 0 of a weight group sends, it does not receive");
   const double t0 = Now();
   std::vector<torch::Tensor> header{torch::zeros({5}, torch::TensorOptions().dtype(torch::kInt64).device(device_))};
@@ -245,8 +245,9 @@ absl::StatusOr<WeightGroup::Received> WeightGroup::Receive(int64_t newer_than, b
       }
     }
   }
-  if (version <= newer_than) {
-    return absl::AbortedError(absl::StrCat("weight sync: version ", version, " is not newer than ", newer_than));
+  if (version < at_least) {
+    return absl::AbortedError(absl::StrCat("weight sync: version ", version, " is older than ", at_least,
+                                           ", which this worker holds or has staged"));
   }
   for (size_t k = 0; k < buckets_.size(); ++k) {
     int64_t off = 0;

@@ -17,8 +17,8 @@
 //            holds at least one tensor and otherwise at most `bucket_bytes`
 //   sums     int64[buckets]: the sender's checksum of each bucket (when checksums are on)
 // A receiver verifies every bucket before it hands anything out: a short, corrupt, mismatched or
-// not-newer transfer is an error and nothing is returned (the caller swaps nothing in). After an error
-// other than ABORTED (a version that is not newer, every byte received) the group is out of step and must
+// older transfer is an error and nothing is returned (the caller swaps nothing in). After an error
+// other than ABORTED (an older version, every byte received) the group is out of step and must
 // be formed again (a new generation).
 //
 // Thread-safety: one sync at a time per WeightGroup (the caller serializes).
@@ -82,10 +82,11 @@ class WeightGroup {
     WeightSyncStats stats;
     std::map<std::string, torch::Tensor> tensors;  // views of the receive buffers, in the wire dtype
   };
-  // Ranks > 0: takes one sync. ABORTED when its version is not above `newer_than` (the group stays in step).
+  // Ranks > 0: takes one sync. ABORTED when its version is below `at_least` (versions never go back; the
+  // group stays in step).
   // With `reuse_buffers` the bytes go into the previous Receive's buffers: the caller must be done with its
   // tensors. Otherwise new buffers are allocated (the previous tensors stay valid).
-  absl::StatusOr<Received> Receive(int64_t newer_than, bool reuse_buffers);
+  absl::StatusOr<Received> Receive(int64_t at_least, bool reuse_buffers);
 
   // Test seams. A receiver calls `bucket_hook` on each bucket as it arrives, before verification (a test
   // corrupts one). A sender with `stop_after_buckets` >= 0 sends that many buckets and then stops, as a

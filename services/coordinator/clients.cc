@@ -37,9 +37,9 @@ RolloutPool::RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, R
 }
 
 absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
-  std::lock_guard<std::mutex> lock(*push_mu_[w]);
+  std::lock_guard<std::mutex> lock(publish_all_ ? group_mu_ : *push_mu_[w]);
   if (auto h = CheckHealth(channels_[w], rpc_); h.ok() && h->policy_version == version) return absl::OkStatus();
-  return publish_(stubs_[w].get(), version);
+  return publish_all_ ? publish_all_(version) : publish_(stubs_[w].get(), version);
 }
 
 absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
@@ -115,7 +115,7 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
       }
       last = r.status();
       spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), attempt + 1, retry_.max_attempts);
-      if (last.code() == absl::StatusCode::kAborted && publish_) {
+      if (last.code() == absl::StatusCode::kAborted && (publish_ || publish_all_)) {
         if (auto s = Refresh(w, version); !s.ok()) last = s;
         continue;
       }
@@ -147,6 +147,15 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
 }
 
 absl::Status RolloutPool::Sync(int64_t version, bool force) {
+  if (publish_all_) {
+    std::lock_guard<std::mutex> lock(group_mu_);
+    bool behind = force;
+    for (size_t w = 0; w < stubs_.size() && !behind; ++w) {
+      auto h = CheckHealth(channels_[w], rpc_);
+      behind = !h.ok() || h->policy_version != version;
+    }
+    return behind ? publish_all_(version) : absl::OkStatus();
+  }
   for (size_t w = 0; w < stubs_.size(); ++w) {
     absl::Status last;
     for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {

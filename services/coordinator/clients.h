@@ -40,6 +40,10 @@ class RolloutPool {
 
   RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
               Publisher publish);
+  // Makes every worker hold the weights of `version` at once (a collective sync).
+  using GroupPublisher = std::function<absl::Status(int64_t version)>;
+  // With a group publisher, every weight push is one sync of all workers instead of a push to one.
+  void SetGroupPublisher(GroupPublisher publish_all) { publish_all_ = std::move(publish_all); }
 
   struct Result {
     std::vector<std::vector<Sample>> groups;  // per prompt: its n samples, ordered by sample_index
@@ -72,6 +76,8 @@ class RolloutPool {
   RetryPolicy retry_;
   Publisher publish_;
   std::vector<std::unique_ptr<std::mutex>> push_mu_;  // per worker: one weight push at a time
+  GroupPublisher publish_all_;
+  std::mutex group_mu_;  // one group sync at a time
 };
 
 class ScorerClient {

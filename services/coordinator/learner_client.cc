@@ -60,6 +60,27 @@ absl::Status LearnerClient::StreamWeights(int64_t chunk_bytes, const ChunkSink& 
   return absl::OkStatus();
 }
 
+absl::StatusOr<WeightGroupReply> LearnerClient::JoinWeightGroup(const WeightGroupSpec& spec, double seconds) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc_, seconds);
+  WeightGroupReply reply;
+  auto s = FromGrpc(stub_->JoinWeightGroup(&ctx, spec, &reply));
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner JoinWeightGroup: ", s.message()));
+  return reply;
+}
+
+absl::StatusOr<UpdateWeightsReply> LearnerClient::BroadcastWeights(int64_t version, int64_t generation, double seconds) {
+  WeightSyncRequest req;
+  req.set_version(version);
+  req.set_generation(generation);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc_, seconds);
+  UpdateWeightsReply reply;
+  auto s = FromGrpc(stub_->BroadcastWeights(&ctx, req, &reply));
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("learner BroadcastWeights: ", s.message()));
+  return reply;
+}
+
 absl::Status LearnerClient::Checkpoint(int64_t step, const std::string& extra_json) {
   LearnerCheckpointRequest req;
   req.set_step(step);

@@ -33,6 +33,10 @@ class LearnerClient {
   // each, without a commit chunk) into `sink`, one at a time: the coordinator never holds a whole copy.
   // UNAVAILABLE when `sink` stops the stream; the learner's error when it fails.
   absl::Status StreamWeights(int64_t chunk_bytes, const ChunkSink& sink);
+  // The learner joins a weight group as its sender (rank 0), and sends its current `version` in it; each
+  // call waits up to `seconds` for the others (see services/coordinator/weight_plane.h).
+  absl::StatusOr<WeightGroupReply> JoinWeightGroup(const WeightGroupSpec& spec, double seconds);
+  absl::StatusOr<UpdateWeightsReply> BroadcastWeights(int64_t version, int64_t generation, double seconds);
   // A checkpoint of the learner at `step`, holding the coordinator's state `extra_json`.
   absl::Status Checkpoint(int64_t step, const std::string& extra_json);
   // The learner saves the stage's models and ends the stage; returns the policy folder.

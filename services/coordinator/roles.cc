@@ -7,6 +7,7 @@
 #include "rollout/service.h"
 #include "services/scoring/scorer.h"
 #include "services/scoring/service.h"
+#include "services/coordinator/weight_plane.h"
 
 namespace rlhf::coordinator {
 
@@ -36,6 +37,7 @@ void RegisterRoleKeys(config::Schema& schema) {
   scoring::RewardConfig::Spec().Register(schema);
   scoring::ScorerServiceConfig::Spec().Register(schema);
   RpcConfig::Spec().Register(schema);
+  WeightsConfig::Spec().Register(schema);
 }
 
 Roles::~Roles() {

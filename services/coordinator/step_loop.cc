@@ -43,7 +43,7 @@ RolloutPool::Publisher LearnerPublisher(LearnerClient& learner, int64_t chunk_by
     if (!source.ok() && !worker_broke) return source;
     if (!r.ok()) return r.status();
     Metrics::Process()
-        .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight update to one rollout worker",
+        .Histogram("rlhf_weight_sync_duration_seconds", "time of one weight sync (grpc: to one worker; collective: to all)",
                    {0.01, 0.1, 1, 10, 100})
         .Observe(Seconds() - t0);
     return absl::OkStatus();
@@ -84,6 +84,12 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   fs::create_directories(o.stage_dir);
   const RpcConfig rpc = roles.rpc();
   RolloutPool pool(roles.rollout_channels(), rpc, o.retry, LearnerPublisher(learner, o.weight_chunk_bytes, rpc));
+  std::unique_ptr<CollectiveWeights> collective;
+  if (o.weights.transport == "collective" || (o.weights.transport == "auto" && !roles.embedded_rollout())) {
+    ASSIGN_OR_RETURN(collective, CollectiveWeights::Start(o.weights, o.weights_store_host, learner,
+                                                          roles.rollout_channels(), rpc, o.retry));
+    pool.SetGroupPublisher([&collective](int64_t version) { return collective->Sync(version); });
+  }
   ScorerClient scorer(roles.scorer_channel(), rpc, o.retry);
   Coordinator coord(o.coordinator, std::move(train_prompts), o.seed, &pool, &scorer);
   if (extra.contains("ledger")) RETURN_IF_ERROR(coord.Restore(extra["ledger"]));
@@ -221,7 +227,8 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
         {"rollout", roles.embedded_rollout() ? "embedded" : "remote"},
         {"scorer", roles.embedded_scorer() ? "embedded" : "remote"},
         {"learner", o.learner_label},
-        {"learner_ranks", learner_ranks}}}};
+        {"learner_ranks", learner_ranks},
+        {"weights", collective ? "collective" : "grpc"}}}};
   RETURN_IF_ERROR(WriteFileAtomic(o.summary_path, summary.dump(2) + "\n"));
   spdlog::info("{}: held-out accuracy {:.1f}% -> {:.1f}%; prompts trained {}, filtered {}, dropped {}, released {}; "
                "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),

@@ -23,6 +23,7 @@
 #include "services/coordinator/eval.h"
 #include "services/coordinator/learner_client.h"
 #include "services/coordinator/roles.h"
+#include "services/coordinator/weight_plane.h"
 
 namespace rlhf::coordinator {
 
@@ -37,7 +38,9 @@ struct StepLoopOptions {
   int64_t log_every = 1;          // a progress line every N steps
   uint64_t seed = 0;              // run seed: the ledger's order, step s trains with seed + s
   EvalConfig eval;                // held-out evaluation before, every eval.every steps, and after
-  int64_t weight_chunk_bytes = 4 << 20;  // weight chunks from the learner to the rollout workers
+  int64_t weight_chunk_bytes = 4 << 20;  // weight chunks from the learner to the rollout workers (grpc transport)
+  WeightsConfig weights;                  // how the workers get the weights (weights.*)
+  std::string weights_store_host;         // collective: the store host the learner and workers connect to
   RetryPolicy retry;              // of the calls to the rollout workers and the scorer
   std::string learner_label = "embedded";  // how summary.json names the learner (an address when remote)
 };

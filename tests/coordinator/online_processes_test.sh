@@ -97,6 +97,8 @@ for s in (a, b, f):
     for e in (s["eval_before"], s["eval_after"]):
         assert e["prompts"] > 0 and 0 <= e["accuracy_ci95"][0] <= e["accuracy"] <= e["accuracy_ci95"][1] <= 1, e
 assert a["roles"]["rollout"] == "embedded" and b["roles"]["rollout"] == "remote" and b["roles"]["scorer"] == "remote"
+# Remote workers take the weights over the collective (weights.transport auto), the embedded one by gRPC.
+assert a["roles"]["weights"] == "grpc" and b["roles"]["weights"] == "collective" == f["roles"]["weights"], (a["roles"], b["roles"], f["roles"])
 assert f["roles"]["learner"].startswith("127.0.0.1:") and f["roles"]["learner_ranks"] == 1, f["roles"]
 for k in ("steps", "prompts_trained", "prompts_filtered", "prompts_dropped", "eval_before", "eval_after"):
     assert a[k] == b[k] == f[k], (k, a[k], b[k], f[k])

@@ -5,7 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 #include <map>
 #include <set>
 
@@ -200,8 +202,146 @@ TEST(RolloutService, BrokenUpdatesApplyNothing) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(st.error_message().find("unknown tensor"), std::string::npos);
   }
+  {
+    // One whole tensor and a commit: a stream that names only some tensors never commits.
+    grpc::ClientContext ctx;
+    UpdateWeightsReply reply;
+    auto w = stub->UpdateWeights(&ctx, &reply);
+    WeightChunk c;
+    c.set_version(7);
+    c.set_name("model.norm.weight");
+    c.set_dtype(DTYPE_F32);
+    c.add_shape(32);
+    std::vector<float> whole(32, 9.0f);
+    c.set_data(whole.data(), whole.size() * 4);
+    c.set_commit(true);
+    w->Write(c);
+    w->WritesDone();
+    auto st = w->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("names 1 of the model's"), std::string::npos) << st.error_message();
+  }
   EXPECT_EQ(svc.version(), 0);
   EXPECT_TRUE(torch::equal(m->model->norm->weight, before));
+}
+
+// The learner's side of a weight group, played by the test: joins as rank 0 while the worker joins through
+// its RPC, over a real store and a real Gloo group on loopback.
+struct TestSender {
+  std::shared_ptr<comm::Store> store;
+  std::unique_ptr<comm::WeightGroup> group;
+  WeightGroupSpec Spec(int64_t generation, double timeout) const {
+    WeightGroupSpec spec;
+    spec.set_store_host("127.0.0.1");
+    spec.set_store_port(store->port());
+    spec.set_generation(generation);
+    spec.set_rank(1);
+    spec.set_size(2);
+    spec.set_timeout_seconds(timeout);
+    spec.set_bucket_bytes(2048);
+    spec.set_checksum(true);
+    spec.set_backend("gloo");
+    return spec;
+  }
+  // Forms `generation` with the worker behind `stub`; returns the worker's answer.
+  grpc::Status Form(Rollout::Stub* stub, model::TransformerImpl& learner, int64_t generation, double timeout) {
+    grpc::Status st;
+    std::thread worker([&] {
+      grpc::ClientContext ctx;
+      WeightGroupReply reply;
+      st = stub->JoinWeightGroup(&ctx, Spec(generation, timeout), &reply);
+    });
+    auto spec = Spec(generation, timeout);
+    spec.set_rank(0);
+    auto g = JoinWeightGroup(spec, NamedParameters(learner));
+    worker.join();
+    EXPECT_TRUE(g.ok()) << g.status();
+    if (g.ok()) group = std::move(*g);
+    return st;
+  }
+  // Sends `version` (stopping after `stop_after` buckets when >= 0) while the worker receives it.
+  grpc::Status Sync(Rollout::Stub* stub, model::TransformerImpl& learner, int64_t version, int64_t stop_after = -1) {
+    grpc::Status st;
+    std::thread worker([&] {
+      grpc::ClientContext ctx;
+      WeightSyncRequest req;
+      req.set_version(version);
+      req.set_generation(group->generation());
+      UpdateWeightsReply reply;
+      st = stub->ReceiveWeights(&ctx, req, &reply);
+    });
+    group->SetStopAfterBucketsForTesting(stop_after);
+    (void)group->Send(NamedParameters(learner), version);
+    worker.join();
+    return st;
+  }
+};
+
+TEST(RolloutService, WeightsOverAGroupSwapInOnlyWhenEveryBucketIsRight) {
+  auto served = Model(1);
+  auto v1 = Model(2), v2 = Model(3);
+  RolloutService svc(served.get(), nullptr, {}, {{2, 32, true}});
+  auto server = RpcServer::Start(Rpc(), {"", "rollout", [&] { return svc.next_version(); }}, {&svc});
+  ASSERT_TRUE(server.ok());
+  auto stub = Rollout::NewStub((*server)->InProcessChannel());
+  TestSender sender;
+  auto store = comm::Store::Host("127.0.0.1", 0, 20);
+  ASSERT_TRUE(store.ok()) << store.status();
+  sender.store = *store;
+  auto st = sender.Form(stub.get(), *v1, 1, 20);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  // A whole sync: generation uses the new weights.
+  st = sender.Sync(stub.get(), *v1, 1);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(svc.version(), 1);
+  for (const auto& p : v1->named_parameters(true)) {
+    EXPECT_TRUE(torch::equal(served->named_parameters(true)[p.key()], p.value())) << p.key();
+  }
+
+  // A bucket corrupted on arrival: DATA_LOSS, nothing swapped in, and the worker has left the group.
+  const auto held = served->model->norm->weight.clone();
+  svc.SetWeightBucketHookForTesting([](int64_t bucket, torch::Tensor& flat) {
+    if (bucket == 1) reinterpret_cast<uint8_t*>(flat.data_ptr())[3] ^= 0x40;
+  });
+  st = sender.Form(stub.get(), *v2, 2, 20);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  st = sender.Sync(stub.get(), *v2, 2);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DATA_LOSS) << st.error_message();
+  EXPECT_NE(st.error_message().find("checksum"), std::string::npos) << st.error_message();
+  EXPECT_EQ(svc.version(), 1);
+  EXPECT_EQ(svc.next_version(), 1);
+  EXPECT_TRUE(torch::equal(served->model->norm->weight, held));
+  {
+    grpc::ClientContext ctx;
+    WeightSyncRequest req;
+    req.set_version(2);
+    req.set_generation(2);
+    UpdateWeightsReply reply;
+    EXPECT_EQ(stub->ReceiveWeights(&ctx, req, &reply).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  svc.SetWeightBucketHookForTesting(nullptr);
+
+  // A sender that stops halfway: the worker's sync ends at the deadline, nothing swapped in.
+  st = sender.Form(stub.get(), *v2, 3, 2);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const auto t0 = std::chrono::steady_clock::now();
+  st = sender.Sync(stub.get(), *v2, 2, /*stop_after=*/1);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || st.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_LT(took, 8);
+  EXPECT_EQ(svc.version(), 1);
+
+  // The next generation brings version 2 whole.
+  st = sender.Form(stub.get(), *v2, 4, 20);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  st = sender.Sync(stub.get(), *v2, 2);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(svc.version(), 2);
+  for (const auto& p : v2->named_parameters(true)) {
+    EXPECT_TRUE(torch::equal(served->named_parameters(true)[p.key()], p.value())) << p.key();
+  }
 }
 
 TEST(RolloutService, WeightsFromACheckpointFolder) {

@@ -91,6 +91,45 @@ class LearnerServer final : public rlhf::Learner::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status JoinWeightGroup(grpc::ServerContext*, const WeightGroupSpec* spec, WeightGroupReply* reply) override {
+    if (spec->rank() != 0) {
+      return ToGrpc(absl::InvalidArgumentError("the learner is rank 0 of a weight group (its sender)"));
+    }
+    if (!hooks_.parameters) return ToGrpc(absl::UnimplementedError("this learner cannot send weights over a group"));
+    // Not under mu_: forming the group waits for every worker, and the keep-alives must go on meanwhile.
+    absl::MutexLock lock(&weights_mu_);
+    weight_group_.reset();
+    auto g = rollout::JoinWeightGroup(*spec, hooks_.parameters());
+    if (!g.ok()) return ToGrpc(g.status());
+    weight_group_ = std::move(*g);
+    reply->set_generation(weight_group_->generation());
+    reply->set_wire_dtype(rollout::ProtoDType(weight_group_->wire_dtype()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status BroadcastWeights(grpc::ServerContext*, const WeightSyncRequest* req, UpdateWeightsReply* reply) override {
+    absl::MutexLock lock(&mu_);  // no update runs while the weights are read
+    if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
+    if (req->version() != version_.load()) {
+      return ToGrpc(absl::FailedPreconditionError(absl::StrCat("the learner is at version ", version_.load(),
+                                                               "; asked to send version ", req->version())));
+    }
+    absl::MutexLock weights(&weights_mu_);
+    if (!weight_group_ || weight_group_->generation() != req->generation()) {
+      return ToGrpc(absl::FailedPreconditionError(
+          absl::StrCat("the learner is not in weight group generation ", req->generation())));
+    }
+    auto s = weight_group_->Send(hooks_.parameters(), req->version());
+    if (!s.ok()) {
+      weight_group_.reset();  // out of step: the coordinator forms the next generation
+      return ToGrpc(s.status());
+    }
+    reply->set_version(s->version);
+    reply->set_tensors(s->tensors);
+    reply->set_bytes(s->bytes);
+    return grpc::Status::OK;
+  }
+
   grpc::Status Checkpoint(grpc::ServerContext*, const LearnerCheckpointRequest* req,
                           LearnerCheckpointReply* reply) override {
     absl::MutexLock lock(&mu_);
@@ -186,6 +225,8 @@ class LearnerServer final : public rlhf::Learner::Service {
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   std::string extra_json_ ABSL_GUARDED_BY(mu_);      // the coordinator's state of the newest checkpoint
   int64_t checkpoint_step_ ABSL_GUARDED_BY(mu_) = 0;  // its step
+  absl::Mutex weights_mu_ ABSL_ACQUIRED_AFTER(mu_);   // the weight group (taken after mu_ when both are)
+  std::unique_ptr<comm::WeightGroup> weight_group_ ABSL_GUARDED_BY(weights_mu_);
 };
 
 absl::StatusOr<std::unique_ptr<LearnerHost>> LearnerHost::Start(comm::Group& group, const RpcConfig& rpc,

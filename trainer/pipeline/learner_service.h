@@ -43,6 +43,8 @@ struct LearnerHooks {
   std::function<absl::StatusOr<std::string>()> finish;
   // The current policy as weight chunks (rank 0).
   std::function<bool(int64_t version, int64_t chunk_bytes, const rollout::ChunkWriter&)> weights;
+  // The current policy's parameters by name, for the weight group (rank 0).
+  std::function<comm::NamedTensors()> parameters;
 };
 
 class LearnerServer;

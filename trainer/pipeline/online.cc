@@ -71,6 +71,7 @@ absl::StatusOr<LearnerHooks> MakeLearnerHooks(Pipeline& p, OnlineStage& s, bool 
     ASSIGN_OR_RETURN(p.policy, s.trainer.finish());
     return p.policy;
   };
+  h.parameters = [&s] { return rollout::NamedParameters(*s.policy); };
   h.weights = [&s](int64_t version, int64_t chunk_bytes, const rollout::ChunkWriter& w) {
     return rollout::ModelChunks(*s.policy, version, chunk_bytes, w);
   };
@@ -105,6 +106,12 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.seed = p.seed;
   o.eval = coordinator::EvalConfig::Spec().Read(*p.config);
   o.weight_chunk_bytes = roles_cfg.weight_chunk_bytes;
+  o.weights = coordinator::WeightsConfig::Spec().Read(*p.config);
+  {
+    std::vector<std::string> addresses = roles_cfg.rollout_addresses;
+    if (!roles_cfg.learner_address.empty()) addresses.push_back(roles_cfg.learner_address);
+    o.weights_store_host = coordinator::AdvertisedStoreHost(o.weights, addresses);
+  }
   o.retry = roles_cfg.retry();
   o.learner_label = label;
   const auto& ds = *s.data;
