@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "common/file.h"
+#include "trainer/pipeline/pipeline.h"
 #include "common/comm/group.h"
 #include "common/logging.h"
 #include "common/metrics.h"
@@ -50,6 +51,7 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
   RunConfig::Spec().Register(schema);
   MetricsConfig::Spec().Register(schema);
   if (cmd.add_sections) cmd.add_sections(schema);
+  if (cmd.takes_run_config) trainer::RegisterTrainKeys(schema);
   ASSIGN_OR_RETURN(auto cfg, config::Config::Load(schema, file, overrides));
   Context ctx{label, cfg, RunConfig::Spec().Read(cfg), ""};
   InitLogging(ctx.run.log_level);

@@ -45,6 +45,9 @@ struct Command {
   // and names the other command (`keys_of`) for the rest.
   std::string keys_of;
   std::function<void(config::Schema&)> own_sections;
+  // A role of a run (serve rollout, serve scorer): it takes the run's one config file, accepting every key
+  // of `rlhf train` (a misspelt key is still refused by name) and reading only `own_sections`.
+  bool takes_run_config = false;
   // flag name (without --), config key, help
   struct Flag {
     std::string flag, key, help;

@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
       (cmd.own_sections ? cmd.own_sections : cmd.add_sections)(s);
       std::cout << "\n## rlhf " << full_name << "\n\n" << cmd.help << ".\n\n";
       if (!cmd.keys_of.empty()) std::cout << "Every key of `rlhf " << cmd.keys_of << "`, and:\n\n";
+      if (cmd.takes_run_config) {
+        std::cout << "Takes the run's config file: every key of `rlhf train` is accepted, these are read:\n\n";
+      }
       std::cout << s.Markdown();
     };
     for (const auto& cmd : rlhf::cli::AllCommands()) print(cmd, cmd.name);

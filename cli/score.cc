@@ -87,6 +87,7 @@ Command ServeScorerCommand() {
     scoring::RewardConfig::Spec().Register(s);
     RpcConfig::Spec().Register(s);
   };
+  c.takes_run_config = true;
   c.flags = {{"address", "scorer.address", "host:port"}};
   c.body = [](const Context& ctx) -> absl::Status {
     auto cfg = scoring::ScorerServiceConfig::Spec().Read(ctx.config);

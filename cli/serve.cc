@@ -29,6 +29,7 @@ Command ServeRolloutCommand() {
     rollout::RolloutServerConfig::Spec().Register(s);
     RpcConfig::Spec().Register(s);
   };
+  c.takes_run_config = true;
   c.flags = {{"model", "rollout.model", "model folder"}, {"address", "rollout.address", "host:port"}};
   c.body = [](const Context& ctx) -> absl::Status {
     auto cfg = rollout::RolloutServerConfig::Spec().Read(ctx.config);

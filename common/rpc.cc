@@ -136,13 +136,19 @@ void RpcServer::Shutdown(std::chrono::milliseconds grace) {
 std::shared_ptr<grpc::Channel> MakeChannel(const RpcConfig& config, const std::string& target) {
   grpc::ChannelArguments args;
   ApplyLimits(config, &args);
+  // A peer that comes back (a restarted worker) is reached within a second, not after gRPC's default
+  // reconnect backoff of up to two minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   return grpc::CreateCustomChannel(target, ChannelCredentialsFor(config), args);
 }
 
-absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config) {
+absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config,
+                                       bool wait_for_ready) {
   auto stub = Health::NewStub(channel);
   grpc::ClientContext ctx;
   SetDeadline(&ctx, config);
+  ctx.set_wait_for_ready(wait_for_ready);
   HealthRequest req;
   HealthReply reply;
   RETURN_IF_ERROR(FromGrpc(stub->Check(&ctx, req, &reply)));

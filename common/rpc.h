@@ -82,6 +82,9 @@ struct HealthInfo {
   int64_t policy_version = -1;
   double uptime_seconds = 0;
 };
-absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config);
+// With `wait_for_ready` the call waits (up to the deadline) for a channel that is reconnecting instead of
+// failing at once.
+absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config,
+                                       bool wait_for_ready = false);
 
 }  // namespace rlhf

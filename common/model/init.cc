@@ -57,6 +57,22 @@ ModelInitConfig ModelInitConfig::Small() {
   return m;
 }
 
+ModelInitConfig ModelInitConfig::Qwen3_0_6B() {
+  ModelInitConfig m;
+  m.arch = "qwen3";
+  m.hidden_size = 1024;
+  m.num_hidden_layers = 28;
+  m.num_attention_heads = 16;
+  m.num_key_value_heads = 8;
+  m.head_dim = 128;
+  m.intermediate_size = 3072;
+  m.vocab_size = 151936;
+  m.tie_word_embeddings = true;
+  m.rope_theta = 1000000.0;
+  m.max_position_embeddings = 40960;
+  return m;
+}
+
 absl::StatusOr<HfConfig> ModelInitConfig::ToHfConfig() const {
   // Built as config.json text and parsed, so that a new model passes exactly the checks a loaded one does.
   nlohmann::json j;

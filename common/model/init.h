@@ -34,6 +34,9 @@ struct ModelInitConfig {
   // The "small" config of the benchmarks: Llama, hidden 768, 12 layers, 12 heads, 4 KV heads,
   // intermediate 2048, vocab 32000 (125M parameters).
   static ModelInitConfig Small();
+  // Qwen3-0.6B's shape (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128, intermediate 3072,
+  // vocab 151936, tied embeddings): 0.6B parameters, for scale checks with random weights.
+  static ModelInitConfig Qwen3_0_6B();
   // The HF config it describes; INVALID_ARGUMENT naming the key when inconsistent.
   absl::StatusOr<HfConfig> ToHfConfig() const;
 };

@@ -2,11 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics.h"
 
 namespace rlhf::coordinator {
 
@@ -34,12 +36,38 @@ RolloutPool::RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, R
     stubs_.push_back(Rollout::NewStub(c));
     push_mu_.push_back(std::make_unique<std::mutex>());
   }
+  active_.assign(stubs_.size(), true);
+}
+
+std::vector<size_t> RolloutPool::active() const {
+  std::lock_guard<std::mutex> lock(members_mu_);
+  std::vector<size_t> out;
+  for (size_t w = 0; w < active_.size(); ++w) {
+    if (active_[w]) out.push_back(w);
+  }
+  return out;
+}
+
+int64_t RolloutPool::dropped() const {
+  std::lock_guard<std::mutex> lock(members_mu_);
+  return dropped_;
+}
+
+int64_t RolloutPool::rejoined() const {
+  std::lock_guard<std::mutex> lock(members_mu_);
+  return rejoined_;
+}
+
+absl::Status RolloutPool::Probe(size_t w, double seconds, bool wait_for_ready) const {
+  RpcConfig quick = rpc_;
+  quick.deadline_seconds = std::min(rpc_.deadline_seconds, seconds);
+  return CheckHealth(channels_[w], quick, wait_for_ready).status();
 }
 
 absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
   std::lock_guard<std::mutex> lock(publish_all_ ? group_mu_ : *push_mu_[w]);
   if (auto h = CheckHealth(channels_[w], rpc_); h.ok() && h->policy_version == version) return absl::OkStatus();
-  return publish_all_ ? publish_all_(version) : publish_(stubs_[w].get(), version);
+  return publish_all_ ? publish_all_(version, active()) : publish_(stubs_[w].get(), version);
 }
 
 absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
@@ -94,10 +122,16 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
   out.groups.resize(prompts.size());
   out.errors.assign(prompts.size(), absl::OkStatus());
   out.relets.assign(prompts.size(), 0);
-  if (prompts.empty() || stubs_.empty()) {
+  const std::vector<size_t> workers = active();
+  if (prompts.empty() || workers.empty()) {
     if (stubs_.empty()) out.errors.assign(prompts.size(), absl::FailedPreconditionError("no rollout workers"));
+    else if (workers.empty()) out.errors.assign(prompts.size(), absl::UnavailableError("no rollout worker is left"));
     return out;
   }
+  auto next_worker = [&workers](size_t w) {  // the active worker after w
+    auto it = std::upper_bound(workers.begin(), workers.end(), w);
+    return it == workers.end() ? workers.front() : *it;
+  };
   // One task = a list of prompt positions tried together; a non-retryable failure of several prompts is
   // retried prompt by prompt, so that one bad prompt does not take its neighbours with it.
   std::function<void(std::vector<size_t>, size_t)> run = [&](std::vector<size_t> idx, size_t w) {
@@ -121,7 +155,7 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
       }
       if (!Retryable(last.code())) break;
       Backoff(retry_, attempt);
-      w = (w + 1) % stubs_.size();  // another worker, when there is one
+      w = next_worker(w);  // another worker, when there is one
     }
     if (idx.size() > 1 && !Retryable(last.code())) {
       for (size_t i : idx) run({i}, w);
@@ -129,14 +163,14 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
     }
     for (size_t i : idx) out.errors[i] = last;
   };
-  // Contiguous chunks, one per worker, in parallel.
-  const size_t workers = std::min(stubs_.size(), prompts.size());
+  // Contiguous chunks, one per active worker, in parallel.
+  const size_t chunks = std::min(workers.size(), prompts.size());
   std::vector<std::thread> threads;
-  for (size_t w = 0; w < workers; ++w) {
-    const size_t lo = prompts.size() * w / workers, hi = prompts.size() * (w + 1) / workers;
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t lo = prompts.size() * c / chunks, hi = prompts.size() * (c + 1) / chunks;
     std::vector<size_t> idx;
     for (size_t i = lo; i < hi; ++i) idx.push_back(i);
-    threads.emplace_back(run, std::move(idx), w);
+    threads.emplace_back(run, std::move(idx), workers[c]);
   }
   for (auto& t : threads) t.join();
   for (const auto& g : out.groups) {
@@ -146,16 +180,64 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
   return out;
 }
 
-absl::Status RolloutPool::Sync(int64_t version, bool force) {
-  if (publish_all_) {
-    std::lock_guard<std::mutex> lock(group_mu_);
-    bool behind = force;
-    for (size_t w = 0; w < stubs_.size() && !behind; ++w) {
-      auto h = CheckHealth(channels_[w], rpc_);
-      behind = !h.ok() || h->policy_version != version;
+absl::Status RolloutPool::SyncGroup(int64_t version, bool force) {
+  std::lock_guard<std::mutex> lock(group_mu_);
+  auto set_active = [this](size_t w, bool on) {
+    std::lock_guard<std::mutex> m(members_mu_);
+    active_[w] = on;
+    ++(on ? rejoined_ : dropped_);
+  };
+  // A dropped worker that answers again rejoins: it takes this version with the others.
+  for (size_t w = 0; w < stubs_.size(); ++w) {
+    bool was_active;
+    {
+      std::lock_guard<std::mutex> m(members_mu_);
+      was_active = active_[w];
     }
-    return behind ? publish_all_(version) : absl::OkStatus();
+    // Waits out the channel's reconnect backoff (at most a second), so a worker that is back is seen now.
+    if (!was_active && Probe(w, 1.5, /*wait_for_ready=*/true).ok()) {
+      spdlog::info("rollout worker {} answers again: it rejoins the weight group at version {}", w, version);
+      set_active(w, true);
+    }
   }
+  std::vector<size_t> members = active();
+  if (members.empty()) return absl::UnavailableError("no rollout worker is left");
+  // A worker that lost its weights since (restarted at the same address) answers Generate with another
+  // version, and is brought back by Refresh.
+  if (!force && members == synced_members_ && synced_version_ == version) return absl::OkStatus();
+  absl::Status s = publish_all_(version, members);
+  if (s.ok()) {
+    synced_members_ = members;
+    synced_version_ = version;
+    return s;
+  }
+  // Which members are lost: those that do not answer now. When all answer, the failure is elsewhere (the
+  // learner, a model that does not fit) and is the caller's.
+  std::vector<size_t> lost;
+  for (size_t w : members) {
+    if (auto p = Probe(w, 5, /*wait_for_ready=*/false); !p.ok()) {
+      spdlog::warn("rollout worker {} dropped: the weight sync of version {} failed and it does not answer ({}); "
+                   "the run goes on with the others", w, version, std::string(p.message()));
+      set_active(w, false);
+      lost.push_back(w);
+    }
+  }
+  if (lost.empty()) return s;
+  Metrics::Process()
+      .Counter("rlhf_rollout_workers_dropped_total", "rollout workers dropped after a failed weight sync")
+      .Increment(static_cast<double>(lost.size()));
+  members = active();
+  if (members.empty()) return absl::Status(s.code(), absl::StrCat("no rollout worker is left: ", s.message()));
+  s = publish_all_(version, members);  // the next generation, without them
+  if (s.ok()) {
+    synced_members_ = members;
+    synced_version_ = version;
+  }
+  return s;
+}
+
+absl::Status RolloutPool::Sync(int64_t version, bool force) {
+  if (publish_all_) return SyncGroup(version, force);
   for (size_t w = 0; w < stubs_.size(); ++w) {
     absl::Status last;
     for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {

@@ -40,9 +40,12 @@ class RolloutPool {
 
   RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
               Publisher publish);
-  // Makes every worker hold the weights of `version` at once (a collective sync).
-  using GroupPublisher = std::function<absl::Status(int64_t version)>;
-  // With a group publisher, every weight push is one sync of all workers instead of a push to one.
+  // Makes the workers `members` (indices) hold the weights of `version` at once (a collective sync).
+  using GroupPublisher = std::function<absl::Status(int64_t version, const std::vector<size_t>& members)>;
+  // With a group publisher, every weight push is one sync of all active workers instead of a push to one,
+  // and the pool keeps a membership: after a failed sync, the workers that do not answer Health are dropped
+  // (no more chunks, not in the group) and the others sync again at once; a dropped worker that answers
+  // again rejoins at the next Sync and takes that version with the others.
   void SetGroupPublisher(GroupPublisher publish_all) { publish_all_ = std::move(publish_all); }
 
   struct Result {
@@ -62,6 +65,9 @@ class RolloutPool {
   absl::Status Sync(int64_t version, bool force = false);
 
   size_t size() const { return stubs_.size(); }
+  std::vector<size_t> active() const;  // workers that get chunks (all of them without a group publisher)
+  int64_t dropped() const;             // times a worker was dropped
+  int64_t rejoined() const;            // times a dropped worker came back
 
  private:
   // One try of a chunk on worker w: the samples grouped per prompt of the chunk.
@@ -70,6 +76,10 @@ class RolloutPool {
   // Brings worker w to `version` after it answered with another one. Several chunks may find the same stale
   // worker at once: one of them pushes, the others find the version there (asked by Health) and push nothing.
   absl::Status Refresh(size_t w, int64_t version);
+  // Sync with a group publisher (see SetGroupPublisher).
+  absl::Status SyncGroup(int64_t version, bool force);
+  // Health of worker w within `seconds` (at most rpc's deadline).
+  absl::Status Probe(size_t w, double seconds, bool wait_for_ready) const;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<Rollout::Stub>> stubs_;
   RpcConfig rpc_;
@@ -78,6 +88,11 @@ class RolloutPool {
   std::vector<std::unique_ptr<std::mutex>> push_mu_;  // per worker: one weight push at a time
   GroupPublisher publish_all_;
   std::mutex group_mu_;  // one group sync at a time
+  std::vector<size_t> synced_members_;  // the members and version of the last good group sync (under group_mu_)
+  int64_t synced_version_ = -1;
+  mutable std::mutex members_mu_;
+  std::vector<bool> active_;            // per worker (under members_mu_)
+  int64_t dropped_ = 0, rejoined_ = 0;  // under members_mu_
 };
 
 class ScorerClient {

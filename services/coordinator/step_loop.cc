@@ -88,7 +88,9 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   if (o.weights.transport == "collective" || (o.weights.transport == "auto" && !roles.embedded_rollout())) {
     ASSIGN_OR_RETURN(collective, CollectiveWeights::Start(o.weights, o.weights_store_host, learner,
                                                           roles.rollout_channels(), rpc, o.retry));
-    pool.SetGroupPublisher([&collective](int64_t version) { return collective->Sync(version); });
+    pool.SetGroupPublisher([&collective](int64_t version, const std::vector<size_t>& members) {
+      return collective->Sync(version, members);
+    });
   }
   ScorerClient scorer(roles.scorer_channel(), rpc, o.retry);
   Coordinator coord(o.coordinator, std::move(train_prompts), o.seed, &pool, &scorer);
@@ -136,6 +138,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     version_gauge.Set(static_cast<double>(version));
     // 5. Settle the ledger; 6. the workers take the new weights.
     RETURN_IF_ERROR(coord.MarkTrained(batch));
+    hooks.before_sync(version);
     const double t_sync = Seconds();
     RETURN_IF_ERROR(pool.Sync(version));
     m["weight_sync_seconds"] = Seconds() - t_sync;
@@ -228,7 +231,9 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
         {"scorer", roles.embedded_scorer() ? "embedded" : "remote"},
         {"learner", o.learner_label},
         {"learner_ranks", learner_ranks},
-        {"weights", collective ? "collective" : "grpc"}}}};
+        {"weights", collective ? "collective" : "grpc"},
+        {"rollout_workers_dropped", pool.dropped()},
+        {"rollout_workers_rejoined", pool.rejoined()}}}};
   RETURN_IF_ERROR(WriteFileAtomic(o.summary_path, summary.dump(2) + "\n"));
   spdlog::info("{}: held-out accuracy {:.1f}% -> {:.1f}%; prompts trained {}, filtered {}, dropped {}, released {}; "
                "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),

@@ -50,6 +50,8 @@ struct StepLoopHooks {
   std::function<void(int64_t step, const std::map<std::string, double>& metrics)> log_step;
   // The loop starts at policy version `step`: drop whatever a log holds after it.
   std::function<absl::Status(int64_t step)> resume_at = [](int64_t) { return absl::OkStatus(); };
+  // Called before the rollout workers take `version` (the fault-injection seam of weight syncs).
+  std::function<void(int64_t version)> before_sync = [](int64_t) {};
   // Called after the learner has committed the checkpoint of `step` (the fault-injection seam of resumes).
   std::function<void(int64_t step)> after_checkpoint = [](int64_t) {};
 };

@@ -18,7 +18,9 @@ double Seconds() {
 }
 
 // Runs every call at once (members of one collective must all be in it) and gathers the failures.
-absl::Status All(std::vector<std::function<absl::Status()>> calls, const std::string& what) {
+// calls[0] is the learner's, calls[i] that of rollout worker members[i - 1].
+absl::Status All(std::vector<std::function<absl::Status()>> calls, const std::vector<size_t>& members,
+                 const std::string& what) {
   std::vector<absl::Status> results(calls.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < calls.size(); ++i) threads.emplace_back([&, i] { results[i] = calls[i](); });
@@ -29,7 +31,7 @@ absl::Status All(std::vector<std::function<absl::Status()>> calls, const std::st
     if (results[i].ok()) continue;
     // The first cause wins: a member that timed out because another failed says less.
     if (code == absl::StatusCode::kOk) code = results[i].code();
-    failed.push_back(absl::StrCat(i == 0 ? "learner" : absl::StrCat("rollout worker ", i - 1), ": ",
+    failed.push_back(absl::StrCat(i == 0 ? "learner" : absl::StrCat("rollout worker ", members[i - 1]), ": ",
                                   results[i].message()));
   }
   if (failed.empty()) return absl::OkStatus();
@@ -88,14 +90,19 @@ absl::StatusOr<std::unique_ptr<CollectiveWeights>> CollectiveWeights::Start(
   return c;
 }
 
-absl::Status CollectiveWeights::Form() {
-  // Every worker must answer before any member starts waiting for the others in the group.
-  for (size_t w = 0; w < channels_.size(); ++w) {
+absl::Status CollectiveWeights::Form(const std::vector<size_t>& members) {
+  formed_ = false;
+  // Every worker must answer before any member starts waiting for the others in the group. A worker that
+  // is still starting refuses connections at once (tried again with the retries); one that does not answer
+  // within a few seconds is hung.
+  RpcConfig quick = rpc_;
+  quick.deadline_seconds = std::min(rpc_.deadline_seconds, 5.0);
+  for (size_t w : members) {
     absl::Status last;
     for (int64_t attempt = 0; attempt < std::max<int64_t>(1, retry_.max_attempts); ++attempt) {
       if (attempt > 0) Backoff(retry_, attempt - 1);
-      last = CheckHealth(channels_[w], rpc_).status();
-      if (last.ok()) break;
+      last = CheckHealth(channels_[w], quick, /*wait_for_ready=*/true).status();
+      if (last.ok() || last.code() == absl::StatusCode::kDeadlineExceeded) break;
     }
     if (!last.ok()) {
       return absl::Status(last.code(), absl::StrCat("weight group: rollout worker ", w, " does not answer: ", last.message()));
@@ -106,7 +113,7 @@ absl::Status CollectiveWeights::Form() {
   spec.set_store_host(store_->host());
   spec.set_store_port(store_->port());
   spec.set_generation(generation_);
-  spec.set_size(static_cast<int32_t>(workers_.size() + 1));
+  spec.set_size(static_cast<int32_t>(members.size() + 1));
   spec.set_timeout_seconds(config_.timeout_seconds);
   spec.set_bucket_bytes(config_.bucket_bytes);
   spec.set_checksum(config_.checksum);
@@ -117,25 +124,28 @@ absl::Status CollectiveWeights::Form() {
     spec.set_rank(0);
     return learner_.JoinWeightGroup(spec, deadline).status();
   });
-  for (size_t w = 0; w < workers_.size(); ++w) {
-    calls.push_back([&, spec, w]() mutable {
-      spec.set_rank(static_cast<int32_t>(w + 1));
+  for (size_t i = 0; i < members.size(); ++i) {
+    const size_t w = members[i];
+    calls.push_back([&, spec, i, w]() mutable {
+      spec.set_rank(static_cast<int32_t>(i + 1));
       grpc::ClientContext ctx;
       SetDeadline(&ctx, rpc_, deadline);
       WeightGroupReply reply;
       return FromGrpc(workers_[w]->JoinWeightGroup(&ctx, spec, &reply));
     });
   }
-  RETURN_IF_ERROR(All(std::move(calls), absl::StrCat("forming weight group generation ", generation_)));
+  RETURN_IF_ERROR(All(std::move(calls), members, absl::StrCat("forming weight group generation ", generation_)));
   formed_ = true;
-  spdlog::info("weights: group generation {} formed ({} members)", generation_, workers_.size() + 1);
+  members_ = members;
+  spdlog::info("weights: group generation {} formed: the learner and rollout worker{} {}", generation_,
+               members.size() == 1 ? "" : "s", absl::StrJoin(members, ", "));
   return absl::OkStatus();
 }
 
-absl::Status CollectiveWeights::Sync(int64_t version) {
+absl::Status CollectiveWeights::Sync(int64_t version, const std::vector<size_t>& members) {
   auto& reg = Metrics::Process();
-  if (!formed_) {
-    auto s = Form();
+  if (!formed_ || members != members_) {
+    auto s = Form(members);
     if (!s.ok()) {
       reg.Counter("rlhf_weight_sync_failures_total", "weight syncs that failed").Increment();
       return s;
@@ -150,7 +160,7 @@ absl::Status CollectiveWeights::Sync(int64_t version) {
     bytes = r.bytes();
     return absl::OkStatus();
   });
-  for (size_t w = 0; w < workers_.size(); ++w) {
+  for (size_t w : members) {
     calls.push_back([&, w]() -> absl::Status {
       WeightSyncRequest req;
       req.set_version(version);
@@ -161,7 +171,7 @@ absl::Status CollectiveWeights::Sync(int64_t version) {
       return FromGrpc(workers_[w]->ReceiveWeights(&ctx, req, &reply));
     });
   }
-  auto s = All(std::move(calls), absl::StrCat("weight sync of version ", version, " (group generation ", generation_, ")"));
+  auto s = All(std::move(calls), members, absl::StrCat("weight sync of version ", version, " (group generation ", generation_, ")"));
   if (!s.ok()) {
     formed_ = false;  // out of step: the next sync forms a new generation
     reg.Counter("rlhf_weight_sync_failures_total", "weight syncs that failed").Increment();
@@ -171,7 +181,7 @@ absl::Status CollectiveWeights::Sync(int64_t version) {
   reg.Histogram("rlhf_weight_sync_duration_seconds", "time of one weight sync (grpc: to one worker; collective: to all)", {0.01, 0.1, 1, 10, 100}).Observe(seconds);
   reg.Counter("rlhf_weight_sync_bytes_total", "bytes sent to each rollout worker by weight syncs")
       .Increment(static_cast<double>(bytes));
-  spdlog::debug("weights: version {} to {} workers, {} bytes each, {:.3f} s", version, workers_.size(), bytes, seconds);
+  spdlog::debug("weights: version {} to {} workers, {} bytes each, {:.3f} s", version, members.size(), bytes, seconds);
   return absl::OkStatus();
 }
 

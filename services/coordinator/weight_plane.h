@@ -47,17 +47,18 @@ class CollectiveWeights {
                                                                   LearnerClient& learner,
                                                                   std::vector<std::shared_ptr<grpc::Channel>> workers,
                                                                   RpcConfig rpc, RetryPolicy retry);
-  // Every worker takes `version` from the learner (the learner must be at it). Forms a new generation of
-  // the group first when there is none; a worker that does not answer Health (with the retries) fails the
+  // The workers `members` (indices of the channels given at Start) take `version` from the learner (the
+  // learner must be at it). Forms a new generation of the group first when there is none or its members
+  // differ; a worker that does not answer Health (with the retries) fails the
   // formation at once rather than after the group's timeout. On failure the errors of every member that failed, in one status.
-  absl::Status Sync(int64_t version);
+  absl::Status Sync(int64_t version, const std::vector<size_t>& members);
 
   int64_t generation() const { return generation_; }
 
  private:
   CollectiveWeights(const WeightsConfig& config, LearnerClient& learner, RpcConfig rpc, RetryPolicy retry)
       : config_(config), learner_(learner), rpc_(rpc), retry_(retry) {}
-  absl::Status Form();
+  absl::Status Form(const std::vector<size_t>& members);
 
   WeightsConfig config_;
   LearnerClient& learner_;
@@ -68,6 +69,7 @@ class CollectiveWeights {
   std::vector<std::unique_ptr<Rollout::Stub>> workers_;
   int64_t generation_ = 0;
   bool formed_ = false;
+  std::vector<size_t> members_;  // of the formed generation: rank i + 1 is worker members_[i]
 };
 
 // The store host to advertise: config.store_host, else loopback when every address given is loopback (or

@@ -124,6 +124,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   hooks.log_step = [&](int64_t step, const std::map<std::string, double>& m) { p.log.Write(s.index, s.stage, step, m); };
   hooks.resume_at = [&](int64_t step) { return p.log.DropAfter(s.index, step); };
   hooks.after_checkpoint = MaybeKillAfterCheckpoint;
+  hooks.before_sync = MaybePauseBeforeSync;
   return coordinator::RunStepLoop(o, *roles, learner, std::move(train_prompts), eval_prompts, hooks).status();
 }
 

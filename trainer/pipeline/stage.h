@@ -56,6 +56,11 @@ std::string StageDir(const Pipeline& p, int64_t index, const std::string& stage)
 // Fault-injection seam for the resume tests: RLHF_FAULT_KILL_AFTER_CHECKPOINT=<step> kills this process
 // (SIGKILL, no cleanup) right after the checkpoint of that step is committed.
 void MaybeKillAfterCheckpoint(int64_t step);
+// Fault-injection seam for the membership tests: with RLHF_FAULT_PAUSE_DIR set and the version listed in
+// RLHF_FAULT_PAUSE_BEFORE_SYNC (comma-separated), the step loop creates <dir>/paused-<version> before the
+// workers take that version and waits (at most 120 s) for <dir>/resume-<version>, so that a test acts on a
+// worker at that exact point.
+void MaybePauseBeforeSync(int64_t version);
 // A checkpoint of every model of `learner` with `state` (a collective: every rank calls it).
 absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state);
 

@@ -4,10 +4,14 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/model/checkpoint.h"
 #include "common/model/safetensors.h"
 #include "trainer/pipeline/stage.h"
@@ -29,6 +33,19 @@ void MaybeKillAfterCheckpoint(int64_t step) {
     spdlog::default_logger()->flush();
     std::raise(SIGKILL);
   }
+}
+
+void MaybePauseBeforeSync(int64_t version) {
+  const char* dir = std::getenv("RLHF_FAULT_PAUSE_DIR");
+  const char* list = std::getenv("RLHF_FAULT_PAUSE_BEFORE_SYNC");
+  if (!dir || !list) return;
+  bool listed = false;
+  for (absl::string_view v : absl::StrSplit(list, ',')) listed |= v == absl::StrCat(version);
+  if (!listed) return;
+  const fs::path paused = fs::path(dir) / absl::StrCat("paused-", version), resume = fs::path(dir) / absl::StrCat("resume-", version);
+  spdlog::warn("fault injection: paused before the weight sync of version {} (waiting for {})", version, resume.string());
+  std::ofstream(paused.string()).put('\n');
+  for (int i = 0; i < 1200 && !fs::exists(resume); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
 }
 
 absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state) {
