@@ -1,5 +1,7 @@
 #include "rollout/service.h"
 
+#include <spdlog/spdlog.h>
+
 #include "common/text/model_text.h"
 
 #include <cstring>
@@ -35,6 +37,28 @@ RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokeni
     : model_(model), tokenizer_(tokenizer), eos_(std::move(eos_ids)), options_(options), version_(initial_version) {
   for (const auto& p : model_->named_parameters(true)) params_[p.key()] = p.value();
   generator_ = std::make_unique<Generator>(model_, tokenizer_, eos_, options_.generator);
+  watcher_ = std::thread([this] { WatchStore(); });
+}
+
+RolloutService::~RolloutService() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stopping_ = true;
+  }
+  watch_cv_.notify_all();
+  watcher_.join();
+}
+
+void RolloutService::WatchStore() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, std::chrono::seconds(3), [this] { return stopping_; })) {
+    std::unique_lock<std::mutex> weights(weight_mu_, std::try_to_lock);
+    if (!weights.owns_lock() || !weight_group_) continue;  // a sync or a join runs: it has its own deadline
+    if (comm::Store::Connect(store_host_, store_port_, 2.0).ok()) continue;
+    spdlog::warn("rollout worker: the rendezvous store {}:{} of weight group generation {} is gone; leaving the group",
+                 store_host_, store_port_, weight_group_->generation());
+    weight_group_.reset();
+  }
 }
 
 int64_t RolloutService::version() const {
@@ -258,6 +282,8 @@ grpc::Status RolloutService::JoinWeightGroup(grpc::ServerContext*, const WeightG
   auto g = rollout::JoinWeightGroup(*spec, named);
   if (!g.ok()) return ToGrpc(g.status());
   weight_group_ = std::move(*g);
+  store_host_ = spec->store_host();
+  store_port_ = spec->store_port();
   weight_floor_ = 0;  // a new group (a new run, or the same run re-formed) may start at any version
   if (bucket_hook_) weight_group_->SetBucketHookForTesting(bucket_hook_);
   reply->set_generation(weight_group_->generation());
@@ -295,6 +321,14 @@ grpc::Status RolloutService::ReceiveWeights(grpc::ServerContext*, const WeightSy
   reply->set_version(r->stats.version);
   reply->set_tensors(r->stats.tensors);
   reply->set_bytes(r->stats.bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutService::LeaveWeightGroup(grpc::ServerContext*, const WeightSyncRequest* request,
+                                              UpdateWeightsReply* reply) {
+  std::lock_guard<std::mutex> lock(weight_mu_);
+  if (weight_group_ && weight_group_->generation() == request->generation()) weight_group_.reset();
+  reply->set_version(next_version());
   return grpc::Status::OK;
 }
 

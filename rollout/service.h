@@ -13,7 +13,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,9 @@ class RolloutService final : public Rollout::Service {
                                WeightGroupReply* reply) override;
   grpc::Status ReceiveWeights(grpc::ServerContext* context, const WeightSyncRequest* request,
                               UpdateWeightsReply* reply) override;
+  grpc::Status LeaveWeightGroup(grpc::ServerContext* context, const WeightSyncRequest* request,
+                                UpdateWeightsReply* reply) override;
+  ~RolloutService() override;
   // Test seam: the weight group's per-bucket hook (see comm::WeightGroup::SetBucketHookForTesting), set on
   // every group this worker joins.
   void SetWeightBucketHookForTesting(std::function<void(int64_t, torch::Tensor&)> hook) {
@@ -109,6 +114,15 @@ class RolloutService final : public Rollout::Service {
   std::mutex weight_mu_;  // one weight-group call at a time
   std::unique_ptr<comm::WeightGroup> weight_group_ ABSL_GUARDED_BY(weight_mu_);
   int64_t weight_floor_ ABSL_GUARDED_BY(weight_mu_) = 0;  // the newest version taken in this group: none older
+  std::string store_host_ ABSL_GUARDED_BY(weight_mu_);     // the group's rendezvous store
+  int store_port_ ABSL_GUARDED_BY(weight_mu_) = 0;
+  // Leaves a group whose rendezvous store is gone (its coordinator died without a LeaveWeightGroup): such a
+  // group's transport would keep polling dead peers. Checks every few seconds while no sync runs.
+  void WatchStore();
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool stopping_ = false;  // under watch_mu_
+  std::thread watcher_;
   std::function<void(int64_t, torch::Tensor&)> bucket_hook_ ABSL_GUARDED_BY(weight_mu_);  // tests only
 };
 

@@ -81,6 +81,15 @@ absl::StatusOr<UpdateWeightsReply> LearnerClient::BroadcastWeights(int64_t versi
   return reply;
 }
 
+absl::Status LearnerClient::LeaveWeightGroup(int64_t generation, double seconds) {
+  WeightSyncRequest req;
+  req.set_generation(generation);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, rpc_, seconds);
+  UpdateWeightsReply reply;
+  return FromGrpc(stub_->LeaveWeightGroup(&ctx, req, &reply));
+}
+
 absl::Status LearnerClient::Checkpoint(int64_t step, const std::string& extra_json) {
   LearnerCheckpointRequest req;
   req.set_step(step);

@@ -37,6 +37,7 @@ class LearnerClient {
   // call waits up to `seconds` for the others (see services/coordinator/weight_plane.h).
   absl::StatusOr<WeightGroupReply> JoinWeightGroup(const WeightGroupSpec& spec, double seconds);
   absl::StatusOr<UpdateWeightsReply> BroadcastWeights(int64_t version, int64_t generation, double seconds);
+  absl::Status LeaveWeightGroup(int64_t generation, double seconds);
   // A checkpoint of the learner at `step`, holding the coordinator's state `extra_json`.
   absl::Status Checkpoint(int64_t step, const std::string& extra_json);
   // The learner saves the stage's models and ends the stage; returns the policy folder.

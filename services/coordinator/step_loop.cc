@@ -85,10 +85,13 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   const RpcConfig rpc = roles.rpc();
   RolloutPool pool(roles.rollout_channels(), rpc, o.retry, LearnerPublisher(learner, o.weight_chunk_bytes, rpc));
   std::unique_ptr<CollectiveWeights> collective;
-  if (o.weights.transport == "collective" || (o.weights.transport == "auto" && !roles.embedded_rollout())) {
+  const bool use_collective =
+      o.weights.transport == "collective" || (o.weights.transport == "auto" && !roles.embedded_rollout());
+  if (use_collective) {
     ASSIGN_OR_RETURN(collective, CollectiveWeights::Start(o.weights, o.weights_store_host, learner,
                                                           roles.rollout_channels(), rpc, o.retry));
     pool.SetGroupPublisher([&collective](int64_t version, const std::vector<size_t>& members) {
+      if (!collective) return absl::FailedPreconditionError("the weight group was closed at the end of the stage");
       return collective->Sync(version, members);
     });
   }
@@ -196,6 +199,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     }
   }
   // The end: the learner saves its models; evaluation of the final policy; summary.json.
+  collective.reset();  // every member leaves the weight group before the learner ends its stage
   ASSIGN_OR_RETURN(auto model, learner.Finish());
   spdlog::info("{}: the learner saved {}", stage, model);
   ASSIGN_OR_RETURN(auto eval_after, EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_after")));
@@ -231,7 +235,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
         {"scorer", roles.embedded_scorer() ? "embedded" : "remote"},
         {"learner", o.learner_label},
         {"learner_ranks", learner_ranks},
-        {"weights", collective ? "collective" : "grpc"},
+        {"weights", use_collective ? "collective" : "grpc"},
         {"rollout_workers_dropped", pool.dropped()},
         {"rollout_workers_rejoined", pool.rejoined()}}}};
   RETURN_IF_ERROR(WriteFileAtomic(o.summary_path, summary.dump(2) + "\n"));

@@ -90,6 +90,19 @@ absl::StatusOr<std::unique_ptr<CollectiveWeights>> CollectiveWeights::Start(
   return c;
 }
 
+CollectiveWeights::~CollectiveWeights() {
+  if (generation_ == 0) return;
+  (void)learner_.LeaveWeightGroup(generation_, 2);
+  for (size_t w : members_) {
+    WeightSyncRequest req;
+    req.set_generation(generation_);
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, rpc_, 2);
+    UpdateWeightsReply reply;
+    (void)workers_[w]->LeaveWeightGroup(&ctx, req, &reply);
+  }
+}
+
 absl::Status CollectiveWeights::Form(const std::vector<size_t>& members) {
   formed_ = false;
   // Every worker must answer before any member starts waiting for the others in the group. A worker that

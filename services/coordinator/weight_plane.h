@@ -54,6 +54,8 @@ class CollectiveWeights {
   absl::Status Sync(int64_t version, const std::vector<size_t>& members);
 
   int64_t generation() const { return generation_; }
+  // Every member of the formed generation leaves it (best effort, a short deadline each).
+  ~CollectiveWeights();
 
  private:
   CollectiveWeights(const WeightsConfig& config, LearnerClient& learner, RpcConfig rpc, RetryPolicy retry)

@@ -130,6 +130,13 @@ class LearnerServer final : public rlhf::Learner::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status LeaveWeightGroup(grpc::ServerContext*, const WeightSyncRequest* req, UpdateWeightsReply* reply) override {
+    absl::MutexLock lock(&weights_mu_);
+    if (weight_group_ && weight_group_->generation() == req->generation()) weight_group_.reset();
+    reply->set_version(version_.load());
+    return grpc::Status::OK;
+  }
+
   grpc::Status Checkpoint(grpc::ServerContext*, const LearnerCheckpointRequest* req,
                           LearnerCheckpointReply* reply) override {
     absl::MutexLock lock(&mu_);
