@@ -1,4 +1,5 @@
 #include "common/metrics.h"
+#include <cstdlib>
 
 #include <poll.h>
 #include <prometheus/text_serializer.h>
@@ -25,7 +26,9 @@ namespace rlhf {
 const config::Section<MetricsConfig>& MetricsConfig::Spec() {
   static const auto* s = [] {
     auto* s = new config::Section<MetricsConfig>("metrics");
-    s->Add("port", &MetricsConfig::port, "port of the Prometheus /metrics endpoint; 0 = not exposed",
+    s->Add("port", &MetricsConfig::port,
+           "base port of the Prometheus /metrics endpoint: each process of a node serves on port + its local rank "
+           "(OMPI_COMM_WORLD_LOCAL_RANK or LOCAL_RANK; 0 for a process started alone); 0 = not exposed",
            config::InRange(0, 65535));
     s->Add("bind", &MetricsConfig::bind, "address the metrics endpoint listens on");
     return s;
@@ -192,9 +195,23 @@ absl::StatusOr<int> Metrics::Serve(const std::string& address) {
   return server_->port();
 }
 
+int LocalRank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "MPI_LOCALRANKID"}) {
+    const char* v = std::getenv(name);
+    int r = 0;
+    if (v && absl::SimpleAtoi(v, &r) && r >= 0) return r;
+  }
+  return 0;
+}
+
 absl::StatusOr<int> Metrics::Serve(const MetricsConfig& config) {
   if (config.port == 0) return 0;
-  return Serve(absl::StrCat(config.bind, ":", config.port));
+  return Serve(absl::StrCat(config.bind, ":", config.port + LocalRank()));
+}
+
+int Metrics::port() const {
+  absl::MutexLock lock(&mu_);
+  return server_ ? server_->port() : 0;
 }
 
 std::string Metrics::Text() const {

@@ -54,8 +54,11 @@ class Metrics {
   // port it listens on.
   // FAILED_PRECONDITION when already serving; UNAVAILABLE when the port cannot be bound.
   absl::StatusOr<int> Serve(const std::string& address);
-  // Serve() from config; does nothing when config.port == 0 (returns 0).
+  // Serve() from config on config.port + this process's local rank (so that the ranks of one node do not
+  // collide); does nothing when config.port == 0 (returns 0).
   absl::StatusOr<int> Serve(const MetricsConfig& config);
+  // The port /metrics is served on; 0 when it is not.
+  int port() const;
   // The metrics in Prometheus text format (what /metrics returns).
   std::string Text() const;
 
@@ -71,6 +74,9 @@ class Metrics {
   std::map<std::string, std::string> kinds_ ABSL_GUARDED_BY(mu_);  // name -> "counter" | "gauge" | "histogram"
   std::unique_ptr<MetricsHttpServer> server_ ABSL_GUARDED_BY(mu_);
 };
+
+// This process's rank among the processes of its node under mpirun / torchrun (0 when started alone).
+int LocalRank();
 
 // Throws std::invalid_argument unless `name` and `labels` follow the naming rules for a metric of `kind`.
 void CheckMetricName(const std::string& name, const std::string& kind, const Labels& labels);

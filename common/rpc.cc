@@ -1,10 +1,12 @@
 #include "common/rpc.h"
 
 #include <grpcpp/create_channel.h>
+#include <unistd.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include "common/metrics.h"
 #include "common/version.h"
 #include "rlhf/health.grpc.pb.h"
 
@@ -55,6 +57,10 @@ class HealthServiceImpl final : public Health::Service {
     reply->set_policy_version(version_ ? version_() : -1);
     reply->set_uptime_seconds(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    reply->set_pid(static_cast<int64_t>(getpid()));
+    char host[256] = {0};
+    if (gethostname(host, sizeof(host) - 1) == 0) reply->set_host(host);
+    reply->set_metrics_port(Metrics::Process().port());
     return grpc::Status::OK;
   }
   void SetServing(bool s) { serving_.store(s); }
@@ -158,6 +164,9 @@ absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& cha
   h.build_version = reply.build_version();
   h.policy_version = reply.policy_version();
   h.uptime_seconds = reply.uptime_seconds();
+  h.pid = reply.pid();
+  h.host = reply.host();
+  h.metrics_port = reply.metrics_port();
   return h;
 }
 

@@ -81,6 +81,9 @@ struct HealthInfo {
   std::string build_version;
   int64_t policy_version = -1;
   double uptime_seconds = 0;
+  int64_t pid = 0;
+  std::string host;
+  int metrics_port = 0;
 };
 // With `wait_for_ready` the call waits (up to the deadline) for a channel that is reconnecting instead of
 // failing at once.

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -9,6 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/comm/group.h"
 #include "common/file.h"
 #include "common/metrics.h"
 #include "rollout/weight_client.h"
@@ -48,6 +52,25 @@ RolloutPool::Publisher LearnerPublisher(LearnerClient& learner, int64_t chunk_by
         .Observe(Seconds() - t0);
     return absl::OkStatus();
   };
+}
+
+// One process of processes.json from its Health (what a remote process says about itself).
+json ProcessEntry(const std::string& role, int64_t index, const std::string& address,
+                  const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& rpc) {
+  json e = {{"role", role}, {"index", index}, {"address", address}};
+  RpcConfig quick = rpc;
+  quick.deadline_seconds = std::min(rpc.deadline_seconds, 2.0);
+  auto h = CheckHealth(channel, quick);
+  if (!h.ok()) {
+    e["state"] = "unreachable";
+    return e;
+  }
+  e["state"] = "running";
+  e["host"] = h->host;
+  e["pid"] = h->pid;
+  e["metrics_port"] = h->metrics_port;
+  e["policy_version"] = h->policy_version;
+  return e;
 }
 
 }  // namespace
@@ -96,10 +119,41 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     });
   }
   ScorerClient scorer(roles.scorer_channel(), rpc, o.retry);
+  // processes.json: this process, and each remote one as its Health describes it; rewritten when a rollout
+  // worker leaves or rejoins.
+  auto write_processes = [&]() -> absl::Status {
+    if (o.processes_path.empty()) return absl::OkStatus();
+    std::vector<std::string> here = {"coordinator"};
+    if (o.learner_label == "embedded") here.push_back("learner");
+    if (roles.embedded_rollout()) here.push_back("rollout");
+    if (roles.embedded_scorer()) here.push_back("scorer");
+    json self = {{"role", absl::StrJoin(here, "+")}, {"index", 0}, {"address", ""},
+                 {"host", comm::HostName()}, {"pid", static_cast<int64_t>(getpid())},
+                 {"metrics_port", Metrics::Process().port()}, {"state", "running"}};
+    if (collective) self["weights_store"] = absl::StrCat(o.weights_store_host, ":", collective->store_port());
+    json all = json::array({self});
+    if (!roles.embedded_rollout()) {
+      const auto active = pool.active();
+      const auto channels = roles.rollout_channels();
+      for (size_t w = 0; w < channels.size(); ++w) {
+        auto e = ProcessEntry("rollout", static_cast<int64_t>(w),
+                              w < o.rollout_addresses.size() ? o.rollout_addresses[w] : "", channels[w], rpc);
+        if (std::find(active.begin(), active.end(), w) == active.end()) e["state"] = "dropped";
+        all.push_back(e);
+      }
+    }
+    if (!roles.embedded_scorer()) all.push_back(ProcessEntry("scorer", 0, o.scorer_address, roles.scorer_channel(), rpc));
+    if (o.learner_label != "embedded") {
+      all.push_back(ProcessEntry("learner", 0, o.learner_label, MakeChannel(rpc, o.learner_label), rpc));
+    }
+    return WriteFileAtomic(o.processes_path, json({{"stage", stage}, {"processes", all}}).dump(2) + "\n");
+  };
   Coordinator coord(o.coordinator, std::move(train_prompts), o.seed, &pool, &scorer);
   if (extra.contains("ledger")) RETURN_IF_ERROR(coord.Restore(extra["ledger"]));
   // Every worker holds the policy of this step (a fresh or restarted worker may hold anything).
   RETURN_IF_ERROR(pool.Sync(step, /*force=*/true));
+  RETURN_IF_ERROR(write_processes());
+  int64_t membership_changes = pool.dropped() + pool.rejoined();
   spdlog::info("{}: online, {} training prompts x {} epochs, {} held-out prompts for eval; rollout workers: {} ({}), "
                "scorer: {}", stage, coord.ledger().num_prompts(), o.coordinator.epochs, eval_prompts.size(), pool.size(),
                roles.embedded_rollout() ? "embedded" : "remote", roles.embedded_scorer() ? "embedded" : "remote");
@@ -145,6 +199,10 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     const double t_sync = Seconds();
     RETURN_IF_ERROR(pool.Sync(version));
     m["weight_sync_seconds"] = Seconds() - t_sync;
+    if (pool.dropped() + pool.rejoined() != membership_changes) {
+      membership_changes = pool.dropped() + pool.rejoined();
+      RETURN_IF_ERROR(write_processes());
+    }
     acc("generate_seconds") += batch.generate_seconds;
     acc("generated_tokens") += static_cast<double>(batch.generated_tokens);
     acc("score_seconds") += batch.score_seconds;

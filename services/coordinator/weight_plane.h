@@ -54,6 +54,7 @@ class CollectiveWeights {
   absl::Status Sync(int64_t version, const std::vector<size_t>& members);
 
   int64_t generation() const { return generation_; }
+  int store_port() const { return store_->port(); }
   // Every member of the formed generation leaves it (best effort, a short deadline each).
   ~CollectiveWeights();
 

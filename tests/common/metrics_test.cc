@@ -49,6 +49,20 @@ TEST(Metrics, NamingRulesAreEnforced) {
   EXPECT_THROW(m.Gauge("rlhf_test_events_total", "same name, other kind"), std::invalid_argument);
 }
 
+TEST(Metrics, EachProcessOfANodeHasItsOwnPortOffset) {
+  // The launcher's local rank offsets the base port, so that the ranks of one node do not collide.
+  unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  unsetenv("LOCAL_RANK");
+  unsetenv("MPI_LOCALRANKID");
+  EXPECT_EQ(LocalRank(), 0);
+  setenv("LOCAL_RANK", "3", 1);
+  EXPECT_EQ(LocalRank(), 3);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+  EXPECT_EQ(LocalRank(), 1) << "mpirun's variable first";
+  unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  unsetenv("LOCAL_RANK");
+}
+
 TEST(Metrics, ServedOverHttpInPrometheusFormat) {
   auto& m = Metrics::Process();
   m.Counter("rlhf_test_requests_total", "requests seen by the test", {{"role", "test"}}).Increment(3);

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <thread>
 
@@ -45,6 +46,8 @@ TEST(Rpc, ServesHealthOverTcpAndInProcess) {
   EXPECT_EQ(h->role, "scorer");
   EXPECT_TRUE(h->serving);
   EXPECT_EQ(h->policy_version, 12);
+  EXPECT_EQ(h->pid, static_cast<int64_t>(getpid())) << "Health says which process answers";
+  EXPECT_FALSE(h->host.empty());
   EXPECT_FALSE(h->build_version.empty());
   (*server)->SetServing(false);
   auto in = CheckHealth((*server)->InProcessChannel(), SmallConfig());

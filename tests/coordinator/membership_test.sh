@@ -57,6 +57,7 @@ wait_for "$d/pause/paused-4"
 start_worker 1 worker1-again
 for _ in $(seq 1 600); do grep -q "rollout worker serving" "$d/worker1-again.log" && break; sleep 0.1; done
 grep -q "rollout worker serving" "$d/worker1-again.log" || { echo "worker 1 did not start again"; cat "$d/worker1-again.log"; exit 1; }
+worker1_pid=$(server_of "${wpid[1]}")
 touch "$d/pause/resume-4"
 wait_for "$d/pause/paused-6"
 stopped=$(server_of "${wpid[0]}")
@@ -70,9 +71,9 @@ grep -q "rollout worker 1 dropped" "$d/train.log"
 grep -q "rollout worker 1 answers again: it rejoins the weight group at version 4" "$d/train.log"
 grep -q "rollout worker 0 dropped" "$d/train.log"
 protoc --proto_path="$src/proto" --python_out="$d" rlhf/health.proto
-"$py" - "$d/run" "${ports[1]}" "$d" <<'PY'
+"$py" - "$d/run" "${ports[1]}" "$d" "$worker1_pid" "$train" <<'PY'
 import json, sys
-run, port, gen = sys.argv[1], sys.argv[2], sys.argv[3]
+run, port, gen, worker1_pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 s = json.load(open(f"{run}/summary.json"))
 assert s["duplicates"] == 0 and s["missing"] == 0, s
 assert s["steps"] == 8, s
@@ -88,5 +89,13 @@ check = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary(
     response_deserializer=health_pb2.HealthReply.FromString)
 reply = check(health_pb2.HealthRequest(), timeout=30)
 assert reply.policy_version == 8, reply
+# processes.json: every process of the run, kept current as workers leave and come back.
+procs = json.load(open(f"{run}/processes.json"))["processes"]
+assert procs[0]["role"] == "coordinator+learner" and procs[0]["pid"] > 0 and procs[0]["host"], procs[0]
+workers = {e["index"]: e for e in procs if e["role"] == "rollout"}
+assert workers[0]["state"] == "dropped", workers
+assert workers[1]["state"] == "running" and workers[1]["pid"] == worker1_pid, workers
+assert workers[1]["address"] == f"127.0.0.1:{port}", workers
+assert [e["state"] for e in procs if e["role"] == "scorer"] == ["running"], procs
 print("membership: ok;", r)
 PY
