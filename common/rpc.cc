@@ -1,6 +1,8 @@
 #include "common/rpc.h"
 
 #include <grpcpp/create_channel.h>
+
+#include <algorithm>
 #include <unistd.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
@@ -150,10 +152,10 @@ std::shared_ptr<grpc::Channel> MakeChannel(const RpcConfig& config, const std::s
 }
 
 absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config,
-                                       bool wait_for_ready) {
+                                       bool wait_for_ready, double max_seconds) {
   auto stub = Health::NewStub(channel);
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, config);
+  SetDeadline(&ctx, config, max_seconds > 0 ? std::min(config.deadline_seconds, max_seconds) : 0);
   ctx.set_wait_for_ready(wait_for_ready);
   HealthRequest req;
   HealthReply reply;

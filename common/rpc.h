@@ -86,8 +86,8 @@ struct HealthInfo {
   int metrics_port = 0;
 };
 // With `wait_for_ready` the call waits (up to the deadline) for a channel that is reconnecting instead of
-// failing at once.
+// failing at once. `max_seconds` > 0 shortens the deadline to at most that (a probe).
 absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config,
-                                       bool wait_for_ready = false);
+                                       bool wait_for_ready = false, double max_seconds = 0);
 
 }  // namespace rlhf

@@ -6,7 +6,7 @@ bool ModelChunks(model::TransformerImpl& model, int64_t version, int64_t chunk_b
   torch::NoGradGuard ng;
   for (const auto& p : model.named_parameters(true)) {
     auto t = p.value().detach().contiguous();
-    DType dt = t.scalar_type() == torch::kBFloat16 ? DTYPE_BF16 : t.scalar_type() == torch::kFloat16 ? DTYPE_F16 : DTYPE_F32;
+    const DType dt = ProtoDType(t.scalar_type());
     if (dt == DTYPE_F32 && t.scalar_type() != torch::kFloat32) t = t.to(torch::kFloat32);
     const auto* bytes = static_cast<const char*>(t.data_ptr());
     const int64_t n = t.numel() * static_cast<int64_t>(t.element_size());

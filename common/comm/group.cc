@@ -357,50 +357,39 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
   if (port == 0 && Env("MASTER_PORT")) {
     ASSIGN_OR_RETURN(port, EnvInt("MASTER_PORT"));
   }
-  c10::intrusive_ptr<c10d::Store> store;
-  absl::Status st = GuardExceptions("rendezvous", [&]() -> absl::Status {
-    c10d::TCPStoreOptions o;
-    o.isServer = w.rank == 0;
-    o.numWorkers = w.size;
-    o.waitWorkers = false;  // the process group's own rendezvous waits, with the timeout
-    o.timeout = timeout;
-    if (w.method == "mpi" && (addr.empty() || port == 0)) {
-      // Rank 0 opens the store (on a free port unless one is given) and tells the others over MPI.
-      EnsureMpi();
-      char host[256] = {0};
-      int32_t p = port;
-      if (w.rank == 0) {
-        if (addr.empty()) addr = Hostname();
-        o.port = static_cast<uint16_t>(port);
-        store = c10::make_intrusive<c10d::TCPStore>(addr, o);
-        p = static_cast<c10d::TCPStore&>(*store).getPort();
-        std::strncpy(host, addr.c_str(), sizeof(host) - 1);
-      }
-      MPI_Bcast(host, sizeof(host), MPI_CHAR, 0, MPI_COMM_WORLD);
-      MPI_Bcast(&p, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
-      addr = host;
-      port = p;
-      if (w.rank != 0) {
-        o.port = static_cast<uint16_t>(port);
-        store = c10::make_intrusive<c10d::TCPStore>(addr, o);
-      }
-    } else {
-      if (addr.empty() || port == 0) {
-        return absl::InvalidArgumentError(
-            "set MASTER_ADDR and MASTER_PORT (or dist.master_addr / dist.master_port) for a multi-process run");
-      }
-      o.port = static_cast<uint16_t>(port);
-      store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+  std::shared_ptr<Store> store;
+  if (w.method == "mpi" && (addr.empty() || port == 0)) {
+    // Rank 0 opens the store (on a free port unless one is given) and tells the others over MPI.
+    EnsureMpi();
+    char host[256] = {0};
+    int32_t p = port;
+    if (w.rank == 0) {
+      if (addr.empty()) addr = Hostname();
+      ASSIGN_OR_RETURN(store, OpenStore(addr, port, true, config.timeout_seconds));
+      p = store->port();
+      std::strncpy(host, addr.c_str(), sizeof(host) - 1);
     }
-    return absl::OkStatus();
-  });
-  RETURN_IF_ERROR(st);
+    MPI_Bcast(host, sizeof(host), MPI_CHAR, 0, MPI_COMM_WORLD);
+    MPI_Bcast(&p, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
+    addr = host;
+    port = p;
+    if (w.rank != 0) {
+      ASSIGN_OR_RETURN(store, OpenStore(addr, port, false, config.timeout_seconds));
+    }
+  } else {
+    if (addr.empty() || port == 0) {
+      return absl::InvalidArgumentError(
+          "set MASTER_ADDR and MASTER_PORT (or dist.master_addr / dist.master_port) for a multi-process run");
+    }
+    ASSIGN_OR_RETURN(store, OpenStore(addr, port, w.rank == 0, config.timeout_seconds));
+  }
 
   std::string backend = config.backend;
   if (backend == "auto") backend = DefaultBackend();
   std::string bind = config.interface_addr;
   if (backend == "gloo" && bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
-  ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(store, "rlhf/dp", w.rank, w.size, backend, timeout, bind));
+  ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(static_cast<TcpStore&>(*store).raw(), "rlhf/dp", w.rank, w.size,
+                                             backend, timeout, bind));
   spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,
                addr, port);
   return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout));

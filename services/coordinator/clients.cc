@@ -59,15 +59,19 @@ int64_t RolloutPool::rejoined() const {
 }
 
 absl::Status RolloutPool::Probe(size_t w, double seconds, bool wait_for_ready) const {
-  RpcConfig quick = rpc_;
-  quick.deadline_seconds = std::min(rpc_.deadline_seconds, seconds);
-  return CheckHealth(channels_[w], quick, wait_for_ready).status();
+  return CheckHealth(channels_[w], rpc_, wait_for_ready, seconds).status();
 }
 
 absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
-  std::lock_guard<std::mutex> lock(publish_all_ ? group_mu_ : *push_mu_[w]);
+  if (publish_all_) {
+    // The whole group syncs, through the membership (a failure drops the workers that do not answer).
+    std::lock_guard<std::mutex> lock(group_mu_);
+    if (auto h = CheckHealth(channels_[w], rpc_); h.ok() && h->policy_version == version) return absl::OkStatus();
+    return SyncGroupLocked(version, /*force=*/true);
+  }
+  std::lock_guard<std::mutex> lock(*push_mu_[w]);
   if (auto h = CheckHealth(channels_[w], rpc_); h.ok() && h->policy_version == version) return absl::OkStatus();
-  return publish_all_ ? publish_all_(version, active()) : publish_(stubs_[w].get(), version);
+  return publish_(stubs_[w].get(), version);
 }
 
 absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
@@ -180,8 +184,7 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
   return out;
 }
 
-absl::Status RolloutPool::SyncGroup(int64_t version, bool force) {
-  std::lock_guard<std::mutex> lock(group_mu_);
+absl::Status RolloutPool::SyncGroupLocked(int64_t version, bool force) {
   auto set_active = [this](size_t w, bool on) {
     std::lock_guard<std::mutex> m(members_mu_);
     active_[w] = on;
@@ -237,7 +240,10 @@ absl::Status RolloutPool::SyncGroup(int64_t version, bool force) {
 }
 
 absl::Status RolloutPool::Sync(int64_t version, bool force) {
-  if (publish_all_) return SyncGroup(version, force);
+  if (publish_all_) {
+    std::lock_guard<std::mutex> lock(group_mu_);
+    return SyncGroupLocked(version, force);
+  }
   for (size_t w = 0; w < stubs_.size(); ++w) {
     absl::Status last;
     for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {

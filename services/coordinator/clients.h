@@ -73,11 +73,12 @@ class RolloutPool {
   // One try of a chunk on worker w: the samples grouped per prompt of the chunk.
   absl::StatusOr<std::vector<std::vector<Sample>>> Call(size_t w, const std::vector<Prompt>& chunk,
                                                        const SamplingParams& params, int32_t n, int64_t version);
-  // Brings worker w to `version` after it answered with another one. Several chunks may find the same stale
-  // worker at once: one of them pushes, the others find the version there (asked by Health) and push nothing.
+  // Brings worker w to `version` after it answered with another one (with a group publisher: a sync of
+  // the group). Several chunks may find the same stale worker at once: one of them pushes, the others find
+  // the version there (asked by Health) and push nothing.
   absl::Status Refresh(size_t w, int64_t version);
-  // Sync with a group publisher (see SetGroupPublisher).
-  absl::Status SyncGroup(int64_t version, bool force);
+  // Sync with a group publisher (see SetGroupPublisher); the caller holds group_mu_.
+  absl::Status SyncGroupLocked(int64_t version, bool force);
   // Health of worker w within `seconds` (at most rpc's deadline).
   absl::Status Probe(size_t w, double seconds, bool wait_for_ready) const;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;

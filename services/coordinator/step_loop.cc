@@ -58,9 +58,7 @@ RolloutPool::Publisher LearnerPublisher(LearnerClient& learner, int64_t chunk_by
 json ProcessEntry(const std::string& role, int64_t index, const std::string& address,
                   const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& rpc) {
   json e = {{"role", role}, {"index", index}, {"address", address}};
-  RpcConfig quick = rpc;
-  quick.deadline_seconds = std::min(rpc.deadline_seconds, 2.0);
-  auto h = CheckHealth(channel, quick);
+  auto h = CheckHealth(channel, rpc, /*wait_for_ready=*/false, /*max_seconds=*/2);
   if (!h.ok()) {
     e["state"] = "unreachable";
     return e;

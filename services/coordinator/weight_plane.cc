@@ -108,13 +108,11 @@ absl::Status CollectiveWeights::Form(const std::vector<size_t>& members) {
   // Every worker must answer before any member starts waiting for the others in the group. A worker that
   // is still starting refuses connections at once (tried again with the retries); one that does not answer
   // within a few seconds is hung.
-  RpcConfig quick = rpc_;
-  quick.deadline_seconds = std::min(rpc_.deadline_seconds, 5.0);
   for (size_t w : members) {
     absl::Status last;
     for (int64_t attempt = 0; attempt < std::max<int64_t>(1, retry_.max_attempts); ++attempt) {
       if (attempt > 0) Backoff(retry_, attempt - 1);
-      last = CheckHealth(channels_[w], quick, /*wait_for_ready=*/true).status();
+      last = CheckHealth(channels_[w], rpc_, /*wait_for_ready=*/true, /*max_seconds=*/5).status();
       if (last.ok() || last.code() == absl::StatusCode::kDeadlineExceeded) break;
     }
     if (!last.ok()) {
@@ -131,7 +129,7 @@ absl::Status CollectiveWeights::Form(const std::vector<size_t>& members) {
   spec.set_bucket_bytes(config_.bucket_bytes);
   spec.set_checksum(config_.checksum);
   spec.set_backend(config_.backend == "auto" ? comm::DefaultBackend() : config_.backend);
-  const double deadline = config_.timeout_seconds * 1.1 + 2;
+  const double deadline = CallDeadline();
   std::vector<std::function<absl::Status()>> calls;
   calls.push_back([&, spec]() mutable {
     spec.set_rank(0);
@@ -157,15 +155,15 @@ absl::Status CollectiveWeights::Form(const std::vector<size_t>& members) {
 
 absl::Status CollectiveWeights::Sync(int64_t version, const std::vector<size_t>& members) {
   auto& reg = Metrics::Process();
+  auto failed = [&reg](absl::Status s) {
+    reg.Counter("rlhf_weight_sync_failures_total", "weight syncs that failed").Increment();
+    return s;
+  };
   if (!formed_ || members != members_) {
-    auto s = Form(members);
-    if (!s.ok()) {
-      reg.Counter("rlhf_weight_sync_failures_total", "weight syncs that failed").Increment();
-      return s;
-    }
+    if (auto s = Form(members); !s.ok()) return failed(s);
   }
   const double t0 = Seconds();
-  const double deadline = config_.timeout_seconds * 1.1 + 2;
+  const double deadline = CallDeadline();
   int64_t bytes = 0;
   std::vector<std::function<absl::Status()>> calls;
   calls.push_back([&]() -> absl::Status {
@@ -187,8 +185,7 @@ absl::Status CollectiveWeights::Sync(int64_t version, const std::vector<size_t>&
   auto s = All(std::move(calls), members, absl::StrCat("weight sync of version ", version, " (group generation ", generation_, ")"));
   if (!s.ok()) {
     formed_ = false;  // out of step: the next sync forms a new generation
-    reg.Counter("rlhf_weight_sync_failures_total", "weight syncs that failed").Increment();
-    return s;
+    return failed(s);
   }
   const double seconds = Seconds() - t0;
   reg.Histogram("rlhf_weight_sync_duration_seconds", "time of one weight sync (grpc: to one worker; collective: to all)", {0.01, 0.1, 1, 10, 100}).Observe(seconds);

@@ -62,6 +62,9 @@ class CollectiveWeights {
   CollectiveWeights(const WeightsConfig& config, LearnerClient& learner, RpcConfig rpc, RetryPolicy retry)
       : config_(config), learner_(learner), rpc_(rpc), retry_(retry) {}
   absl::Status Form(const std::vector<size_t>& members);
+  // gRPC deadline of a call that runs a collective: the group's timeout and a margin, so that the
+  // collective's own error (naming its cause) comes back first.
+  double CallDeadline() const { return config_.timeout_seconds * 1.1 + 2; }
 
   WeightsConfig config_;
   LearnerClient& learner_;
