@@ -58,16 +58,26 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
   std::string dir_name = label;
   std::replace(dir_name.begin(), dir_name.end(), ' ', '-');
   ctx.run_dir = ctx.run.dir.empty() ? DefaultRunDir(dir_name) : ctx.run.dir;
+  const char* supervised = std::getenv("RLHF_SUPERVISED");
+  if (cmd.supervise && (supervised == nullptr || std::string(supervised) != "1")) return cmd.supervise(ctx);
   std::error_code ec;
   fs::create_directories(ctx.run_dir, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create run directory '", ctx.run_dir, "': ", ec.message(), "; set run.dir"));
   }
-  // Under mpirun / torchrun every rank shares the run directory: rank 0 owns log.txt and config.yaml.
+  // Under mpirun / torchrun every rank shares the run directory: rank 0 owns log.txt and config.yaml. A role
+  // of `rlhf run` logs under its role's name (learner 0 owns log.txt).
   auto world = comm::DetectWorld(comm::DistConfig{});
-  const int rank = world.ok() ? world->rank : 0;
-  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / (rank == 0 ? "log.txt" : absl::StrCat("log-rank", rank, ".txt"))).string()));
+  int rank = world.ok() ? world->rank : 0;
+  std::string log_name = rank == 0 ? "log.txt" : absl::StrCat("log-rank", rank, ".txt");
+  if (const char* role = std::getenv("RLHF_ROLE"); role != nullptr && supervised != nullptr) {
+    const char* index = std::getenv("RLHF_ROLE_INDEX");
+    const std::string name = absl::StrCat(role, index ? index : "0");
+    rank = name == "learner0" ? 0 : 1;
+    log_name = rank == 0 ? "log.txt" : absl::StrCat("log-", name, ".txt");
+  }
+  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / log_name).string()));
   const std::string resolved = cfg.ToYaml();
   if (rank == 0) {
     RETURN_IF_ERROR(WriteFileAtomic((fs::path(ctx.run_dir) / "config.yaml").string(),
@@ -146,7 +156,8 @@ CLI::App* AddCommand(CLI::App& app, const Command& cmd, int* exit_code) {
 }
 
 std::vector<Command> AllCommands() { return {InitModelCommand(), LogitsCommand(),   TokenizeCommand(),
-          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), ScoreCommand(), EvalCommand(), ConstitutionalCommand()};
+          TrainTokenizerCommand(), GenerateCommand(), GridWorldCommand(), TrainCommand(), RunCommand(), ScoreCommand(),
+          EvalCommand(), ConstitutionalCommand()};
 }
 
 std::vector<Command> DataCommands() { return {DataCheckCommand()}; }

@@ -58,6 +58,10 @@ struct Command {
   };
   std::vector<Flag> flags;
   std::function<absl::Status(const Context&)> body;
+  // A command whose process supervises a child that runs `body` (`rlhf run`): called instead of `body`,
+  // after the config is read and before any log file, metrics port or run directory is opened, unless this
+  // process is the child (RLHF_SUPERVISED=1). `ctx.run_dir` is resolved but not created.
+  std::function<absl::Status(const Context&)> supervise;
 };
 
 // Registers `cmd` as a subcommand of `app`. Returns the subcommand.
@@ -83,6 +87,7 @@ Command ServeScorerCommand();  // `rlhf serve scorer`
 Command ServeLearnerCommand();  // `rlhf serve learner` (train.cc)
 Command EvalCommand();         // `rlhf eval`
 Command ConstitutionalCommand();  // `rlhf constitutional`
+Command RunCommand();            // `rlhf run` (run.cc)
 
 
 }  // namespace rlhf::cli

@@ -1,5 +1,5 @@
-// rlhf score: the scorer offline (samples JSONL in, scored samples JSONL out); rlhf serve scorer: the same
-// scorer behind gRPC rlhf.Scorer, until SIGINT or SIGTERM.
+// rlhf score: the scorer offline (samples JSONL in, scored samples JSONL out); `rlhf serve scorer` (serve.cc)
+// is the same scorer behind gRPC rlhf.Scorer.
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -35,8 +35,6 @@ struct ScoreFilesConfig {
   }
 };
 
-std::atomic<bool> g_stop{false};
-extern "C" void OnScorerSignal(int) { g_stop.store(true); }
 }  // namespace
 
 Command ScoreCommand() {
@@ -73,37 +71,6 @@ Command ScoreCommand() {
     std::printf("scored %lld samples (%lld failed, kept without a reward); mean reward %.4f -> %s\n",
                 static_cast<long long>(samples.size()), static_cast<long long>(failed), ok > 0 ? total / ok : 0.0,
                 cfg.out.c_str());
-    return absl::OkStatus();
-  };
-  return c;
-}
-
-Command ServeScorerCommand() {
-  Command c;
-  c.name = "scorer";
-  c.help = "serve the reward sources and the reference model (gRPC rlhf.Scorer; rlhf.Health)";
-  c.add_sections = [](config::Schema& s) {
-    scoring::ScorerServiceConfig::Spec().Register(s);
-    scoring::RewardConfig::Spec().Register(s);
-    RpcConfig::Spec().Register(s);
-  };
-  c.takes_run_config = true;
-  c.flags = {{"address", "scorer.address", "host:port"}};
-  c.body = [](const Context& ctx) -> absl::Status {
-    auto cfg = scoring::ScorerServiceConfig::Spec().Read(ctx.config);
-    auto rpc = RpcConfig::Spec().Read(ctx.config);
-    ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(ctx.config)));
-    std::string sources;
-    for (const auto& s : scorer->SourceNames()) sources += (sources.empty() ? "" : ", ") + s;
-    const bool has_ref = scorer->has_reference();
-    scoring::ScorerService svc(std::move(scorer), cfg);
-    ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {cfg.address, "scorer", {}}, {&svc}));
-    spdlog::info("scorer serving on port {} (sources: {}; reference: {})", server->port(), sources, has_ref ? "yes" : "no");
-    std::signal(SIGINT, OnScorerSignal);
-    std::signal(SIGTERM, OnScorerSignal);
-    while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    spdlog::info("scorer: stopping");
-    server->Shutdown(std::chrono::milliseconds(5000));
     return absl::OkStatus();
   };
   return c;

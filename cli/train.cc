@@ -58,7 +58,9 @@ Command ServeLearnerCommand() {
   c.flags.push_back({"address", "learner.address", "host:port"});
   c.body = [](const Context& ctx) {
     const auto cfg = ServeLearnerConfig::Spec().Read(ctx.config);
-    return trainer::RunTraining(ctx.config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), cfg.address);
+    trainer::TrainingOptions o;
+    o.serve_learner_address = cfg.address;
+    return trainer::RunTraining(ctx.config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), o);
   };
   return c;
 }

@@ -55,8 +55,17 @@ bool Bf16MatmulWorks() {
 
 }  // namespace
 
+namespace {
+std::vector<std::string>& Args() {
+  static std::vector<std::string> args;
+  return args;
+}
+}  // namespace
+
+const std::vector<std::string>& ProcessArgs() { return Args(); }
+
 void PrepareProcess(int argc, char** argv) {
-  (void)argc;
+  Args().assign(argv, argv + argc);
   const char* no_reexec = std::getenv("RLHF_NO_REEXEC");
   const bool may_reexec = no_reexec == nullptr || std::strcmp(no_reexec, "1") != 0;
   auto flags = CpuFlags();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace rlhf {
 
@@ -12,6 +13,8 @@ namespace rlhf {
 // reports AMX but using it faults (seen on VMs), caps oneDNN at AVX512_CORE_BF16. Variables already set by
 // the user are respected; RLHF_NO_REEXEC=1 disables the re-exec.
 void PrepareProcess(int argc, char** argv);
+// The command line PrepareProcess was given (for a process that starts itself again, e.g. a supervisor).
+const std::vector<std::string>& ProcessArgs();
 
 struct RuntimeInfo {
   std::string blas_library;       // resolved path of the BLAS LibTorch calls (from /proc/self/maps)

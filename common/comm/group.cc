@@ -59,19 +59,6 @@ absl::StatusOr<int> EnvInt(const char* name) {
 
 bool UnderMpirun() { return Env("OMPI_COMM_WORLD_SIZE") || Env("PMI_SIZE") || Env("PMIX_RANK"); }
 
-// MPI is used for the bootstrap only; it is finalized at exit.
-void EnsureMpi() {
-  int init = 0;
-  MPI_Initialized(&init);
-  if (init) return;
-  int provided = 0;
-  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-  std::atexit([] {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (!fin) MPI_Finalize();
-  });
-}
 
 bool IsLoopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
@@ -214,6 +201,19 @@ class TcpStore : public Store {
     });
     RETURN_IF_ERROR(st);
     return out;
+  }
+  absl::StatusOr<bool> Has(const std::string& key) override {
+    bool has = false;
+    auto st = GuardExceptions("store check", [&]() -> absl::Status {
+      try {
+        has = store_->check({key});
+      } catch (const std::exception& e) {
+        return CollectiveError("store check", e);
+      }
+      return absl::OkStatus();
+    });
+    RETURN_IF_ERROR(st);
+    return has;
   }
   c10::intrusive_ptr<c10d::Store> raw() const { return store_; }
 
@@ -360,19 +360,16 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
   std::shared_ptr<Store> store;
   if (w.method == "mpi" && (addr.empty() || port == 0)) {
     // Rank 0 opens the store (on a free port unless one is given) and tells the others over MPI.
-    EnsureMpi();
-    char host[256] = {0};
-    int32_t p = port;
+    std::string where;
     if (w.rank == 0) {
       if (addr.empty()) addr = Hostname();
       ASSIGN_OR_RETURN(store, OpenStore(addr, port, true, config.timeout_seconds));
-      p = store->port();
-      std::strncpy(host, addr.c_str(), sizeof(host) - 1);
+      where = absl::StrCat(addr, ":", store->port());
     }
-    MPI_Bcast(host, sizeof(host), MPI_CHAR, 0, MPI_COMM_WORLD);
-    MPI_Bcast(&p, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
-    addr = host;
-    port = p;
+    ASSIGN_OR_RETURN(where, ShareOverMpi(w.rank, where));
+    const auto colon = where.rfind(':');
+    addr = where.substr(0, colon);
+    if (!absl::SimpleAtoi(where.substr(colon + 1), &port)) return absl::InternalError("bad rendezvous address over MPI");
     if (w.rank != 0) {
       ASSIGN_OR_RETURN(store, OpenStore(addr, port, false, config.timeout_seconds));
     }
@@ -393,6 +390,20 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
   spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,
                addr, port);
   return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout));
+}
+
+absl::StatusOr<std::string> ShareOverMpi(int rank, const std::string& value) {
+  if (!UnderMpirun()) return absl::FailedPreconditionError("not started by mpirun: nothing to share over MPI");
+  int init = 0;
+  MPI_Initialized(&init);
+  if (init) return absl::FailedPreconditionError("MPI is already in use in this process");
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  char buf[512] = {0};
+  if (rank == 0) std::strncpy(buf, value.c_str(), sizeof(buf) - 1);
+  MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return std::string(buf);
 }
 
 absl::StatusOr<std::vector<double>> Group::SumDoubles(std::vector<double> values) {

@@ -58,7 +58,14 @@ class Store {
   virtual absl::Status Set(const std::string& key, const std::string& value) = 0;
   // The value of `key`, waiting for it up to the store's timeout (DEADLINE_EXCEEDED).
   virtual absl::StatusOr<std::string> Get(const std::string& key) = 0;
+  // Whether `key` is set, without waiting; UNAVAILABLE when the store cannot be reached.
+  virtual absl::StatusOr<bool> Has(const std::string& key) = 0;
 };
+
+// Rank 0's `value` on every rank of the job mpirun started, over MPI; MPI is initialized for this and
+// finalized before it returns (all ranks call it at start-up), so no process waits in MPI_Finalize at its
+// exit for a peer that hung. FAILED_PRECONDITION when this process was not started by mpirun.
+absl::StatusOr<std::string> ShareOverMpi(int rank, const std::string& value);
 
 // The address this process's transport binds for a group whose store is at `store_host`: loopback when the
 // store is on loopback, else this host's name.

@@ -310,6 +310,10 @@ std::string Config::ToYaml() const {
   return std::string(e.c_str()) + "\n";
 }
 
+absl::StatusOr<Config> Config::With(const std::vector<std::string>& overrides) const {
+  return FromYaml(*schema_, ToYaml(), overrides);
+}
+
 std::string Schema::Markdown() const {
   std::ostringstream out;
   out << "| key | type | default | meaning |\n|---|---|---|---|\n";

@@ -73,6 +73,8 @@ class Config {
 
   // The resolved config as YAML (every declared key, defaults included).
   std::string ToYaml() const;
+  // This config with `overrides` applied on top (same rules as Load).
+  absl::StatusOr<Config> With(const std::vector<std::string>& overrides) const;
 
  private:
   Config(std::shared_ptr<const Schema> schema, YAML::Node root) : schema_(std::move(schema)), root_(root) {}

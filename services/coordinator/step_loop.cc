@@ -144,6 +144,22 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     if (o.learner_label != "embedded") {
       all.push_back(ProcessEntry("learner", 0, o.learner_label, MakeChannel(rpc, o.learner_label), rpc));
     }
+    // What the launcher knows (ranks, learner ranks above 0): merged into the entry of the same role and
+    // index, added where there is none.
+    for (const auto& other : o.other_processes) {
+      json e = json::parse(other, nullptr, false);
+      if (!e.is_object()) continue;
+      bool merged = false;
+      for (auto& a : all) {
+        if (a["role"] == e.value("role", json()) && a["index"] == e.value("index", json())) {
+          for (const auto& [k, v] : e.items()) {
+            if (!a.contains(k)) a[k] = v;
+          }
+          merged = true;
+        }
+      }
+      if (!merged) all.push_back(e);
+    }
     return WriteFileAtomic(o.processes_path, json({{"stage", stage}, {"processes", all}}).dump(2) + "\n");
   };
   Coordinator coord(o.coordinator, std::move(train_prompts), o.seed, &pool, &scorer);

@@ -117,6 +117,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.processes_path = (fs::path(p.run_dir) / "processes.json").string();
   o.rollout_addresses = roles_cfg.rollout_addresses;
   o.scorer_address = roles_cfg.scorer_address;
+  o.other_processes = p.other_processes;
   const auto& ds = *s.data;
   ASSIGN_OR_RETURN(auto train_prompts,
                    coordinator::PromptsOf(ds, ds.Indices(data::Split::kTrain), *s.tools, reward_cfg.answer_field));

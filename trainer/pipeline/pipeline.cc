@@ -163,12 +163,13 @@ void RegisterTrainKeys(config::Schema& schema) {
 }
 
 absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed,
-                         const std::string& serve_learner_address) {
+                         const TrainingOptions& options) {
   Pipeline p;
   p.config = &config;
   p.run_dir = run_dir;
   p.seed = seed;
-  p.serve_learner_address = serve_learner_address;
+  p.serve_learner_address = options.serve_learner_address;
+  p.other_processes = options.other_processes;
   p.train = TrainConfig::Spec().Read(config);
   const auto t_start = std::chrono::steady_clock::now();
   const auto dist = comm::DistConfig::Spec().Read(config);
@@ -193,7 +194,11 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
       }
     }
   }
-  ASSIGN_OR_RETURN(p.group, comm::Group::Create(dist));
+  if (options.group) {
+    p.group = options.group;
+  } else {
+    ASSIGN_OR_RETURN(p.group, comm::Group::Create(dist));
+  }
   torch::manual_seed(seed);
 
   int64_t resume_stage = 0;

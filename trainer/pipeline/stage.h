@@ -47,6 +47,7 @@ struct Pipeline {
   std::optional<TrainState> resume;  // the checkpoint state when this stage resumes
   std::string resume_dir;
   std::string serve_learner_address;  // `rlhf serve learner`: online stages serve rlhf.Learner here
+  std::vector<std::string> other_processes;  // processes.json entries the step loop does not reach (JSON)
   bool rank0() const { return group->rank() == 0; }
 };
 

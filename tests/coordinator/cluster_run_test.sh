@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Every role under one mpirun (`rlhf run`, roles by rank from the cluster section): 2 learner ranks (learner 0
+# coordinates), 2 rollout workers and a scorer on loopback, weights over the collective. The step loop pauses
+# before chosen weight syncs (RLHF_FAULT_PAUSE_BEFORE_SYNC) so that the fault lands at an exact point:
+#   before version 2  rollout worker 1 is killed (-9): the sync to it fails and it is dropped; its supervisor
+#                     starts it again on the same address, and mpirun never sees a process exit
+#   before version 3  the test waits until the new worker 1 answers Health (a new pid): it rejoins at version 3
+#   before version 5  worker 1 reports version 4 (it took versions 3 and 4 with the group)
+# The job must end with status 0, an exact ledger (no duplicates, nothing missing), 1 drop and 1 rejoin, and
+# processes.json must name every process with its rank (learner 1 included). Bounded: mpirun has a timeout and
+# is stopped by pid; its ranks' supervisors stop their children.
+#   cluster_run_test.sh RLHF PYTHON3 SOURCE_DIR
+set -euo pipefail
+rlhf="$1"
+py="$2"
+src="$3"
+d="$(mktemp -d)"
+source "$(dirname "$0")/../processes.sh"
+sum_task "$rlhf" "$py" "$d" 40 0
+cat > "$d/cluster.yaml" <<EOF
+cluster: {learners: 2, rollout_workers: 2, scorers: 1, restart_backoff_seconds: 0.5}
+train: {stages: [grpo]}
+run: {threads: 1, seed: 7}
+rl:
+  data: {path: $d/prompts.jsonl, heldout_fraction: 0.2}
+  steps: 6
+  rollout_batch_size: 4
+  group_size: 4
+  max_new_tokens: 4
+  micro_batch_size: 8
+  kl_coef: 0
+eval: {max_new_tokens: 4}
+rollout: {capacity: 64}
+roles: {max_attempts: 20, backoff_seconds: 0.1}
+reward: {exact_match_weight: 1, format_weight: 1, format_pattern: '[ -~][\s\S]*'}
+weights: {transport: collective, bucket_bytes: 65536, timeout_seconds: 5}
+EOF
+protoc --proto_path="$src/proto" --python_out="$d" rlhf/health.proto
+health() {  # health ADDRESS: "pid version" of the process serving there (fails when nothing answers)
+  "$py" - "$d" "$1" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import grpc
+from rlhf import health_pb2
+check = grpc.insecure_channel(sys.argv[2]).unary_unary(
+    "/rlhf.Health/Check", request_serializer=health_pb2.HealthRequest.SerializeToString,
+    response_deserializer=health_pb2.HealthReply.FromString)
+r = check(health_pb2.HealthRequest(), timeout=2)
+print(r.pid, r.policy_version)
+PY
+}
+
+mkdir -p "$d/pause"
+OMP_WAIT_POLICY=passive RLHF_FAULT_PAUSE_DIR="$d/pause" RLHF_FAULT_PAUSE_BEFORE_SYNC=2,3,5 timeout -k 10 300 \
+  mpirun --allow-run-as-root --oversubscribe -x OMP_WAIT_POLICY -x RLHF_FAULT_PAUSE_DIR -x RLHF_FAULT_PAUSE_BEFORE_SYNC \
+  -np 5 "$rlhf" run --config "$d/cluster.yaml" --model "$d/m" --run-dir "$d/run" > "$d/mpirun.log" 2>&1 &
+job=$!
+pids+=($job)
+
+wait_for() {  # wait_for FILE: until the step loop pauses there (at most 120 s)
+  for _ in $(seq 1 1200); do [ -f "$1" ] && return 0; kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+  echo "the run did not reach $1"; cat "$d/mpirun.log"; exit 1
+}
+worker1() {  # "address pid" of rollout worker 1 in processes.json
+  "$py" -c "
+import json, sys
+w = [e for e in json.load(open(sys.argv[1]))['processes'] if e['role'] == 'rollout' and e['index'] == 1][0]
+print(w['address'], w.get('pid', 0))" "$d/run/processes.json"
+}
+wait_for "$d/pause/paused-2"
+read -r address killed < <(worker1)
+kill -9 "$killed"
+touch "$d/pause/resume-2"
+wait_for "$d/pause/paused-3"
+restarted=""
+for _ in $(seq 1 600); do
+  if r=$(health "$address" 2>/dev/null) && [ "${r%% *}" != "$killed" ]; then restarted="${r%% *}"; break; fi
+  sleep 0.1
+done
+[ -n "$restarted" ] || { echo "rollout worker 1 was not started again at $address"; cat "$d/mpirun.log"; exit 1; }
+touch "$d/pause/resume-3"
+wait_for "$d/pause/paused-5"
+r=$(health "$address")
+[ "$r" = "$restarted 4" ] || { echo "worker 1 reports '$r', expected '$restarted 4'"; cat "$d/mpirun.log"; exit 1; }
+touch "$d/pause/resume-5"
+if ! wait "$job"; then echo "the job failed"; cat "$d/mpirun.log"; exit 1; fi
+grep -E "dropped|rejoins|starting it again" "$d/mpirun.log" || true
+grep -q "rollout 1 (pid $killed) was killed by signal 9; starting it again at $address" "$d/mpirun.log"
+grep -q "rollout worker 1 answers again: it rejoins the weight group at version 3" "$d/mpirun.log"
+
+"$py" - "$d/run" "$address" "$restarted" <<'PY'
+import json, sys
+run, address, restarted = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = json.load(open(f"{run}/summary.json"))
+assert s["duplicates"] == 0 and s["missing"] == 0, s
+assert s["steps"] == 6, s
+r = s["roles"]
+assert r["weights"] == "collective" and r["rollout_workers"] == 2 and r["learner_ranks"] == 2, r
+assert r["rollout_workers_dropped"] == 1 and r["rollout_workers_rejoined"] == 1, r
+procs = json.load(open(f"{run}/processes.json"))["processes"]
+by = {(e["role"], e["index"]): e for e in procs}
+assert set(by) == {("coordinator+learner", 0), ("learner", 1), ("rollout", 0), ("rollout", 1), ("scorer", 0)}, procs
+assert [by[k]["rank"] for k in sorted(by, key=lambda k: by[k]["rank"])] == [0, 1, 2, 3, 4], procs
+assert by[("coordinator+learner", 0)]["rank"] == 0 and by[("learner", 1)]["rank"] == 1, procs
+assert by[("rollout", 1)]["rank"] == 3 and by[("scorer", 0)]["rank"] == 4, procs
+assert by[("rollout", 1)]["pid"] == restarted and by[("rollout", 1)]["address"] == address, procs
+assert all(e["state"] == "running" and e["pid"] > 0 for e in procs), procs
+print("cluster run: ok;", r)
+PY
