@@ -448,6 +448,7 @@ absl::Status RunRole(const Context& ctx) {
     o.backend = dist.backend == "auto" ? comm::DefaultBackend() : dist.backend;
     o.timeout_seconds = dist.timeout_seconds;
     o.interface_addr = dist.interface_addr.empty() ? comm::DefaultInterface(hp.first) : dist.interface_addr;
+    o.watch = true;
     ASSIGN_OR_RETURN(group, comm::Group::Join(*store, "cluster/learners/", me.index, static_cast<int>(c.learners), o));
   }
   self["host"] = comm::HostName();

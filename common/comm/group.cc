@@ -12,12 +12,18 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace rlhf::comm {
 
@@ -101,81 +107,6 @@ absl::Status CollectiveError(const char* what, const std::exception& e) {
   return absl::UnavailableError(absl::StrCat(what, " failed (a peer may have died): ", msg));
 }
 
-// A started c10d collective (the work type differs between LibTorch 1.x and 2.x).
-template <typename WorkPtr>
-class C10dWork : public Work {
- public:
-  C10dWork(WorkPtr work, const char* what, std::chrono::milliseconds timeout)
-      : work_(std::move(work)), what_(what), timeout_(timeout) {}
-  absl::Status Wait() override {
-    try {
-      if (!work_->wait(timeout_)) {
-        return absl::DeadlineExceededError(absl::StrCat(what_, " did not complete within the timeout"));
-      }
-      return absl::OkStatus();
-    } catch (const std::exception& e) {
-      return CollectiveError(what_, e);
-    }
-  }
-
- private:
-  WorkPtr work_;
-  const char* what_;
-  std::chrono::milliseconds timeout_;
-};
-
-class C10dGroup : public Group {
- public:
-  C10dGroup(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::string backend,
-            std::chrono::milliseconds timeout)
-      : pg_(std::move(pg)), rank_(rank), size_(size), backend_(std::move(backend)), timeout_(timeout) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string backend() const override { return backend_; }
-
-  absl::Status AllReduceSum(std::vector<torch::Tensor>& tensors) override {
-    return Run("all-reduce", [&] {
-      c10d::AllreduceOptions o;
-      o.reduceOp = c10d::ReduceOp::SUM;
-      o.timeout = timeout_;
-      return pg_->allreduce(tensors, o);
-    });
-  }
-  absl::StatusOr<std::unique_ptr<Work>> BroadcastAsync(std::vector<torch::Tensor>& tensors, int root) override {
-    try {
-      c10d::BroadcastOptions o;
-      o.rootRank = root;
-      o.timeout = timeout_;
-      auto work = pg_->broadcast(tensors, o);
-      return std::unique_ptr<Work>(std::make_unique<C10dWork<decltype(work)>>(std::move(work), "broadcast", timeout_));
-    } catch (const std::exception& e) {
-      return CollectiveError("broadcast", e);
-    }
-  }
-  absl::Status Barrier() override {
-    return Run("barrier", [&] {
-      c10d::BarrierOptions o;
-      o.timeout = timeout_;
-      return pg_->barrier(o);
-    });
-  }
-
- private:
-  template <typename Fn>
-  absl::Status Run(const char* what, Fn&& fn) {
-    try {
-      auto work = fn();
-      return C10dWork<decltype(work)>(std::move(work), what, timeout_).Wait();
-    } catch (const std::exception& e) {
-      return CollectiveError(what, e);
-    }
-  }
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
-  int rank_, size_;
-  std::string backend_;
-  std::chrono::milliseconds timeout_;
-};
-
 class TcpStore : public Store {
  public:
   TcpStore(c10::intrusive_ptr<c10d::TCPStore> store, std::string host)
@@ -240,6 +171,202 @@ absl::StatusOr<std::shared_ptr<Store>> OpenStore(const std::string& host, int po
   RETURN_IF_ERROR(st);
   return out;
 }
+
+// Who is stuck when a collective fails. Every member of a watched group writes a heartbeat to the group's
+// store once a second from its own thread and connection: a counter, the number of collectives it has
+// entered, its host and pid. When a collective times out or a peer fails, the member reads every heartbeat
+// twice, two seconds apart, and names in its error the ranks whose heartbeat stood still (stopped with
+// SIGSTOP, dead, or cut off) and the live ranks that have not reached this collective (hung elsewhere).
+class Watch {
+ public:
+  static std::shared_ptr<Watch> Start(const std::string& host, int port, const std::string& prefix, int rank, int size,
+                                      double timeout_seconds) {
+    auto store = OpenStore(host, port, false, std::min(timeout_seconds, 30.0));
+    if (!store.ok()) {
+      spdlog::warn("group heartbeat off: {}", std::string(store.status().message()));
+      return nullptr;
+    }
+    auto w = std::shared_ptr<Watch>(new Watch(*store, prefix, rank, size));
+    w->Send(0);  // the first beat before the group is used
+    w->thread_ = std::thread([raw = w.get()] { raw->Beat(); });
+    return w;
+  }
+  ~Watch() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void Entered() { entered_.fetch_add(1); }
+  // `status` with the ranks that hold the collective up, when it is a timeout or a failed peer.
+  absl::Status Explain(absl::Status status) {
+    if (status.code() != absl::StatusCode::kDeadlineExceeded && status.code() != absl::StatusCode::kUnavailable) {
+      return status;
+    }
+    auto first = ReadAll();
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // this rank's own heartbeat goes on meanwhile
+    auto second = ReadAll();
+    if (!first.ok() || !second.ok()) {
+      return absl::Status(status.code(), absl::StrCat(status.message(), "; the group's rendezvous store does not answer "
+                                                                        "either (the process hosting it is gone?)"));
+    }
+    const int64_t mine = entered_.load();
+    std::vector<std::string> stuck;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      const auto& a = (*first)[static_cast<size_t>(r)];
+      const auto& b = (*second)[static_cast<size_t>(r)];
+      if (b.beat < 0) {
+        stuck.push_back(absl::StrCat("rank ", r, " never sent a heartbeat"));
+      } else if (a.beat == b.beat) {
+        stuck.push_back(absl::StrCat("rank ", r, " (pid ", b.pid, " on ", b.host,
+                                     ") has sent no heartbeat for 2 s: stopped, dead or cut off"));
+      } else if (b.entered < mine) {
+        stuck.push_back(absl::StrCat("rank ", r, " (pid ", b.pid, " on ", b.host, ") is alive but has not reached this ",
+                                     "collective (it entered ", b.entered, " collectives, this rank ", mine, "): hung"));
+      }
+    }
+    if (stuck.empty()) return status;
+    return absl::Status(status.code(), absl::StrCat(status.message(), "; ", absl::StrJoin(stuck, "; ")));
+  }
+
+ private:
+  struct Beat_ {
+    int64_t beat = -1, entered = 0, pid = 0;
+    std::string host;
+  };
+  Watch(std::shared_ptr<Store> store, std::string prefix, int rank, int size)
+      : store_(std::move(store)), prefix_(std::move(prefix)), rank_(rank), size_(size), host_(Hostname()) {}
+  std::string Key(int r) const { return absl::StrCat(prefix_, "heartbeat/", r); }
+  void Send(int64_t n) {
+    std::lock_guard<std::mutex> l(store_mu_);
+    (void)store_->Set(Key(rank_), absl::StrCat(n, " ", entered_.load(), " ", getpid(), " ", host_));
+  }
+  void Beat() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (int64_t n = 1;; ++n) {
+      cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_; });
+      if (stop_) return;
+      l.unlock();
+      Send(n);
+      l.lock();
+    }
+  }
+  absl::StatusOr<std::vector<Beat_>> ReadAll() {
+    std::lock_guard<std::mutex> l(store_mu_);
+    std::vector<Beat_> out(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      ASSIGN_OR_RETURN(bool has, store_->Has(Key(r)));
+      if (!has) continue;
+      ASSIGN_OR_RETURN(auto v, store_->Get(Key(r)));
+      std::vector<std::string> parts = absl::StrSplit(v, absl::MaxSplits(' ', 3));
+      auto& b = out[static_cast<size_t>(r)];
+      if (parts.size() == 4 && absl::SimpleAtoi(parts[0], &b.beat) && absl::SimpleAtoi(parts[1], &b.entered) &&
+          absl::SimpleAtoi(parts[2], &b.pid)) {
+        b.host = parts[3];
+      } else {
+        b.beat = -1;
+      }
+    }
+    return out;
+  }
+  std::shared_ptr<Store> store_;
+  const std::string prefix_;
+  const int rank_, size_;
+  const std::string host_;
+  std::atomic<int64_t> entered_{0};
+  std::mutex mu_, store_mu_;  // mu_: stop_; store_mu_: the store connection (one call at a time)
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// A started c10d collective (the work type differs between LibTorch 1.x and 2.x).
+template <typename WorkPtr>
+class C10dWork : public Work {
+ public:
+  C10dWork(WorkPtr work, const char* what, std::chrono::milliseconds timeout, std::shared_ptr<Watch> watch)
+      : work_(std::move(work)), what_(what), timeout_(timeout), watch_(std::move(watch)) {}
+  absl::Status Wait() override {
+    absl::Status s;
+    try {
+      if (!work_->wait(timeout_)) {
+        s = absl::DeadlineExceededError(absl::StrCat(what_, " did not complete within the timeout"));
+      }
+    } catch (const std::exception& e) {
+      s = CollectiveError(what_, e);
+    }
+    return s.ok() || !watch_ ? s : watch_->Explain(std::move(s));
+  }
+
+ private:
+  WorkPtr work_;
+  const char* what_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<Watch> watch_;
+};
+
+class C10dGroup : public Group {
+ public:
+  C10dGroup(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::string backend,
+            std::chrono::milliseconds timeout, std::shared_ptr<Watch> watch = nullptr)
+      : pg_(std::move(pg)), rank_(rank), size_(size), backend_(std::move(backend)), timeout_(timeout),
+        watch_(std::move(watch)) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return backend_; }
+
+  absl::Status AllReduceSum(std::vector<torch::Tensor>& tensors) override {
+    return Run("all-reduce", [&] {
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      o.timeout = timeout_;
+      return pg_->allreduce(tensors, o);
+    });
+  }
+  absl::StatusOr<std::unique_ptr<Work>> BroadcastAsync(std::vector<torch::Tensor>& tensors, int root) override {
+    if (watch_) watch_->Entered();
+    try {
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      o.timeout = timeout_;
+      auto work = pg_->broadcast(tensors, o);
+      return std::unique_ptr<Work>(
+          std::make_unique<C10dWork<decltype(work)>>(std::move(work), "broadcast", timeout_, watch_));
+    } catch (const std::exception& e) {
+      return Explained(CollectiveError("broadcast", e));
+    }
+  }
+  absl::Status Barrier() override {
+    return Run("barrier", [&] {
+      c10d::BarrierOptions o;
+      o.timeout = timeout_;
+      return pg_->barrier(o);
+    });
+  }
+
+ private:
+  template <typename Fn>
+  absl::Status Run(const char* what, Fn&& fn) {
+    if (watch_) watch_->Entered();
+    try {
+      auto work = fn();
+      return C10dWork<decltype(work)>(std::move(work), what, timeout_, watch_).Wait();
+    } catch (const std::exception& e) {
+      return Explained(CollectiveError(what, e));
+    }
+  }
+  absl::Status Explained(absl::Status s) { return watch_ ? watch_->Explain(std::move(s)) : s; }
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  int rank_, size_;
+  std::string backend_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<Watch> watch_;
+};
+
 
 // A c10d process group of `backend` over `store` (keys under `prefix`).
 absl::StatusOr<c10::intrusive_ptr<c10d::ProcessGroup>> MakeProcessGroup(const c10::intrusive_ptr<c10d::Store>& store,
@@ -314,7 +441,8 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Join(Store& store, const std::stri
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
   const std::string bind = options.interface_addr.empty() ? "127.0.0.1" : options.interface_addr;
   ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(tcp->raw(), prefix, rank, size, options.backend, timeout, bind));
-  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, rank, size, options.backend, timeout));
+  auto watch = options.watch ? Watch::Start(tcp->host(), tcp->port(), prefix, rank, size, options.timeout_seconds) : nullptr;
+  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, rank, size, options.backend, timeout, watch));
 }
 
 absl::StatusOr<WorldInfo> DetectWorld(const DistConfig& config) {
@@ -389,7 +517,8 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
                                              backend, timeout, bind));
   spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,
                addr, port);
-  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout));
+  auto watch = Watch::Start(addr, port, "rlhf/dp/", w.rank, w.size, config.timeout_seconds);
+  return std::shared_ptr<Group>(std::make_shared<C10dGroup>(pg, w.rank, w.size, backend, timeout, watch));
 }
 
 absl::StatusOr<std::string> ShareOverMpi(int rank, const std::string& value) {

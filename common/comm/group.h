@@ -10,7 +10,8 @@
 //   single: one process
 // Thread-safety: a Group is used by one thread at a time (collectives are issued in the same order on
 // every rank). Errors: a peer that dies or a collective that exceeds the timeout gives UNAVAILABLE or
-// DEADLINE_EXCEEDED; the group is unusable afterwards.
+// DEADLINE_EXCEEDED; the group is unusable afterwards. A group from Create (and from Join with
+// GroupOptions::watch) names in that error the ranks that hold the collective up, from their heartbeats.
 #pragma once
 
 #include <torch/torch.h>
@@ -90,6 +91,9 @@ struct GroupOptions {
   std::string backend = "gloo";   // gloo | nccl (nccl needs a CUDA build)
   double timeout_seconds = 300;   // each collective and the formation itself
   std::string interface_addr;     // address the Gloo transport binds; "" = loopback
+  // Heartbeats through the store, so that a failed collective names the ranks that hold it up (stopped,
+  // dead, or alive but elsewhere). For long-lived groups (a learner's); a thread and a store connection each.
+  bool watch = false;
 };
 
 class Group {

@@ -212,7 +212,12 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     hooks.before_sync(version);
     const double t_sync = Seconds();
     RETURN_IF_ERROR(pool.Sync(version));
+    // The step's time split: generate, score, train, sync (a batch's rollouts and scores may span several
+    // calls; these are its totals).
     m["weight_sync_seconds"] = Seconds() - t_sync;
+    m["generate_seconds"] = batch.generate_seconds;
+    m["score_seconds"] = batch.score_seconds;
+    m["train_seconds"] = learn_seconds;
     if (pool.dropped() + pool.rejoined() != membership_changes) {
       membership_changes = pool.dropped() + pool.rejoined();
       RETURN_IF_ERROR(write_processes());

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <thread>
@@ -233,6 +234,51 @@ TEST(WeightGroup, ASenderThatStopsHalfwayEndsTheSyncAtItsDeadlineAndTheNextGener
       ASSERT_TRUE(r.ok()) << r.status();
       for (const auto& [name, t] : learner) EXPECT_TRUE(torch::equal(r->tensors.at(name), t)) << name;
     }
+  });
+}
+
+// A watched group names, in the error of a failed collective, the rank that holds it up.
+GroupOptions Watched(double timeout) {
+  GroupOptions o;
+  o.timeout_seconds = timeout;
+  o.watch = true;
+  return o;
+}
+
+TEST(Group, ATimedOutCollectiveNamesTheLiveRankThatNeverReachedIt) {
+  Members m;
+  std::atomic<int> returned{0};
+  m.Run(3, [&](int rank, Store& store) {
+    auto g = Group::Join(store, "hung/", rank, 3, Watched(2));
+    ASSERT_TRUE(g.ok()) << g.status();
+    if (rank == 2) {  // alive (its heartbeat goes on) but busy elsewhere until the others gave up
+      while (returned.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return;
+    }
+    std::vector<torch::Tensor> t = {torch::ones({4})};
+    auto s = (*g)->AllReduceSum(t);
+    ++returned;
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+    EXPECT_NE(s.message().find("rank 2 (pid "), std::string::npos) << s;
+    EXPECT_NE(s.message().find("is alive but has not reached this collective"), std::string::npos) << s;
+    EXPECT_EQ(s.message().find("rank " + std::to_string(1 - rank) + " "), std::string::npos) << "the other rank is fine: " << s;
+  });
+}
+
+TEST(Group, AFailedCollectiveNamesTheRankWhoseHeartbeatStopped) {
+  Members m;
+  m.Run(3, [&](int rank, Store& store) {
+    auto g = Group::Join(store, "gone/", rank, 3, Watched(5));
+    ASSERT_TRUE(g.ok()) << g.status();
+    if (rank == 2) {  // leaves: its connections close and its heartbeat stops
+      g->reset();
+      return;
+    }
+    std::vector<torch::Tensor> t = {torch::ones({4})};
+    auto s = (*g)->AllReduceSum(t);
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("rank 2 (pid "), std::string::npos) << s;
+    EXPECT_NE(s.message().find("has sent no heartbeat for 2 s"), std::string::npos) << s;
   });
 }
 
