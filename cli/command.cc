@@ -78,6 +78,12 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
     log_name = rank == 0 ? "log.txt" : absl::StrCat("log-", name, ".txt");
   }
   RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / log_name).string()));
+  const char* run_rank = std::getenv("RLHF_RUN_RANK");
+  Metrics::Process().SetProcessLabels({{"rank", run_rank != nullptr ? run_rank : std::to_string(world.ok() ? world->rank : 0)}});
+  // Every process exports at least this (with its role and rank labels), so that each one is seen scraped.
+  Metrics::Process()
+      .Gauge("rlhf_process_start_time_seconds", "when this process started (Unix time)")
+      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   const std::string resolved = cfg.ToYaml();
   if (rank == 0) {
     RETURN_IF_ERROR(WriteFileAtomic((fs::path(ctx.run_dir) / "config.yaml").string(),

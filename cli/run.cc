@@ -100,7 +100,7 @@ struct Placement {
   int index = 0;
   int local_rank = 0;
   bool under_mpirun = false;
-  int rank = 0;  // in the mpirun job (or the role's index)
+  int rank = 0;  // in the mpirun job (the role's index under RLHF_ROLE)
   std::string name() const { return absl::StrCat(RoleName(role), " ", index); }
   std::string key() const { return absl::StrCat("cluster/", RoleName(role), "/", index); }
 };
@@ -297,6 +297,10 @@ absl::Status Supervise(const Context& ctx) {
     store_at = absl::StrCat(Env("MASTER_ADDR"), ":", Env("MASTER_PORT"));
   }
   std::shared_ptr<comm::Store> store;
+  if (store_at.empty() && host_store && c.total() == 1) {
+    ASSIGN_OR_RETURN(store, comm::Store::Host("127.0.0.1", 0, wait));  // one process: its own store
+    store_at = absl::StrCat("127.0.0.1:", store->port());
+  }
   if (store_at.empty()) {
     if (!me.under_mpirun) {
       return absl::InvalidArgumentError(
@@ -441,6 +445,7 @@ absl::Status RunRole(const Context& ctx) {
     case Role::kLearner:
       break;
   }
+  Metrics::Process().SetProcessLabels({{"role", me.index == 0 ? "coordinator+learner" : "learner"}});
   const auto dist = comm::DistConfig::Spec().Read(ctx.config);
   std::shared_ptr<comm::Group> group = comm::Group::Single();
   if (c.learners > 1) {

@@ -37,6 +37,7 @@ absl::Status ServeRollout(const config::Config& config, const std::string& model
                           const std::function<absl::Status(int port)>& started) {
   auto cfg = rollout::RolloutServerConfig::Spec().Read(config);
   auto rpc = RpcConfig::Spec().Read(config);
+  Metrics::Process().SetProcessLabels({{"role", "rollout"}});
   if (model.empty()) return absl::InvalidArgumentError("give --model DIR");
   ASSIGN_OR_RETURN(auto served, rollout::LoadRolloutService(cfg, model));
   auto& svc = *served->service;
@@ -56,6 +57,7 @@ absl::Status ServeScorer(const config::Config& config, const std::string& addres
                          const std::function<absl::Status(int port)>& started) {
   auto cfg = scoring::ScorerServiceConfig::Spec().Read(config);
   auto rpc = RpcConfig::Spec().Read(config);
+  Metrics::Process().SetProcessLabels({{"role", "scorer"}});
   ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(scoring::RewardConfig::Spec().Read(config)));
   std::string sources;
   for (const auto& s : scorer->SourceNames()) sources += (sources.empty() ? "" : ", ") + s;

@@ -2,6 +2,8 @@
 // whose online stages serve rlhf.Learner for a coordinator process.
 #include "cli/command.h"
 #include "absl/strings/str_join.h"
+#include "common/comm/group.h"
+#include "common/metrics.h"
 #include "trainer/pipeline/pipeline.h"
 #include "trainer/pipeline/stages.h"
 
@@ -38,6 +40,8 @@ Command TrainCommand() {
   c.add_sections = [](config::Schema& s) { trainer::RegisterTrainKeys(s); };
   c.flags = PipelineFlags();
   c.body = [](const Context& ctx) {
+    auto world = comm::DetectWorld(comm::DistConfig::Spec().Read(ctx.config));
+    Metrics::Process().SetProcessLabels({{"role", world.ok() && world->rank > 0 ? "learner" : "coordinator+learner"}});
     return trainer::RunTraining(ctx.config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed));
   };
   return c;
@@ -58,6 +62,7 @@ Command ServeLearnerCommand() {
   c.flags.push_back({"address", "learner.address", "host:port"});
   c.body = [](const Context& ctx) {
     const auto cfg = ServeLearnerConfig::Spec().Read(ctx.config);
+    Metrics::Process().SetProcessLabels({{"role", "learner"}});
     trainer::TrainingOptions o;
     o.serve_learner_address = cfg.address;
     return trainer::RunTraining(ctx.config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), o);

@@ -214,9 +214,36 @@ int Metrics::port() const {
   return server_ ? server_->port() : 0;
 }
 
+void Metrics::SetProcessLabels(const Labels& labels) {
+  for (const auto& [k, v] : labels) {
+    if (std::find(kAllowedLabels.begin(), kAllowedLabels.end(), k) == kAllowedLabels.end()) {
+      throw std::invalid_argument("process label '" + k + "' is not an allowed label name");
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [k, v] : labels) process_labels_[k] = v;
+}
+
 std::string Metrics::Text() const {
+  Labels extra;
+  {
+    absl::MutexLock lock(&mu_);
+    extra = process_labels_;
+  }
+  auto families = registry_->Collect();
+  if (!extra.empty()) {
+    for (auto& f : families) {
+      for (auto& m : f.metric) {
+        for (const auto& [k, v] : extra) {
+          const bool has = std::any_of(m.label.begin(), m.label.end(), [&](const auto& l) { return l.name == k; });
+          if (!has) m.label.push_back({k, v});
+        }
+        std::sort(m.label.begin(), m.label.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+      }
+    }
+  }
   prometheus::TextSerializer serializer;
-  return serializer.Serialize(registry_->Collect());
+  return serializer.Serialize(families);
 }
 
 }  // namespace rlhf

@@ -61,6 +61,9 @@ class Metrics {
   int port() const;
   // The metrics in Prometheus text format (what /metrics returns).
   std::string Text() const;
+  // Labels every metric of this process carries in Text() (e.g. its role and rank), unless the metric has
+  // that label itself. Adds to (or replaces values of) the labels set before; names must be allowed labels.
+  void SetProcessLabels(const Labels& labels);
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -73,6 +76,7 @@ class Metrics {
   mutable absl::Mutex mu_;
   std::map<std::string, std::string> kinds_ ABSL_GUARDED_BY(mu_);  // name -> "counter" | "gauge" | "histogram"
   std::unique_ptr<MetricsHttpServer> server_ ABSL_GUARDED_BY(mu_);
+  Labels process_labels_ ABSL_GUARDED_BY(mu_);
 };
 
 // This process's rank among the processes of its node under mpirun / torchrun (0 when started alone).

@@ -157,11 +157,17 @@ absl::StatusOr<std::vector<Generated>> Generator::Generate(const std::vector<Pro
     auto draw = Sample(logits, params, seeds, steps);
     auto tok = draw.tokens.to(torch::kCPU);
     auto lp = draw.logprobs.to(torch::kCPU);
+    if (observer_) {
+      int64_t cached = 0;
+      for (int64_t s : slots) cached += cache_->length(s);
+      observer_(static_cast<int64_t>(slots.size()), cached);
+    }
     for (size_t k = 0; k < slots.size(); ++k) {
       push(slots[k], static_cast<int32_t>(tok[k].item<int64_t>()), lp[k].item<float>());
     }
     any_active = std::any_of(live.begin(), live.end(), [](const Live& l) { return l.active; });
   }
+  if (observer_) observer_(0, 0);
   std::sort(done.begin(), done.end(), [](const Generated& a, const Generated& b) {
     return a.prompt_index != b.prompt_index ? a.prompt_index < b.prompt_index : a.sample_index < b.sample_index;
   });

@@ -61,12 +61,20 @@ class Generator {
                                                   const SamplingParams& params,
                                                   const std::function<void(const Generated&)>& on_sample = {});
 
+  // Called after every decode step with the sequences decoded together and the tokens their KV cache holds
+  // (0, 0 when a Generate call ends): the worker's cache use, for its metrics. Set before generating.
+  void SetStepObserver(std::function<void(int64_t sequences, int64_t cached_tokens)> observer) {
+    observer_ = std::move(observer);
+  }
+  int64_t capacity_tokens() const { return options_.slots * options_.capacity; }
+
  private:
   model::TransformerImpl* model_;
   const text::Tokenizer* tokenizer_;
   std::vector<int32_t> eos_;
   GeneratorOptions options_;
   std::unique_ptr<model::KVCache> cache_;
+  std::function<void(int64_t, int64_t)> observer_;
 };
 
 }  // namespace rlhf::rollout

@@ -1,5 +1,7 @@
 #include "rollout/service.h"
 
+#include "common/metrics.h"
+
 #include <spdlog/spdlog.h>
 
 #include "common/text/model_text.h"
@@ -7,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics.h"
 #include "common/model/checkpoint.h"
 #include "rollout/weight_client.h"
 #include "common/text/model_text.h"
@@ -32,11 +35,48 @@ torch::ScalarType TorchType(DType d) {
 }
 }  // namespace
 
+namespace {
+
+// What a rollout worker exports (its process's /metrics): requests and their latency, tokens generated,
+// prompts waiting for the model, and the KV cache in use.
+struct WorkerMetrics {
+  prometheus::Counter& requests;
+  prometheus::Histogram& latency;
+  prometheus::Counter& tokens;
+  prometheus::Gauge& queue;
+  prometheus::Gauge& sequences;
+  prometheus::Gauge& cached;
+  prometheus::Gauge& capacity;
+  static WorkerMetrics& Get() {
+    static WorkerMetrics* m = [] {
+      auto& r = Metrics::Process();
+      return new WorkerMetrics{
+          r.Counter("rlhf_rollout_requests_total", "Generate calls answered by this rollout worker"),
+          r.Histogram("rlhf_rollout_request_duration_seconds", "time of a Generate call, queueing included",
+                      {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
+          r.Counter("rlhf_rollout_generated_tokens_total", "completion tokens this rollout worker generated"),
+          r.Gauge("rlhf_rollout_queue_prompts", "prompts received by this worker and not yet generating"),
+          r.Gauge("rlhf_rollout_active_sequences", "sequences decoded together now"),
+          r.Gauge("rlhf_rollout_kv_cache_tokens", "tokens the KV cache holds for the sequences decoded now"),
+          r.Gauge("rlhf_rollout_kv_cache_capacity_tokens", "tokens the KV cache can hold (slots x capacity)")};
+    }();
+    return *m;
+  }
+};
+
+}  // namespace
+
 RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokenizer* tokenizer,
                                std::vector<int32_t> eos_ids, RolloutServiceOptions options, int64_t initial_version)
     : model_(model), tokenizer_(tokenizer), eos_(std::move(eos_ids)), options_(options), version_(initial_version) {
   for (const auto& p : model_->named_parameters(true)) params_[p.key()] = p.value();
   generator_ = std::make_unique<Generator>(model_, tokenizer_, eos_, options_.generator);
+  auto& m = WorkerMetrics::Get();
+  m.capacity.Set(static_cast<double>(generator_->capacity_tokens()));
+  generator_->SetStepObserver([&m](int64_t sequences, int64_t cached) {
+    m.sequences.Set(static_cast<double>(sequences));
+    m.cached.Set(static_cast<double>(cached));
+  });
   watcher_ = std::thread([this] { WatchStore(); });
 }
 
@@ -160,9 +200,24 @@ void RolloutService::SwapIfPending() {
 
 grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRequest* r,
                                       grpc::ServerWriter<GenerateResponse>* writer) {
+  auto& metrics = WorkerMetrics::Get();
+  const auto t0 = std::chrono::steady_clock::now();
+  metrics.requests.Increment();
   auto prepared = Prepare(*r);
   if (!prepared.ok()) return ToGrpc(prepared.status());
   const std::vector<PromptInput>& prompts = *prepared;
+  // Prompts of this call not yet generating: counted down as each group takes the model.
+  double waiting = static_cast<double>(prompts.size());
+  metrics.queue.Increment(waiting);
+  struct Done {
+    WorkerMetrics& m;
+    double& waiting;
+    std::chrono::steady_clock::time_point t0;
+    ~Done() {
+      m.queue.Decrement(waiting);
+      m.latency.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  } done_metrics{metrics, waiting, t0};
   SamplingParams sp;
   sp.temperature = r->params().temperature();
   sp.top_k = r->params().top_k();
@@ -178,6 +233,8 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
     std::vector<PromptInput> group(prompts.begin() + start,
                                    prompts.begin() + std::min(prompts.size(), start + per_group));
     std::lock_guard<std::mutex> lock(model_mu_);
+    metrics.queue.Decrement(static_cast<double>(group.size()));
+    waiting -= static_cast<double>(group.size());
     SwapIfPending();
     const int64_t version = version_;
     bool write_failed = false;
@@ -190,6 +247,7 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
       s->set_sample_index(static_cast<int32_t>(g.sample_index));
       for (int32_t id : prompts[g.prompt_index].ids) s->add_prompt_ids(id);
       for (int32_t id : g.completion_ids) s->add_completion_ids(id);
+      metrics.tokens.Increment(static_cast<double>(g.completion_ids.size()));
       for (float lp : g.logprobs) s->add_logprobs(lp);
       s->set_policy_version(version);
       s->set_finish_reason(g.stopped ? FINISH_REASON_STOP : FINISH_REASON_LENGTH);

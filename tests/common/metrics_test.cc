@@ -108,5 +108,18 @@ TEST(Metrics, PromtoolAcceptsTheExposition) {
   EXPECT_EQ(run.out.find("rlhf_test_promtool"), std::string::npos) << "promtool complains: " << run.out;
 }
 
+TEST(Metrics, ProcessLabelsGoOnEveryMetricThatLacksThem) {
+  auto& m = Metrics::Process();
+  m.Gauge("rlhf_test_process_labels_plain", "a gauge without labels").Set(3);
+  m.Gauge("rlhf_test_process_labels_own", "a gauge with its own role", {{"role", "scorer"}}).Set(4);
+  m.SetProcessLabels({{"role", "rollout"}, {"rank", "3"}});
+  m.SetProcessLabels({{"rank", "2"}});  // adds to the earlier set, replacing the value it names
+  const std::string text = m.Text();
+  EXPECT_NE(text.find("rlhf_test_process_labels_plain{rank=\"2\",role=\"rollout\"} 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("rlhf_test_process_labels_own{rank=\"2\",role=\"scorer\"} 4"), std::string::npos) << text;
+  EXPECT_THROW(m.SetProcessLabels({{"prompt_id", "7"}}), std::invalid_argument);
+  m.SetProcessLabels({{"rank", "0"}});
+}
+
 }  // namespace
 }  // namespace rlhf

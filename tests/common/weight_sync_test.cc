@@ -267,10 +267,13 @@ TEST(Group, ATimedOutCollectiveNamesTheLiveRankThatNeverReachedIt) {
 
 TEST(Group, AFailedCollectiveNamesTheRankWhoseHeartbeatStopped) {
   Members m;
+  std::atomic<int> joined{0};
   m.Run(3, [&](int rank, Store& store) {
     auto g = Group::Join(store, "gone/", rank, 3, Watched(5));
     ASSERT_TRUE(g.ok()) << g.status();
-    if (rank == 2) {  // leaves: its connections close and its heartbeat stops
+    ++joined;
+    if (rank == 2) {  // leaves once every member has formed the group: its connections close, its heartbeat stops
+      while (joined.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       g->reset();
       return;
     }

@@ -7,7 +7,8 @@
 #   before version 3  the test waits until the new worker 1 answers Health (a new pid): it rejoins at version 3
 #   before version 5  worker 1 reports version 4 (it took versions 3 and 4 with the group)
 # The job must end with status 0, an exact ledger (no duplicates, nothing missing), 1 drop and 1 rejoin, and
-# processes.json must name every process with its rank (learner 1 included). Bounded: mpirun has a timeout and
+# processes.json must name every process with its rank (learner 1 included). Each process serves /metrics on
+# metrics.port + its local rank with `role` and `rank` labels; worker 1's shows its own generation figures. Bounded: mpirun has a timeout and
 # is stopped by pid; its ranks' supervisors stop their children.
 #   cluster_run_test.sh RLHF PYTHON3 SOURCE_DIR
 set -euo pipefail
@@ -17,10 +18,22 @@ src="$3"
 d="$(mktemp -d)"
 source "$(dirname "$0")/../processes.sh"
 sum_task "$rlhf" "$py" "$d" 40 0
+base=$("$py" -c "
+import random, socket
+for _ in range(200):  # five consecutive free ports: metrics.port + local rank 0..4
+    b = random.randrange(20000, 60000)
+    try:
+        ss = [socket.socket() for _ in range(5)]
+        for i, s in enumerate(ss): s.bind(('127.0.0.1', b + i))
+        print(b); break
+    except OSError: pass
+    finally:
+        for s in ss: s.close()")
 cat > "$d/cluster.yaml" <<EOF
 cluster: {learners: 2, rollout_workers: 2, scorers: 1, restart_backoff_seconds: 0.5}
 train: {stages: [grpo]}
 run: {threads: 1, seed: 7}
+metrics: {port: $base, bind: 127.0.0.1}
 rl:
   data: {path: $d/prompts.jsonl, heldout_fraction: 0.2}
   steps: 6
@@ -82,6 +95,32 @@ touch "$d/pause/resume-3"
 wait_for "$d/pause/paused-5"
 r=$(health "$address")
 [ "$r" = "$restarted 4" ] || { echo "worker 1 reports '$r', expected '$restarted 4'"; cat "$d/mpirun.log"; exit 1; }
+"$py" - "$base" <<'PY'
+import re, sys, urllib.request
+base = int(sys.argv[1])
+def scrape(local_rank):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{base + local_rank}/metrics", timeout=10).read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+) (\S+)$", text, re.M)}
+w = scrape(3)  # rollout worker 1 (rank 3), since its restart
+def one(ms, name):
+    hits = [v for k, v in ms.items() if k.split("{")[0] == name]
+    assert len(hits) == 1, (name, hits)
+    k = [k for k in ms if k.split("{")[0] == name][0]
+    return k, hits[0]
+k, tokens = one(w, "rlhf_rollout_generated_tokens_total")
+assert 'rank="3"' in k and 'role="rollout"' in k and tokens > 0, (k, tokens)
+assert one(w, "rlhf_rollout_requests_total")[1] >= 1, w
+assert one(w, "rlhf_rollout_request_duration_seconds_count")[1] >= 1, w
+assert one(w, "rlhf_rollout_kv_cache_capacity_tokens")[1] == 16 * 64, w  # rollout.slots x rollout.capacity
+assert one(w, "rlhf_rollout_queue_prompts")[1] == 0 and one(w, "rlhf_rollout_kv_cache_tokens")[1] == 0, w
+assert one(w, "rlhf_policy_version")[1] == 4, w
+l1 = scrape(1)  # learner 1
+assert any('rank="1"' in k and 'role="learner"' in k for k in l1), l1
+l0 = scrape(0)  # learner 0: the coordinator's weight-sync figures
+k, synced = one(l0, "rlhf_weight_sync_bytes_total")
+assert 'role="coordinator+learner"' in k and 'rank="0"' in k and synced > 0, (k, synced)
+print("metrics by rank: ok")
+PY
 touch "$d/pause/resume-5"
 if ! wait "$job"; then echo "the job failed"; cat "$d/mpirun.log"; exit 1; fi
 grep -E "dropped|rejoins|starting it again" "$d/mpirun.log" || true
