@@ -18,11 +18,11 @@ OMP_WAIT_POLICY=passive timeout -k 10 120 mpirun --allow-run-as-root --oversubsc
 job=$!
 pids+=($job)
 rank1=""
-for _ in $(seq 1 600); do  # the rank-1 rlhf process, once the run is stepping
+for _ in $(seq 1 600); do  # this job's rank-1 rlhf process (its run dir is in its command line), once it steps
   if grep -q "grpo step 2" "$d/run/log.txt" 2>/dev/null; then
     for e in /proc/[0-9]*/environ; do
       p=${e#/proc/}; p=${p%/environ}
-      if { tr '\0' '\n' < "$e"; } 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && grep -q rlhf "/proc/$p/cmdline" 2>/dev/null; then
+      if { tr '\0' '\n' < "$e"; } 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && grep -qF "$d/run" "/proc/$p/cmdline" 2>/dev/null; then
         rank1=$p
       fi
     done
