@@ -30,7 +30,8 @@ OMP_WAIT_POLICY=passive mpirun --allow-run-as-root --oversubscribe -x OMP_WAIT_P
   "$rlhf" run --config "$root/examples/grpo_arithmetic.yaml" --model "$work/m0" \
   --set cluster.learners=2 --set cluster.rollout_workers=2 --set cluster.scorers=1 --set run.threads=1 \
   --set sft.data.path="$work/data/sft.jsonl" --set rl.data.path="$work/data/prompts.jsonl" \
-  --run-dir "$run" "$@" 2>&1 | grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval at|online,|held-out accuracy|rlhf run:|coordinates|dropped|rejoins"
+  --run-dir "$run" "$@" 2>&1 \
+  | { grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval at|online,|held-out accuracy|rlhf run:|coordinates|dropped|rejoins|error" || true; }
 echo "trained in $(( $(date +%s) - start )) s"
 
 echo "== 3. results ($run/summary.json, metrics.jsonl, processes.json)"
@@ -51,6 +52,6 @@ steps = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"stage":"grpo"'
 split = {k: sum(x.get(k, 0) for x in steps) / max(len(steps), 1)
          for k in ["generate_seconds", "score_seconds", "train_seconds", "weight_sync_seconds"]}
 print("mean GRPO step: " + ", ".join(f"{k.replace('_seconds', '')} {v:.3f} s" for k, v in split.items()))
-for e in json.load(open(f"{run}/processes.json"))["processes"]:
+for e in sorted(json.load(open(f"{run}/processes.json"))["processes"], key=lambda e: e.get("rank", 0)):
     print(f"  rank {e.get('rank', '?')}: {e['role']} {e['index']} pid {e.get('pid')} {e.get('address') or ''} {e['state']}")
 PY

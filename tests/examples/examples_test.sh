@@ -5,7 +5,8 @@
 # sampling). Each run must end with its summary.json: the online stages with a ledger that adds up and
 # evaluations before and after.
 # grpo_arithmetic (the main job) also runs as separate local processes on loopback (rlhf serve rollout,
-# scorer and learner, and rlhf train coordinating) and must give the embedded run's figures step by step.
+# scorer and learner, and rlhf train coordinating) and must give the embedded run's figures step by step, and
+# under one mpirun as examples/cluster.sh runs it (2 learner ranks, 2 rollout workers, a scorer).
 #   examples_test.sh RLHF PYTHON3 SOURCE_DIR
 set -euo pipefail
 rlhf="$1"; py="$2"; root="$3"
@@ -47,6 +48,14 @@ timeout 300 "$rlhf" train --config "$root/examples/grpo_arithmetic.yaml" "${few[
   --set "roles.scorer_address=127.0.0.1:${ports[1]}" --set "roles.learner_address=127.0.0.1:${ports[2]}" \
   --set roles.max_attempts=30 --run-dir "$d/separate/coordinator"
 wait "$learner_pid" || { echo "the learner failed"; cat "$d/learner.log"; exit 1; }
+echo "== grpo_arithmetic under one mpirun (examples/cluster.sh, with this test's small model and data)"
+mkdir -p "$d/cluster/work"
+cp -r "$d/m" "$d/cluster/work/m0"
+cp -r "$d/max" "$d/cluster/work/data"
+BUILD_DIR="$(dirname "$(dirname "$rlhf")")" timeout -k 10 300 bash "$root/examples/cluster.sh" "$d/cluster" "${few[@]:2}" \
+  | tee "$d/cluster.log"
+grep -q "prompt ledger: .* 0 duplicates, 0 missing" "$d/cluster.log"
+grep -q "roles: 2 learner ranks, 2 rollout workers (collective weights" "$d/cluster.log"
 "$py" - "$d/runs/grpo_arithmetic" "$d/separate/coordinator" <<'PY'
 import json, sys
 a, b = (json.load(open(f"{r}/summary.json")) for r in sys.argv[1:3])
