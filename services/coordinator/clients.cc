@@ -1,5 +1,6 @@
 #include "services/coordinator/clients.h"
 
+#include <future>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -60,6 +61,20 @@ int64_t RolloutPool::rejoined() const {
 
 absl::Status RolloutPool::Probe(size_t w, double seconds, bool wait_for_ready) const {
   return CheckHealth(channels_[w], rpc_, wait_for_ready, seconds).status();
+}
+
+std::vector<absl::Status> RolloutPool::ProbeAll(const std::vector<size_t>& workers, double seconds,
+                                                bool reconnect_now) const {
+  std::vector<std::future<absl::Status>> asked;
+  for (size_t w : workers) {
+    asked.push_back(std::async(std::launch::async, [this, w, seconds, reconnect_now] {
+      if (reconnect_now) grpc::experimental::ChannelResetConnectionBackoff(channels_[w].get());
+      return Probe(w, seconds, /*wait_for_ready=*/reconnect_now);
+    }));
+  }
+  std::vector<absl::Status> out;
+  for (auto& a : asked) out.push_back(a.get());
+  return out;
 }
 
 absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
@@ -190,18 +205,21 @@ absl::Status RolloutPool::SyncGroupLocked(int64_t version, bool force) {
     active_[w] = on;
     ++(on ? rejoined_ : dropped_);
   };
-  // A dropped worker that answers again rejoins: it takes this version with the others.
-  for (size_t w = 0; w < stubs_.size(); ++w) {
-    bool was_active;
-    {
-      std::lock_guard<std::mutex> m(members_mu_);
-      was_active = active_[w];
+  // A dropped worker that answers again rejoins: it takes this version with the others. The probes run at
+  // once, each after its channel's reconnect backoff is reset, so a worker that is back is seen now and one
+  // that is still down costs this sync at most half a second.
+  std::vector<size_t> dropped;
+  {
+    std::lock_guard<std::mutex> m(members_mu_);
+    for (size_t w = 0; w < stubs_.size(); ++w) {
+      if (!active_[w]) dropped.push_back(w);
     }
-    // Waits out the channel's reconnect backoff (at most a second), so a worker that is back is seen now.
-    if (!was_active && Probe(w, 1.5, /*wait_for_ready=*/true).ok()) {
-      spdlog::info("rollout worker {} answers again: it rejoins the weight group at version {}", w, version);
-      set_active(w, true);
-    }
+  }
+  const auto back = ProbeAll(dropped, 0.5, /*reconnect_now=*/true);
+  for (size_t i = 0; i < dropped.size(); ++i) {
+    if (!back[i].ok()) continue;
+    spdlog::info("rollout worker {} answers again: it rejoins the weight group at version {}", dropped[i], version);
+    set_active(dropped[i], true);
   }
   std::vector<size_t> members = active();
   if (members.empty()) return absl::UnavailableError("no rollout worker is left");
@@ -216,14 +234,17 @@ absl::Status RolloutPool::SyncGroupLocked(int64_t version, bool force) {
   }
   // Which members are lost: those that do not answer now. When all answer, the failure is elsewhere (the
   // learner, a model that does not fit) and is the caller's.
+  // All are asked at once, for a second (a live worker answers Health in milliseconds, from threads of its
+  // own): a stopped or dead worker is dropped that long after the sync's deadline.
   std::vector<size_t> lost;
-  for (size_t w : members) {
-    if (auto p = Probe(w, 5, /*wait_for_ready=*/false); !p.ok()) {
-      spdlog::warn("rollout worker {} dropped: the weight sync of version {} failed and it does not answer ({}); "
-                   "the run goes on with the others", w, version, std::string(p.message()));
-      set_active(w, false);
-      lost.push_back(w);
-    }
+  const auto answers = ProbeAll(members, 1, /*reconnect_now=*/false);
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (answers[i].ok()) continue;
+    const size_t w = members[i];
+    spdlog::warn("rollout worker {} dropped: the weight sync of version {} failed and it does not answer ({}); "
+                 "the run goes on with the others", w, version, std::string(answers[i].message()));
+    set_active(w, false);
+    lost.push_back(w);
   }
   if (lost.empty()) return s;
   Metrics::Process()

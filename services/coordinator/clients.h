@@ -81,6 +81,9 @@ class RolloutPool {
   absl::Status SyncGroupLocked(int64_t version, bool force);
   // Health of worker w within `seconds` (at most rpc's deadline).
   absl::Status Probe(size_t w, double seconds, bool wait_for_ready) const;
+  // Probes `workers` at once; `reconnect_now` resets each channel's reconnect backoff first and waits for it
+  // to connect (up to `seconds`). One status per worker, in order.
+  std::vector<absl::Status> ProbeAll(const std::vector<size_t>& workers, double seconds, bool reconnect_now) const;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<Rollout::Stub>> stubs_;
   RpcConfig rpc_;

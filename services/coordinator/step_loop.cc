@@ -134,10 +134,12 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       const auto active = pool.active();
       const auto channels = roles.rollout_channels();
       for (size_t w = 0; w < channels.size(); ++w) {
-        auto e = ProcessEntry("rollout", static_cast<int64_t>(w),
-                              w < o.rollout_addresses.size() ? o.rollout_addresses[w] : "", channels[w], rpc);
-        if (std::find(active.begin(), active.end(), w) == active.end()) e["state"] = "dropped";
-        all.push_back(e);
+        const std::string address = w < o.rollout_addresses.size() ? o.rollout_addresses[w] : "";
+        if (std::find(active.begin(), active.end(), w) == active.end()) {  // not asked: it may be stopped
+          all.push_back({{"role", "rollout"}, {"index", w}, {"address", address}, {"state", "dropped"}});
+          continue;
+        }
+        all.push_back(ProcessEntry("rollout", static_cast<int64_t>(w), address, channels[w], rpc));
       }
     }
     if (!roles.embedded_scorer()) all.push_back(ProcessEntry("scorer", 0, o.scorer_address, roles.scorer_channel(), rpc));

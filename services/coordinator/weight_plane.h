@@ -64,7 +64,9 @@ class CollectiveWeights {
   absl::Status Form(const std::vector<size_t>& members);
   // gRPC deadline of a call that runs a collective: the group's timeout and a margin, so that the
   // collective's own error (naming its cause) comes back first.
-  double CallDeadline() const { return config_.timeout_seconds * 1.1 + 2; }
+  // Each call of a formation or sync ends by weights.timeout_seconds (half a second more, so that a
+  // collective's own timeout is what a member reports): a hung member cannot hold a sync longer.
+  double CallDeadline() const { return config_.timeout_seconds + 0.5; }
 
   WeightsConfig config_;
   LearnerClient& learner_;
