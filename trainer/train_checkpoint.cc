@@ -24,7 +24,56 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kMagic = "rlhf-train-checkpoint";
-constexpr int kVersion = 1;
+// 2: the manifest lists the models and carries its own checksum; every file a checkpoint of those models
+// must hold is required.
+constexpr int kVersion = 2;
+
+constexpr uint64_t kFnvBasis = 1469598103934665603ULL;
+uint64_t Fnv1a64(const char* data, size_t n, uint64_t h) {
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<uint8_t>(data[i]);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+// The files a checkpoint of `models` must hold.
+std::vector<std::string> RequiredFiles(const std::vector<std::string>& models) {
+  std::vector<std::string> out = {"state.json", "rng.safetensors"};
+  for (const auto& m : models) {
+    out.push_back("optimizer-" + m + ".safetensors");
+    out.push_back(m + "/config.json");
+    out.push_back(m + "/model.safetensors");
+  }
+  return out;
+}
+
+// A path inside the checkpoint: relative, no "..", not empty.
+bool InsideFolder(const std::string& rel) {
+  if (rel.empty() || rel.front() == '/') return false;
+  for (const auto& part : fs::path(rel)) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
+bool IsHex16(const json& v) {
+  if (!v.is_string()) return false;
+  const auto& s = v.get_ref<const std::string&>();
+  return s.size() == 16 && std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
+// An integer field of `j` within [lo, hi]; `what` names the file in errors.
+absl::StatusOr<int64_t> IntIn(const json& j, const std::string& key, int64_t lo, int64_t hi, const std::string& what) {
+  if (!j.contains(key)) return absl::DataLossError(absl::StrCat(what, ": no '", key, "'"));
+  const auto& v = j[key];
+  if (!v.is_number_integer()) return absl::DataLossError(absl::StrCat(what, ": '", key, "' is not an integer: ", v.dump()));
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) {
+    return absl::DataLossError(absl::StrCat(what, ": '", key, "' = ", x, " is out of range [", lo, ", ", hi, "]"));
+  }
+  return x;
+}
 
 absl::Status WriteText(const fs::path& p, const std::string& text) { return WriteFileAtomic(p.string(), text); }
 
@@ -77,17 +126,20 @@ std::vector<fs::path> CheckpointsNewestFirst(const fs::path& root) {
 absl::StatusOr<std::string> FileChecksum(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  uint64_t h = 1469598103934665603ULL;
+  uint64_t h = kFnvBasis;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    const std::streamsize got = in.gcount();
-    for (std::streamsize i = 0; i < got; ++i) {
-      h ^= static_cast<uint8_t>(buf[static_cast<size_t>(i)]);
-      h *= 1099511628211ULL;
-    }
+    h = Fnv1a64(buf.data(), static_cast<size_t>(in.gcount()), h);
   }
   return absl::StrFormat("%016x", h);
+}
+
+std::string ManifestChecksum(const json& manifest) {
+  json body = manifest;
+  if (body.is_object()) body.erase("manifest_fnv1a64");
+  const std::string text = body.dump();  // keys sorted: one text per manifest
+  return absl::StrFormat("%016x", Fnv1a64(text.data(), text.size(), kFnvBasis));
 }
 
 absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Learner& learner, const TrainState& state,
@@ -128,7 +180,10 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Lear
       ASSIGN_OR_RETURN(auto sum, FileChecksum(e.path().string()));
       files[rel] = {{"bytes", static_cast<int64_t>(e.file_size())}, {"fnv1a64", sum}};
     }
-    json manifest = {{"magic", kMagic}, {"version", kVersion}, {"files", files}};
+    json models = json::array();
+    for (auto& m : learner.models()) models.push_back(m.name);
+    json manifest = {{"magic", kMagic}, {"version", kVersion}, {"models", models}, {"files", files}};
+    manifest["manifest_fnv1a64"] = ManifestChecksum(manifest);
     return WriteText(tmp / "MANIFEST.json", manifest.dump(2) + "\n");
   }();
   if (!written.ok()) {
@@ -151,27 +206,55 @@ absl::Status VerifyCheckpoint(const std::string& dir) {
   const fs::path d(dir);
   auto text = ReadText(d / "MANIFEST.json");
   if (!text.ok()) return absl::DataLossError(absl::StrCat(dir, ": no MANIFEST.json (an uncommitted checkpoint)"));
+  const std::string what = dir + "/MANIFEST.json";
   auto m = json::parse(*text, nullptr, false);
-  if (m.is_discarded() || !m.is_object() || m.value("magic", "") != kMagic) {
-    return absl::DataLossError(absl::StrCat(dir, "/MANIFEST.json is not a checkpoint manifest"));
+  if (m.is_discarded() || !m.is_object() || m.value("magic", json()) != kMagic) {
+    return absl::DataLossError(absl::StrCat(what, " is not a checkpoint manifest"));
   }
-  if (m.value("version", 0) != kVersion) {
-    return absl::DataLossError(absl::StrCat(dir, ": checkpoint format version ", m.value("version", 0),
+  if (m.value("version", json()) != kVersion) {
+    return absl::DataLossError(absl::StrCat(dir, ": checkpoint format version ", m.value("version", json()).dump(),
                                             " is not ", kVersion, " (written by another release)"));
   }
-  for (const auto& [rel, info] : m["files"].items()) {
+  // The manifest vouches for itself before anything it says is believed.
+  if (!IsHex16(m.value("manifest_fnv1a64", json())) || m["manifest_fnv1a64"] != ManifestChecksum(m)) {
+    return absl::DataLossError(absl::StrCat(what, " fails its own checksum (edited or damaged)"));
+  }
+  const json& models = m.value("models", json());
+  if (!models.is_array() || models.empty()) return absl::DataLossError(absl::StrCat(what, ": no models listed"));
+  std::vector<std::string> names;
+  for (const auto& n : models) {
+    if (!n.is_string() || n.get<std::string>().empty() || n.get<std::string>().find('/') != std::string::npos ||
+        n.get<std::string>() == "..") {
+      return absl::DataLossError(absl::StrCat(what, ": malformed model name ", n.dump()));
+    }
+    names.push_back(n.get<std::string>());
+  }
+  const json& files = m.value("files", json());
+  if (!files.is_object()) return absl::DataLossError(absl::StrCat(what, ": 'files' is not an object"));
+  for (const auto& need : RequiredFiles(names)) {
+    if (!files.contains(need)) {
+      return absl::DataLossError(absl::StrCat(what, " does not list ", need, ", which a checkpoint of models ",
+                                              models.dump(), " holds"));
+    }
+  }
+  for (const auto& [rel, info] : files.items()) {
+    if (!InsideFolder(rel) || !info.is_object() || !info.contains("bytes") || !info["bytes"].is_number_integer() ||
+        info["bytes"].get<int64_t>() < 0 || !IsHex16(info.value("fnv1a64", json()))) {
+      return absl::DataLossError(absl::StrCat(what, ": malformed entry \"", rel, "\": ", info.dump()));
+    }
     const fs::path p = d / rel;
     std::error_code ec;
     auto size = fs::file_size(p, ec);
     if (ec) return absl::DataLossError(absl::StrCat(p.string(), " is missing"));
-    if (static_cast<int64_t>(size) != info.value("bytes", int64_t{-1})) {
-      return absl::DataLossError(absl::StrCat(p.string(), " has ", size, " bytes, the manifest says ",
-                                              info.value("bytes", int64_t{-1}), " (truncated?)"));
+    const int64_t want = info["bytes"].get<int64_t>();
+    if (static_cast<int64_t>(size) != want) {
+      return absl::DataLossError(absl::StrCat(p.string(), " has ", size, " bytes, the manifest says ", want, " (truncated?)"));
     }
     ASSIGN_OR_RETURN(auto sum, FileChecksum(p.string()));
-    if (sum != info.value("fnv1a64", "")) return absl::DataLossError(absl::StrCat(p.string(), " fails its checksum"));
+    if (sum != info["fnv1a64"].get<std::string>()) return absl::DataLossError(absl::StrCat(p.string(), " fails its checksum"));
   }
-  return absl::OkStatus();
+  // Every value the resume reads is in range.
+  return ReadTrainState(dir).status();
 }
 
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir) {
@@ -187,7 +270,7 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir) {
     if (candidates.empty() || p != candidates[0]) candidates.push_back(p);
   }
   for (const auto& p : candidates) {
-    absl::Status st = VerifyCheckpoint(p.string());
+    absl::Status st = GuardExceptions("checkpoint verification", [&] { return VerifyCheckpoint(p.string()); });
     if (st.ok()) return p.string();
     spdlog::warn("checkpoint refused: {}; trying the previous one", std::string(st.message()));
   }
@@ -196,16 +279,29 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir) {
 
 absl::StatusOr<TrainState> ReadTrainState(const std::string& dir) {
   ASSIGN_OR_RETURN(auto text, ReadText(fs::path(dir) / "state.json"));
+  const std::string what = dir + "/state.json";
   auto j = json::parse(text, nullptr, false);
-  if (j.is_discarded()) return absl::DataLossError(absl::StrCat(dir, "/state.json is not JSON"));
+  if (j.is_discarded() || !j.is_object()) return absl::DataLossError(absl::StrCat(what, " is not a JSON object"));
+  constexpr int64_t kMax = int64_t{1} << 50;
   TrainState s;
-  s.stage = j.value("stage", "");
-  s.stage_index = j.value("stage_index", int64_t{0});
-  s.step = j.value("step", int64_t{0});
-  s.learner_steps = j.value("learner_steps", int64_t{0});
-  s.skipped_steps = j.value("skipped_steps", int64_t{0});
-  s.extra = j.value("extra", json::object());
-  if (j.contains("optimizer_steps")) s.extra["__optimizer_steps"] = j["optimizer_steps"];
+  if (!j.contains("stage") || !j["stage"].is_string() || j["stage"].get<std::string>().empty()) {
+    return absl::DataLossError(absl::StrCat(what, ": no stage name"));
+  }
+  s.stage = j["stage"].get<std::string>();
+  ASSIGN_OR_RETURN(s.stage_index, IntIn(j, "stage_index", 0, 1000, what));
+  ASSIGN_OR_RETURN(s.step, IntIn(j, "step", 0, kMax, what));
+  ASSIGN_OR_RETURN(s.learner_steps, IntIn(j, "learner_steps", 0, kMax, what));
+  ASSIGN_OR_RETURN(s.skipped_steps, IntIn(j, "skipped_steps", 0, s.learner_steps, what));
+  if (j.contains("extra")) {
+    if (!j["extra"].is_object()) return absl::DataLossError(absl::StrCat(what, ": 'extra' is not an object"));
+    s.extra = j["extra"];
+  }
+  if (j.contains("optimizer_steps")) {
+    const auto& o = j["optimizer_steps"];
+    if (!o.is_object()) return absl::DataLossError(absl::StrCat(what, ": 'optimizer_steps' is not an object"));
+    for (const auto& [name, v] : o.items()) RETURN_IF_ERROR(IntIn(o, name, 0, s.learner_steps, what + " optimizer_steps").status());
+    s.extra["__optimizer_steps"] = o;
+  }
   return s;
 }
 

@@ -4,7 +4,8 @@
 //       policy/, critic/ ...                 HF model folders (loadable by transformers as they are)
 //       optimizer-<model>.safetensors        AdamW moments in f32
 //       state.json                           step, data cursor, RNG, counters, KL coefficient, ...
-//       MANIFEST.json                        magic, format version, size and FNV-1a 64 checksum of every file
+//       MANIFEST.json                        magic, format version, the models, size and FNV-1a 64 checksum
+//                                            of every file, and a checksum of the manifest itself
 //   <run>/checkpoints/latest                 name of the newest committed checkpoint
 //
 // A checkpoint is written to a temporary folder and renamed on commit, then `latest` is replaced (write +
@@ -41,11 +42,17 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Lear
 // there is none. Each refused checkpoint is logged with the reason.
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir);
 
-// Checks a checkpoint's manifest (magic, version, file sizes and checksums). DATA_LOSS naming the file.
+// Checks a checkpoint: its manifest (magic, format version, its own checksum, the models it holds, every file
+// a checkpoint of those models must hold listed, each entry well formed), every listed file's size and
+// checksum, and state.json's values in range. DATA_LOSS naming the file and what is wrong; never throws.
 absl::Status VerifyCheckpoint(const std::string& dir);
 
-// Reads state.json of a verified checkpoint.
+// Reads state.json of a checkpoint, every value range-checked (DATA_LOSS naming the field otherwise).
 absl::StatusOr<TrainState> ReadTrainState(const std::string& dir);
+
+// The checksum a manifest carries of itself ("manifest_fnv1a64"): FNV-1a 64 of its compact JSON without
+// that key, as 16 hex digits.
+std::string ManifestChecksum(const nlohmann::json& manifest);
 
 // Loads weights and optimizer state of every model of `learner` from a checkpoint (every rank), and the
 // learner's counters. The models must have the checkpoint's architecture.

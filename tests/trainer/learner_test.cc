@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -479,6 +480,83 @@ TEST(TrainCheckpoint, CommitsVerifiesAndFallsBackFromADamagedOne) {
   EXPECT_EQ(l2.steps(), 2);
   EXPECT_EQ(l2.models()[0].opt->steps(), 2);
   (void)weights1;
+  fs::remove_all(dir);
+}
+
+// The damage a checkpoint on disk may suffer beyond flipped bits: an edited manifest (files emptied, the model's
+// entry removed, a malformed entry), a state.json out of range (with a manifest forged to match). Each is
+// refused with its reason, never with an exception, and the resume falls back to the previous checkpoint.
+TEST(TrainCheckpoint, AnEditedManifestOrAStateOutOfRangeIsRefusedAndThePreviousOneUsed) {
+  const std::string dir = (fs::temp_directory_path() / ("ckpt-damage-" + std::to_string(getpid()))).string();
+  fs::remove_all(dir);
+  auto net = TinyModel(2);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", net, OptimConfig{}, 10);
+  TrainState st;
+  st.stage = "sft";
+  st.step = 1;
+  auto first = SaveTrainCheckpoint(dir, learner, st, "", 0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  st.step = 2;
+  auto second = SaveTrainCheckpoint(dir, learner, st, "", 0);
+  ASSERT_TRUE(second.ok()) << second.status();
+  const std::string pristine = dir + "/pristine";
+  fs::copy(*second, pristine, fs::copy_options::recursive);
+  using json = nlohmann::json;
+  auto read = [](const std::string& path) { return json::parse(testing::ReadFile(path)); };
+  auto write = [](const std::string& path, const json& j) { std::ofstream(path) << j.dump(2); };
+  // forge: the manifest rewritten by `edit`, its own checksum made to match when `reseal`.
+  auto damage = [&](const std::function<void(json&)>& edit, bool reseal) {
+    fs::remove_all(*second);
+    fs::copy(pristine, *second, fs::copy_options::recursive);
+    json m = read(*second + "/MANIFEST.json");
+    edit(m);
+    if (reseal) m["manifest_fnv1a64"] = ManifestChecksum(m);
+    write(*second + "/MANIFEST.json", m);
+  };
+  struct Case {
+    std::string name;
+    std::function<void(json&)> edit;
+    bool reseal;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"files emptied", [](json& m) { m["files"] = json::object(); }, false, "fails its own checksum"},
+      {"files emptied, resealed", [](json& m) { m["files"] = json::object(); }, true, "does not list state.json"},
+      {"model entry removed", [](json& m) { m["files"].erase("policy/model.safetensors"); }, true,
+       "does not list policy/model.safetensors"},
+      {"models emptied", [](json& m) { m["models"] = json::array(); }, true, "no models listed"},
+      {"bytes as a string", [](json& m) { m["files"]["state.json"]["bytes"] = "10"; }, true, "malformed entry"},
+      {"path outside", [](json& m) { m["files"]["../x"] = m["files"]["state.json"]; }, true, "malformed entry"},
+      {"version 1", [](json& m) { m["version"] = 1; }, true, "format version 1"},
+      {"state step -5", [&](json& m) {
+         json s = read(*second + "/state.json");
+         s["step"] = -5;
+         write(*second + "/state.json", s);
+         m["files"]["state.json"] = {{"bytes", static_cast<int64_t>(fs::file_size(*second + "/state.json"))},
+                                     {"fnv1a64", *FileChecksum(*second + "/state.json")}};
+       }, true, "'step' = -5 is out of range"},
+      {"skipped beyond steps", [&](json& m) {
+         json s = read(*second + "/state.json");
+         s["skipped_steps"] = 7;
+         write(*second + "/state.json", s);
+         m["files"]["state.json"] = {{"bytes", static_cast<int64_t>(fs::file_size(*second + "/state.json"))},
+                                     {"fnv1a64", *FileChecksum(*second + "/state.json")}};
+       }, true, "'skipped_steps' = 7 is out of range"},
+  };
+  for (const auto& c : cases) {
+    damage(c.edit, c.reseal);
+    auto v = VerifyCheckpoint(*second);
+    EXPECT_EQ(v.code(), absl::StatusCode::kDataLoss) << c.name << ": " << v;
+    EXPECT_NE(v.message().find(c.reason), std::string::npos) << c.name << ": " << v;
+    auto found = FindLatestCheckpoint(dir);
+    ASSERT_TRUE(found.ok()) << c.name << ": " << found.status();
+    EXPECT_EQ(*found, *first) << c.name;
+  }
+  // The pristine copy verifies: the cases above are refused for their damage alone.
+  damage([](json&) {}, false);
+  EXPECT_TRUE(VerifyCheckpoint(*second).ok());
+  EXPECT_EQ(*FindLatestCheckpoint(dir), *second);
   fs::remove_all(dir);
 }
 
