@@ -49,7 +49,7 @@ namespace {
 struct ClusterConfig {
   int64_t learners = 1;         // learner ranks (data parallel); learner 0 also runs the step loop
   int64_t rollout_workers = 0;  // rollout worker processes; 0 = one embedded in learner 0
-  int64_t scorers = 0;          // scorer processes (0 or 1); 0 = embedded in learner 0
+  int64_t scorers = 0;          // scorer replicas; 0 = one embedded in learner 0
   std::string store;            // host:port of the rendezvous store learner 0 hosts; "" = see Spec
   std::string advertise_host;   // host the others reach this process's servers at; "" = see Spec
   int64_t max_restarts = 3;     // restarts of a rollout worker or scorer by its supervisor
@@ -63,7 +63,9 @@ struct ClusterConfig {
              config::AtLeast(1));
       s->Add("rollout_workers", &C::rollout_workers,
              "rollout worker processes; 0 = one embedded in learner 0 (rollout.* keys)", config::AtLeast(0));
-      s->Add("scorers", &C::scorers, "scorer processes, 0 or 1; 0 = embedded in learner 0 (reward.* keys)",
+      s->Add("scorers", &C::scorers,
+             "scorer replicas (scoring calls spread over them, failover between them); 0 = one embedded in learner 0 "
+             "(reward.* keys)",
              config::AtLeast(0));
       s->Add("store", &C::store,
              "host:port of the rendezvous store learner 0 hosts; \"\" = MASTER_ADDR:MASTER_PORT when set, else (under "
@@ -110,17 +112,9 @@ const char* Env(const char* name) {
   return v != nullptr && *v != '\0' ? v : nullptr;
 }
 
-absl::Status CheckCounts(const ClusterConfig& c) {
-  if (c.scorers > 1) {
-    return absl::InvalidArgumentError("cluster.scorers: one scorer process at most (0 = embedded in learner 0)");
-  }
-  return absl::OkStatus();
-}
-
 // The role of this process: from RLHF_ROLE / RLHF_ROLE_INDEX when set, else from its rank under mpirun
 // (learners first, then rollout workers, then the scorer).
 absl::StatusOr<Placement> Place(const ClusterConfig& c) {
-  RETURN_IF_ERROR(CheckCounts(c));
   Placement p;
   p.local_rank = LocalRank();
   if (const char* role = Env("RLHF_ROLE")) {
@@ -406,7 +400,6 @@ absl::Status Supervise(const Context& ctx) {
 
 absl::Status RunRole(const Context& ctx) {
   const auto c = ClusterConfig::Spec().Read(ctx.config);
-  RETURN_IF_ERROR(CheckCounts(c));
   Placement me;
   {
     const std::string role = Env("RLHF_ROLE") ? Env("RLHF_ROLE") : "";
@@ -481,15 +474,20 @@ absl::Status RunRole(const Context& ctx) {
       options.other_processes.push_back(info);
     }
     if (!rollout.empty()) overrides.push_back("roles.rollout_addresses=[" + absl::StrJoin(rollout, ", ") + "]");
-    if (c.scorers > 0) {
-      ASSIGN_OR_RETURN(auto a, store->Get("cluster/scorer/0"));
-      overrides.push_back("roles.scorer_address=" + a);
-      ASSIGN_OR_RETURN(auto info, store->Get("cluster/info/scorer/0"));
+    std::vector<std::string> scorers;
+    for (int i = 0; i < c.scorers; ++i) {
+      ASSIGN_OR_RETURN(auto a, store->Get(absl::StrCat("cluster/scorer/", i)));
+      scorers.push_back(a);
+      ASSIGN_OR_RETURN(auto info, store->Get(absl::StrCat("cluster/info/scorer/", i)));
       options.other_processes.push_back(info);
     }
+    if (!scorers.empty()) {
+      overrides.push_back("roles.scorer_address=");
+      overrides.push_back("roles.scorer_addresses=[" + absl::StrJoin(scorers, ", ") + "]");
+    }
     ASSIGN_OR_RETURN(config, ctx.config.With(overrides));
-    spdlog::info("learner 0 coordinates: {} learner rank(s), rollout workers [{}], scorer {}", c.learners,
-                 absl::StrJoin(rollout, ", "), c.scorers > 0 ? config.Get<std::string>("roles.scorer_address") : "embedded");
+    spdlog::info("learner 0 coordinates: {} learner rank(s), rollout workers [{}], scorers [{}]", c.learners,
+                 absl::StrJoin(rollout, ", "), scorers.empty() ? "embedded" : absl::StrJoin(scorers, ", "));
   }
   return trainer::RunTraining(config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), options);
 }

@@ -22,14 +22,11 @@ namespace {
 std::atomic<bool> g_stop{false};
 extern "C" void OnSignal(int) { g_stop.store(true); }
 
-// Until SIGINT or SIGTERM, calling `tick` every 200 ms.
-void ServeUntilSignal(const std::function<void()>& tick) {
+// Until SIGINT or SIGTERM.
+void ServeUntilSignal() {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  while (!g_stop.load()) {
-    if (tick) tick();
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
 }
 }  // namespace
 
@@ -42,12 +39,10 @@ absl::Status ServeRollout(const config::Config& config, const std::string& model
   ASSIGN_OR_RETURN(auto served, rollout::LoadRolloutService(cfg, model));
   auto& svc = *served->service;
   ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {address, "rollout", [&] { return svc.next_version(); }}, {&svc}));
-  auto& version = Metrics::Process().Gauge("rlhf_policy_version", "weights version held by this process",
-                                           {{"role", "rollout"}});
   spdlog::info("rollout worker serving {} on port {} ({} slots, capacity {})", model, server->port(), cfg.slots,
                cfg.capacity);
   if (started) RETURN_IF_ERROR(started(server->port()));
-  ServeUntilSignal([&] { version.Set(static_cast<double>(svc.version())); });
+  ServeUntilSignal();
   spdlog::info("rollout worker: stopping");
   server->Shutdown(std::chrono::milliseconds(5000));
   return absl::OkStatus();
@@ -66,7 +61,7 @@ absl::Status ServeScorer(const config::Config& config, const std::string& addres
   ASSIGN_OR_RETURN(auto server, RpcServer::Start(rpc, {address, "scorer", {}}, {&svc}));
   spdlog::info("scorer serving on port {} (sources: {}; reference: {})", server->port(), sources, has_ref ? "yes" : "no");
   if (started) RETURN_IF_ERROR(started(server->port()));
-  ServeUntilSignal({});
+  ServeUntilSignal();
   spdlog::info("scorer: stopping");
   server->Shutdown(std::chrono::milliseconds(5000));
   return absl::OkStatus();

@@ -4,7 +4,7 @@
 #   rank 0      learner 0, which also coordinates (the step loop) and hosts the rendezvous store
 #   rank 1      learner 1 (data parallel with learner 0: each trains on half of every batch)
 #   ranks 2, 3  rollout workers (weights from learner 0 over the collective, in buckets with checksums)
-#   rank 4      the scorer (exact-match verifier)
+#   rank 4      the scorer (exact-match verifier; cluster.scorers=2 and -np 6 for two replicas)
 # and ends with the figures of summary.json and each step's time split (generate, score, train, weight sync)
 # from metrics.jsonl. Across hosts, give mpirun a hostfile (--hostfile FILE); the roles find each other
 # through the store on learner 0's host. Usage: cluster.sh RUN_DIR [extra rlhf args, e.g. --set rl.steps=20]

@@ -47,6 +47,7 @@ struct WorkerMetrics {
   prometheus::Gauge& sequences;
   prometheus::Gauge& cached;
   prometheus::Gauge& capacity;
+  prometheus::Gauge& version;
   static WorkerMetrics& Get() {
     static WorkerMetrics* m = [] {
       auto& r = Metrics::Process();
@@ -58,7 +59,8 @@ struct WorkerMetrics {
           r.Gauge("rlhf_rollout_queue_prompts", "prompts received by this worker and not yet generating"),
           r.Gauge("rlhf_rollout_active_sequences", "sequences decoded together now"),
           r.Gauge("rlhf_rollout_kv_cache_tokens", "tokens the KV cache holds for the sequences decoded now"),
-          r.Gauge("rlhf_rollout_kv_cache_capacity_tokens", "tokens the KV cache can hold (slots x capacity)")};
+          r.Gauge("rlhf_rollout_kv_cache_capacity_tokens", "tokens the KV cache can hold (slots x capacity)"),
+          r.Gauge("rlhf_policy_version", "weights version held by this process", {{"role", "rollout"}})};
     }();
     return *m;
   }
@@ -73,6 +75,7 @@ RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokeni
   generator_ = std::make_unique<Generator>(model_, tokenizer_, eos_, options_.generator);
   auto& m = WorkerMetrics::Get();
   m.capacity.Set(static_cast<double>(generator_->capacity_tokens()));
+  m.version.Set(static_cast<double>(initial_version));
   generator_->SetStepObserver([&m](int64_t sequences, int64_t cached) {
     m.sequences.Set(static_cast<double>(sequences));
     m.cached.Set(static_cast<double>(cached));
@@ -196,6 +199,7 @@ void RolloutService::SwapIfPending() {
   torch::NoGradGuard ng;
   for (auto& [name, t] : staged->tensors) params_.at(name).copy_(t);
   version_ = staged->version;
+  WorkerMetrics::Get().version.Set(static_cast<double>(version_));
 }
 
 grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRequest* r,

@@ -291,16 +291,59 @@ absl::Status RolloutPool::Sync(int64_t version, bool force) {
 // ---- scoring ------------------------------------------------------------------------------------------------
 ScorerClient::ScorerClient(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc, RetryPolicy retry,
                            int64_t max_request_samples)
-    : channel_(std::move(channel)), stub_(Scorer::NewStub(channel_)), rpc_(rpc), retry_(retry),
-      max_request_samples_(std::max<int64_t>(1, max_request_samples)) {}
+    : ScorerClient(std::vector<std::shared_ptr<grpc::Channel>>{std::move(channel)}, rpc, retry, max_request_samples) {}
+
+ScorerClient::ScorerClient(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
+                           int64_t max_request_samples)
+    : channels_(std::move(channels)), rpc_(rpc), retry_(retry),
+      max_request_samples_(std::max<int64_t>(1, max_request_samples)),
+      failed_at_(std::make_unique<std::atomic<double>[]>(channels_.size())) {
+  for (const auto& c : channels_) stubs_.push_back(Scorer::NewStub(c));
+  for (size_t r = 0; r < channels_.size(); ++r) failed_at_[r].store(-1e9);
+}
+
+absl::Status ScorerClient::ScoreChunk(size_t first, const ScoreRequest& req, ScoreReply* reply) {
+  const size_t n = stubs_.size();
+  // Start at `first`, passing over a replica that failed within the last 2 s while another may answer.
+  size_t at = first % n;
+  for (size_t k = 0; k < n && Now() - failed_at_[at].load() < 2.0; ++k) at = (at + 1) % n;
+  absl::Status last;
+  for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
+    // A failure moves to the next replica at once; once every replica has failed, the backoff applies.
+    if (attempt >= static_cast<int64_t>(n)) Backoff(retry_, attempt - static_cast<int64_t>(n));
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, rpc_);
+    reply->Clear();
+    last = FromGrpc(stubs_[at]->Score(&ctx, req, reply));
+    if (last.ok() && reply->results_size() != req.samples_size()) {
+      last = absl::InternalError(absl::StrCat("scorer answered ", reply->results_size(), " results for ",
+                                              req.samples_size(), " samples"));
+    }
+    if (last.ok() || !Retryable(last.code())) return last;
+    failed_at_[at].store(Now());
+    const size_t next = (at + 1) % n;
+    if (n > 1) {
+      spdlog::warn("scorer replica {}: {} (try {}/{}); failing over to replica {}", at, std::string(last.message()),
+                   attempt + 1, retry_.max_attempts, next);
+      Metrics::Process()
+          .Counter("rlhf_scorer_failovers_total", "scoring calls moved to another scorer replica after a failure")
+          .Increment();
+    } else {
+      spdlog::warn("scorer: {} (try {}/{})", std::string(last.message()), attempt + 1, retry_.max_attempts);
+    }
+    at = next;
+  }
+  return last;
+}
 
 ScorerClient::Result ScorerClient::Score(std::vector<Sample> samples, bool want_ref) {
   const double t0 = Now();
   Result out;
   out.errors.assign(samples.size(), absl::OkStatus());
+  // Chunks of whole prompt groups, up to the limit (a single group larger than it is cut).
+  std::vector<std::pair<size_t, size_t>> chunks;
   size_t begin = 0;
   while (begin < samples.size()) {
-    // A chunk of whole prompt groups, up to the limit (a single group larger than it is cut).
     size_t end = begin;
     while (end < samples.size()) {
       size_t g = end + 1;
@@ -309,39 +352,43 @@ ScorerClient::Result ScorerClient::Score(std::vector<Sample> samples, bool want_
       end = std::min(g, begin + static_cast<size_t>(max_request_samples_));
       if (static_cast<int64_t>(end - begin) >= max_request_samples_) break;
     }
-    ScoreRequest req;
-    for (size_t i = begin; i < end; ++i) *req.add_samples() = samples[i];
-    req.set_want_ref_logprobs(want_ref);
-    absl::Status last;
-    ScoreReply reply;
-    for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
-      if (attempt > 0) Backoff(retry_, attempt - 1);
-      grpc::ClientContext ctx;
-      SetDeadline(&ctx, rpc_);
-      reply.Clear();
-      last = FromGrpc(stub_->Score(&ctx, req, &reply));
-      if (last.ok() && reply.results_size() != req.samples_size()) {
-        last = absl::InternalError(absl::StrCat("scorer answered ", reply.results_size(), " results for ",
-                                                req.samples_size(), " samples"));
-      }
-      if (last.ok() || !Retryable(last.code())) break;
-      spdlog::warn("scorer: {} (try {}/{})", std::string(last.message()), attempt + 1, retry_.max_attempts);
-    }
-    for (size_t i = begin; i < end; ++i) {
-      if (!last.ok()) {
-        out.errors[i] = last;
-        continue;
-      }
-      auto& r = *reply.mutable_results(static_cast<int>(i - begin));
-      if (r.has_error() && r.error().code() != 0) {
-        out.errors[i] = absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
-      } else if (!r.sample().has_reward()) {
-        out.errors[i] = absl::InternalError("scorer returned a sample without a reward and without an error");
-      } else {
-        samples[i] = std::move(*r.mutable_sample());
-      }
-    }
+    chunks.emplace_back(begin, end);
     begin = end;
+  }
+  // One lane per replica: lane r scores chunks r, r + R, ... starting at replica start + r (balanced, and
+  // across calls too: `start` moves on by the chunks of each call; a failed call moves to the next replica).
+  const size_t start = rotation_.fetch_add(chunks.size());
+  auto lane = [&](size_t r) {
+    for (size_t c = r; c < chunks.size(); c += stubs_.size()) {
+      const auto [b, e] = chunks[c];
+      ScoreRequest req;
+      for (size_t i = b; i < e; ++i) *req.add_samples() = samples[i];
+      req.set_want_ref_logprobs(want_ref);
+      ScoreReply reply;
+      const absl::Status last = ScoreChunk(start + r, req, &reply);
+      for (size_t i = b; i < e; ++i) {
+        if (!last.ok()) {
+          out.errors[i] = last;
+          continue;
+        }
+        auto& res = *reply.mutable_results(static_cast<int>(i - b));
+        if (res.has_error() && res.error().code() != 0) {
+          out.errors[i] = absl::Status(static_cast<absl::StatusCode>(res.error().code()), res.error().message());
+        } else if (!res.sample().has_reward()) {
+          out.errors[i] = absl::InternalError("scorer returned a sample without a reward and without an error");
+        } else {
+          samples[i] = std::move(*res.mutable_sample());
+        }
+      }
+    }
+  };
+  const size_t lanes = std::min(stubs_.size(), chunks.size());
+  if (lanes <= 1) {
+    lane(0);
+  } else {
+    std::vector<std::future<void>> running;
+    for (size_t r = 0; r < lanes; ++r) running.push_back(std::async(std::launch::async, lane, r));
+    for (auto& f : running) f.get();
   }
   out.samples = std::move(samples);
   out.seconds = Now() - t0;

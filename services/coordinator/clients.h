@@ -11,6 +11,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -104,6 +105,11 @@ class ScorerClient {
   // `max_request_samples`: samples per Score call (larger batches go in several calls).
   ScorerClient(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc, RetryPolicy retry,
                int64_t max_request_samples = 512);
+  // Scorer replicas: a batch's calls are spread over them (one lane of calls per replica, at once), and a
+  // call that fails (unavailable, deadline, overloaded) moves to the next replica at once; a replica that
+  // failed within the last 2 s is passed over while another may answer.
+  ScorerClient(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
+               int64_t max_request_samples = 512);
 
   struct Result {
     std::vector<Sample> samples;       // the input, with rewards (and ref log-probs) where scored
@@ -116,11 +122,15 @@ class ScorerClient {
   Result Score(std::vector<Sample> samples, bool want_ref);
 
  private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<Scorer::Stub> stub_;
+  // One call, starting at replica `first`, with failover and retries.
+  absl::Status ScoreChunk(size_t first, const ScoreRequest& req, ScoreReply* reply);
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<Scorer::Stub>> stubs_;
   RpcConfig rpc_;
   RetryPolicy retry_;
   int64_t max_request_samples_;
+  std::unique_ptr<std::atomic<double>[]> failed_at_;  // per replica: when a call to it last failed (Now())
+  std::atomic<size_t> rotation_{0};                   // where the next call's first chunk goes
 };
 
 }  // namespace rlhf::coordinator

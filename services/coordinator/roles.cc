@@ -18,6 +18,9 @@ const config::Section<RolesConfig>& RolesConfig::Spec() {
     s->Add("rollout_addresses", &R::rollout_addresses,
            "host:port of `rlhf serve rollout` workers; empty = one embedded worker (rollout.* keys)");
     s->Add("scorer_address", &R::scorer_address, "host:port of `rlhf serve scorer`; \"\" = embedded (reward.* keys)");
+    s->Add("scorer_addresses", &R::scorer_addresses,
+           "host:port of more `rlhf serve scorer` replicas: scoring calls are spread over them (and scorer_address), "
+           "and a failed call moves to the next one");
     s->Add("learner_address", &R::learner_address,
            "host:port of `rlhf serve learner` (online stages): this process only coordinates; \"\" = it also learns");
     s->Add("max_attempts", &R::max_attempts, "tries of a rollout or scoring call before its prompts fail",
@@ -29,6 +32,13 @@ const config::Section<RolesConfig>& RolesConfig::Spec() {
     return s;
   }();
   return *s;
+}
+
+std::vector<std::string> RolesConfig::scorers() const {
+  std::vector<std::string> out;
+  if (!scorer_address.empty()) out.push_back(scorer_address);
+  out.insert(out.end(), scorer_addresses.begin(), scorer_addresses.end());
+  return out;
 }
 
 void RegisterRoleKeys(config::Schema& schema) {
@@ -62,17 +72,17 @@ absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, co
   } else {
     for (const auto& a : roles.rollout_addresses) r->rollout_.push_back(MakeChannel(r->rpc_, a));
   }
-  if (roles.scorer_address.empty()) {
+  if (roles.scorers().empty()) {
     ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(reward ? *reward : scoring::RewardConfig::Spec().Read(config)));
     std::string sources;
     for (const auto& s : scorer->SourceNames()) sources += (sources.empty() ? "" : ", ") + s;
     r->embedded_scorer_ = std::make_unique<scoring::ScorerService>(std::move(scorer),
                                                                    scoring::ScorerServiceConfig::Spec().Read(config));
     ASSIGN_OR_RETURN(r->scorer_server_, RpcServer::Start(r->rpc_, {"", "scorer", {}}, {r->embedded_scorer_.get()}));
-    r->scorer_ = r->scorer_server_->InProcessChannel();
+    r->scorer_.push_back(r->scorer_server_->InProcessChannel());
     spdlog::info("embedded scorer: {}", sources);
   } else {
-    r->scorer_ = MakeChannel(r->rpc_, roles.scorer_address);
+    for (const auto& a : roles.scorers()) r->scorer_.push_back(MakeChannel(r->rpc_, a));
   }
   return r;
 }

@@ -30,12 +30,15 @@ namespace rlhf::coordinator {
 struct RolesConfig {
   std::vector<std::string> rollout_addresses;  // host:port of rollout workers; empty = one embedded worker
   std::string scorer_address;                  // host:port of the scorer; "" = embedded (reward.* keys)
+  std::vector<std::string> scorer_addresses;   // more scorer replicas (with scorer_address: all of them)
   std::string learner_address;                 // host:port of `rlhf serve learner`; "" = this process learns
   int64_t max_attempts = 3;                    // tries of a call before its prompts fail
   double backoff_seconds = 0.2;                // wait before the second try, doubled after
   int64_t weight_chunk_bytes = 4 << 20;        // weight update chunk size
   static const config::Section<RolesConfig>& Spec();  // under "roles"
   RetryPolicy retry() const { return {max_attempts, backoff_seconds}; }
+  // scorer_address and scorer_addresses together, in that order; empty = an embedded scorer.
+  std::vector<std::string> scorers() const;
 };
 
 class Roles {
@@ -50,7 +53,7 @@ class Roles {
   ~Roles();
 
   std::vector<std::shared_ptr<grpc::Channel>> rollout_channels() const { return rollout_; }
-  std::shared_ptr<grpc::Channel> scorer_channel() const { return scorer_; }
+  std::vector<std::shared_ptr<grpc::Channel>> scorer_channels() const { return scorer_; }
   bool embedded_rollout() const { return embedded_rollout_ != nullptr; }
   bool embedded_scorer() const { return embedded_scorer_ != nullptr; }
   const RpcConfig& rpc() const { return rpc_; }
@@ -62,7 +65,7 @@ class Roles {
   std::unique_ptr<scoring::ScorerService> embedded_scorer_;
   std::unique_ptr<RpcServer> rollout_server_, scorer_server_;
   std::vector<std::shared_ptr<grpc::Channel>> rollout_;
-  std::shared_ptr<grpc::Channel> scorer_;
+  std::vector<std::shared_ptr<grpc::Channel>> scorer_;
 };
 
 // Registers the keys Roles::Start reads (roles.*, rollout.*, reward.*, scorer.*, rpc.*).

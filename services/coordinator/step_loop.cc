@@ -116,7 +116,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       return collective->Sync(version, members);
     });
   }
-  ScorerClient scorer(roles.scorer_channel(), rpc, o.retry);
+  ScorerClient scorer(roles.scorer_channels(), rpc, o.retry);
   // processes.json: this process, and each remote one as its Health describes it; rewritten when a rollout
   // worker leaves or rejoins.
   auto write_processes = [&]() -> absl::Status {
@@ -142,7 +142,13 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
         all.push_back(ProcessEntry("rollout", static_cast<int64_t>(w), address, channels[w], rpc));
       }
     }
-    if (!roles.embedded_scorer()) all.push_back(ProcessEntry("scorer", 0, o.scorer_address, roles.scorer_channel(), rpc));
+    if (!roles.embedded_scorer()) {
+      const auto channels = roles.scorer_channels();
+      for (size_t i = 0; i < channels.size(); ++i) {
+        all.push_back(ProcessEntry("scorer", static_cast<int64_t>(i),
+                                   i < o.scorer_addresses.size() ? o.scorer_addresses[i] : "", channels[i], rpc));
+      }
+    }
     if (o.learner_label != "embedded") {
       all.push_back(ProcessEntry("learner", 0, o.learner_label, MakeChannel(rpc, o.learner_label), rpc));
     }
@@ -312,12 +318,14 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
        {{"rollout_workers", pool.size()},
         {"rollout", roles.embedded_rollout() ? "embedded" : "remote"},
         {"scorer", roles.embedded_scorer() ? "embedded" : "remote"},
+        {"scorers", roles.scorer_channels().size()},
         {"learner", o.learner_label},
         {"learner_ranks", learner_ranks},
         {"weights", use_collective ? "collective" : "grpc"},
         {"rollout_workers_dropped", pool.dropped()},
         {"rollout_workers_rejoined", pool.rejoined()}}}};
   RETURN_IF_ERROR(WriteFileAtomic(o.summary_path, summary.dump(2) + "\n"));
+  RETURN_IF_ERROR(write_processes());  // as the stage ends
   spdlog::info("{}: held-out accuracy {:.1f}% -> {:.1f}%; prompts trained {}, filtered {}, dropped {}, released {}; "
                "summary {}", stage, 100 * extra["eval_before"]["accuracy"].get<double>(),
                100 * eval_after["accuracy"].get<double>(), t.trained, t.filtered, t.dropped, t.released, o.summary_path);

@@ -45,7 +45,7 @@ struct StepLoopOptions {
   std::string learner_label = "embedded";  // how summary.json names the learner (an address when remote)
   std::string processes_path;             // processes.json: every process of the run ("" = none written)
   std::vector<std::string> rollout_addresses;  // of the remote workers, in the order of roles' channels
-  std::string scorer_address;             // of a remote scorer
+  std::vector<std::string> scorer_addresses;  // of the remote scorer replicas, in the order of roles' channels
   // processes.json entries from the launcher (`rlhf run`): merged into the entry of the same role and index
   // (adding e.g. its rank), added where there is none (learner ranks above 0). JSON objects.
   std::vector<std::string> other_processes;

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every role under one mpirun (`rlhf run`, roles by rank from the cluster section): 2 learner ranks (learner 0
-# coordinates), 2 rollout workers and a scorer on loopback, weights over the collective. The step loop pauses
+# coordinates), 2 rollout workers and 2 scorer replicas on loopback, weights over the collective. The step loop pauses
 # before chosen weight syncs (RLHF_FAULT_PAUSE_BEFORE_SYNC) so that the fault lands at an exact point:
 #   before version 2  rollout worker 1 is killed (-9): the sync to it fails and it is dropped; its supervisor
 #                     starts it again on the same address, and mpirun never sees a process exit
-#   before version 3  the test waits until the new worker 1 answers Health (a new pid): it rejoins at version 3
+#   before version 3  the test waits until the new worker 1 answers Health (a new pid): it rejoins at version 3;
+#                     scorer replica 1 is killed (-9): the scoring calls that go to it move to replica 0
+#                     (its supervisor starts it again 3 s later), and no prompt is lost
 #   before version 5  worker 1 reports version 4 (it took versions 3 and 4 with the group)
 # The job must end with status 0, an exact ledger (no duplicates, nothing missing), 1 drop and 1 rejoin, and
 # processes.json must name every process with its rank (learner 1 included). Each process serves /metrics on
@@ -23,14 +25,14 @@ import random, socket
 for _ in range(200):  # five consecutive free ports: metrics.port + local rank 0..4
     b = random.randrange(20000, 60000)
     try:
-        ss = [socket.socket() for _ in range(5)]
+        ss = [socket.socket() for _ in range(6)]
         for i, s in enumerate(ss): s.bind(('127.0.0.1', b + i))
         print(b); break
     except OSError: pass
     finally:
         for s in ss: s.close()")
 cat > "$d/cluster.yaml" <<EOF
-cluster: {learners: 2, rollout_workers: 2, scorers: 1, restart_backoff_seconds: 0.5}
+cluster: {learners: 2, rollout_workers: 2, scorers: 2, restart_backoff_seconds: 3}
 train: {stages: [grpo]}
 run: {threads: 1, seed: 7}
 metrics: {port: $base, bind: 127.0.0.1}
@@ -66,7 +68,7 @@ PY
 mkdir -p "$d/pause"
 OMP_WAIT_POLICY=passive RLHF_FAULT_PAUSE_DIR="$d/pause" RLHF_FAULT_PAUSE_BEFORE_SYNC=2,3,5 timeout -k 10 300 \
   mpirun --allow-run-as-root --oversubscribe -x OMP_WAIT_POLICY -x RLHF_FAULT_PAUSE_DIR -x RLHF_FAULT_PAUSE_BEFORE_SYNC \
-  -np 5 "$rlhf" run --config "$d/cluster.yaml" --model "$d/m" --run-dir "$d/run" > "$d/mpirun.log" 2>&1 &
+  -np 6 "$rlhf" run --config "$d/cluster.yaml" --model "$d/m" --run-dir "$d/run" > "$d/mpirun.log" 2>&1 &
 job=$!
 pids+=($job)
 
@@ -74,14 +76,14 @@ wait_for() {  # wait_for FILE: until the step loop pauses there (at most 120 s)
   for _ in $(seq 1 1200); do [ -f "$1" ] && return 0; kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
   echo "the run did not reach $1"; cat "$d/mpirun.log"; exit 1
 }
-worker1() {  # "address pid" of rollout worker 1 in processes.json
+entry() {  # entry ROLE INDEX: "address pid" of that process in processes.json
   "$py" -c "
 import json, sys
-w = [e for e in json.load(open(sys.argv[1]))['processes'] if e['role'] == 'rollout' and e['index'] == 1][0]
-print(w['address'], w.get('pid', 0))" "$d/run/processes.json"
+w = [e for e in json.load(open(sys.argv[1]))['processes'] if e['role'] == sys.argv[2] and e['index'] == int(sys.argv[3])][0]
+print(w['address'], w.get('pid', 0))" "$d/run/processes.json" "$1" "$2"
 }
 wait_for "$d/pause/paused-2"
-read -r address killed < <(worker1)
+read -r address killed < <(entry rollout 1)
 kill -9 "$killed"
 touch "$d/pause/resume-2"
 wait_for "$d/pause/paused-3"
@@ -91,6 +93,8 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$restarted" ] || { echo "rollout worker 1 was not started again at $address"; cat "$d/mpirun.log"; exit 1; }
+read -r _ scorer1 < <(entry scorer 1)
+kill -9 "$scorer1"
 touch "$d/pause/resume-3"
 wait_for "$d/pause/paused-5"
 r=$(health "$address")
@@ -126,6 +130,8 @@ if ! wait "$job"; then echo "the job failed"; cat "$d/mpirun.log"; exit 1; fi
 grep -E "dropped|rejoins|starting it again" "$d/mpirun.log" || true
 grep -q "rollout 1 (pid $killed) was killed by signal 9; starting it again at $address" "$d/mpirun.log"
 grep -q "rollout worker 1 answers again: it rejoins the weight group at version 3" "$d/mpirun.log"
+grep -q "scorer 1 (pid $scorer1) was killed by signal 9; starting it again" "$d/mpirun.log"
+grep -qE "scorer replica 1: .*failing over to replica 0" "$d/mpirun.log"
 
 "$py" - "$d/run" "$address" "$restarted" <<'PY'
 import json, sys
@@ -135,14 +141,18 @@ assert s["duplicates"] == 0 and s["missing"] == 0, s
 assert s["steps"] == 6, s
 r = s["roles"]
 assert r["weights"] == "collective" and r["rollout_workers"] == 2 and r["learner_ranks"] == 2, r
+assert r["scorers"] == 2 and s["prompts_dropped"] == 0 and s["prompts_trained"] == 24, (r, s)
 assert r["rollout_workers_dropped"] == 1 and r["rollout_workers_rejoined"] == 1, r
 procs = json.load(open(f"{run}/processes.json"))["processes"]
 by = {(e["role"], e["index"]): e for e in procs}
-assert set(by) == {("coordinator+learner", 0), ("learner", 1), ("rollout", 0), ("rollout", 1), ("scorer", 0)}, procs
-assert [by[k]["rank"] for k in sorted(by, key=lambda k: by[k]["rank"])] == [0, 1, 2, 3, 4], procs
+assert set(by) == {("coordinator+learner", 0), ("learner", 1), ("rollout", 0), ("rollout", 1), ("scorer", 0),
+                   ("scorer", 1)}, procs
+assert [by[k]["rank"] for k in sorted(by, key=lambda k: by[k]["rank"])] == [0, 1, 2, 3, 4, 5], procs
 assert by[("coordinator+learner", 0)]["rank"] == 0 and by[("learner", 1)]["rank"] == 1, procs
-assert by[("rollout", 1)]["rank"] == 3 and by[("scorer", 0)]["rank"] == 4, procs
+assert by[("rollout", 1)]["rank"] == 3 and by[("scorer", 0)]["rank"] == 4 and by[("scorer", 1)]["rank"] == 5, procs
 assert by[("rollout", 1)]["pid"] == restarted and by[("rollout", 1)]["address"] == address, procs
-assert all(e["state"] == "running" and e["pid"] > 0 for e in procs), procs
+# Scorer replica 1 is still down (its restart waits 3 s) when the stage ends and the file is written last.
+assert all(e["state"] == "running" and e["pid"] > 0 for k, e in by.items() if k != ("scorer", 1)), procs
+assert by[("scorer", 1)]["state"] in ("running", "unreachable"), procs
 print("cluster run: ok;", r)
 PY

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -261,6 +262,52 @@ TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {
   auto resumed = Ledger::FromJson(c.State(), 8, 1);
   ASSERT_TRUE(resumed.ok());
   EXPECT_EQ(resumed->Lease(100).size(), 8u);
+}
+
+// A scorer replica that counts the calls it answers (forwarding them to a real scorer service).
+class CountingScorer : public Scorer::Service {
+ public:
+  explicit CountingScorer(scoring::ScorerService* inner) : inner_(inner) {}
+  grpc::Status Score(grpc::ServerContext* ctx, const ScoreRequest* req, ScoreReply* reply) override {
+    ++calls;
+    return inner_->Score(ctx, req, reply);
+  }
+  std::atomic<int> calls{0};
+
+ private:
+  scoring::ScorerService* inner_;
+};
+
+TEST_F(CoordinatorTest, ScorerReplicasShareTheCallsAndADeadOneIsPassedOver) {
+  CountingScorer a(scorer_service_.get()), b(scorer_service_.get());
+  auto sa = RpcServer::Start(Rpc(), {"", "scorer", {}}, {&a});
+  auto sb = RpcServer::Start(Rpc(), {"", "scorer", {}}, {&b});
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  int pushes = 0;
+  RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {2, 0.01}, Publisher(&pushes));
+  {
+    // Two live replicas, 8 prompts x 2 samples in calls of at most 4 samples: 4 calls, 2 on each.
+    ScorerClient scorer({(*sa)->InProcessChannel(), (*sb)->InProcessChannel()}, Rpc(), {3, 0.01}, 4);
+    Coordinator c(Options(8, 2), Prompts(8), 1, &pool, &scorer);
+    auto batch = c.NextBatch(0);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    EXPECT_EQ(batch->samples.size(), 16u);
+    EXPECT_EQ(a.calls.load(), 2);
+    EXPECT_EQ(b.calls.load(), 2);
+  }
+  {
+    // The first replica is dead: every call moves to the live one, and nothing is lost.
+    const int before = b.calls.load();
+    ScorerClient scorer({MakeChannel(Rpc(), "127.0.0.1:1"), (*sb)->InProcessChannel()}, Rpc(), {3, 0.01}, 4);
+    Coordinator c(Options(8, 2), Prompts(8), 1, &pool, &scorer);
+    auto batch = c.NextBatch(0);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    EXPECT_EQ(batch->samples.size(), 16u);
+    EXPECT_EQ(c.ledger().Current().dropped, 0);
+    EXPECT_EQ(b.calls.load() - before, 4);
+  }
+  (*sa)->Shutdown();
+  (*sb)->Shutdown();
 }
 
 int RefuseUnshare(int) {

@@ -116,7 +116,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.learner_label = label;
   o.processes_path = (fs::path(p.run_dir) / "processes.json").string();
   o.rollout_addresses = roles_cfg.rollout_addresses;
-  o.scorer_address = roles_cfg.scorer_address;
+  o.scorer_addresses = roles_cfg.scorers();
   o.other_processes = p.other_processes;
   const auto& ds = *s.data;
   ASSIGN_OR_RETURN(auto train_prompts,
