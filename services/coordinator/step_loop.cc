@@ -190,6 +190,13 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   auto& reassigned_total = reg.Counter("rlhf_samples_reassigned_total", "prompt leases handed out again after a failure");
   auto& reward_gauge = reg.Gauge("rlhf_reward_mean", "mean reward of the latest rollout batch");
   auto& kl_gauge = reg.Gauge("rlhf_kl_mean", "mean KL to the reference of the latest batch");
+  // Where a step's time goes: the loop waits on the rollout workers, the scorer, the learner and the sync.
+  const std::vector<double> phase_buckets = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+  const char* phase_help = "time of one phase of an online step: generate, score, train or sync";
+  auto& phase_generate = reg.Histogram("rlhf_step_phase_seconds", phase_help, phase_buckets, {{"kind", "generate"}});
+  auto& phase_score = reg.Histogram("rlhf_step_phase_seconds", phase_help, phase_buckets, {{"kind", "score"}});
+  auto& phase_train = reg.Histogram("rlhf_step_phase_seconds", phase_help, phase_buckets, {{"kind", "train"}});
+  auto& phase_sync = reg.Histogram("rlhf_step_phase_seconds", phase_help, phase_buckets, {{"kind", "sync"}});
   // Role throughput, accumulated over the run (and across resumes).
   auto acc = [&](const char* k) -> double& {
     if (!extra.contains("acc")) extra["acc"] = json::object();
@@ -226,6 +233,10 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     m["generate_seconds"] = batch.generate_seconds;
     m["score_seconds"] = batch.score_seconds;
     m["train_seconds"] = learn_seconds;
+    phase_generate.Observe(batch.generate_seconds);
+    phase_score.Observe(batch.score_seconds);
+    phase_train.Observe(learn_seconds);
+    phase_sync.Observe(m["weight_sync_seconds"]);
     if (pool.dropped() + pool.rejoined() != membership_changes) {
       membership_changes = pool.dropped() + pool.rejoined();
       RETURN_IF_ERROR(write_processes());
