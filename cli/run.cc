@@ -336,6 +336,9 @@ absl::Status Supervise(const Context& ctx) {
   const std::vector<std::string> args = {"--set", "run.dir=" + run_dir};
   ASSIGN_OR_RETURN(Child child, Child::Start(args, env));
   int restarts = 0;
+  // A serving role leaves when the store has not answered for this long (a blip is ridden out).
+  constexpr double kStoreGraceSeconds = 10;
+  std::optional<std::chrono::steady_clock::time_point> unreachable_since;
   for (;;) {
     if (const int sig = g_signal.load()) {
       spdlog::warn("rlhf run: {}: signal {}; stopping its process {}", me.name(), sig, child.pid());
@@ -344,12 +347,16 @@ absl::Status Supervise(const Context& ctx) {
     }
     if (me.role != Role::kLearner) {
       auto done = store->Has("cluster/done");
-      if (!done.ok() || *done) {
-        // The run is over (or learner 0 and its store are gone): stop serving and leave.
+      if (done.ok()) unreachable_since.reset();
+      if (!done.ok() && !unreachable_since) unreachable_since = std::chrono::steady_clock::now();
+      const bool gone = unreachable_since && std::chrono::steady_clock::now() - *unreachable_since >
+                                                 std::chrono::duration<double>(kStoreGraceSeconds);
+      if ((done.ok() && *done) || gone) {
+        // The run is over (or learner 0 and its store have been gone for a while): stop serving and leave.
         (void)child.Stop(SIGTERM, 15);
-        if (!done.ok()) {
-          return absl::UnavailableError(absl::StrCat(me.name(), ": the run's store at ", store_at,
-                                                     " is gone (learner 0 exited): ", done.status().message()));
+        if (gone) {
+          return absl::UnavailableError(absl::StrCat(me.name(), ": the run's store at ", store_at, " has not answered for ",
+                                                     kStoreGraceSeconds, " s (learner 0 exited?): ", done.status().message()));
         }
         (void)store->Set("cluster/left/" + me.key().substr(8), "1");
         return absl::OkStatus();
