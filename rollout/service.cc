@@ -1,19 +1,18 @@
 #include "rollout/service.h"
 
-#include "common/metrics.h"
-
 #include <spdlog/spdlog.h>
-
-#include "common/text/model_text.h"
-
+#include <atomic>
 #include <cstring>
+#include <fstream>
+#include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/metrics.h"
 #include "common/model/checkpoint.h"
-#include "rollout/weight_client.h"
 #include "common/text/model_text.h"
 #include "common/text/tokenizer.h"
+#include "rollout/weight_client.h"
 
 namespace rlhf::rollout {
 
@@ -65,6 +64,24 @@ struct WorkerMetrics {
     return *m;
   }
 };
+
+// Fault-injection seam of the fault tests: with RLHF_FAULT_STALL_GENERATE=<call>:<dir>, this process's
+// <call>-th Generate call (counted from 1) creates <dir>/generating-<call> and then stalls for a minute
+// before generating, so that a test can kill the worker at a known point in the middle of a step.
+void MaybeStallGenerate() {
+  static std::atomic<int64_t> calls{0};
+  const int64_t call = ++calls;
+  const char* v = std::getenv("RLHF_FAULT_STALL_GENERATE");
+  if (v == nullptr) return;
+  const std::string spec = v;
+  const auto colon = spec.find(':');
+  int64_t which = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(spec.substr(0, colon), &which) || which != call) return;
+  const std::string mark = spec.substr(colon + 1) + "/generating-" + std::to_string(call);
+  spdlog::warn("fault injection: Generate call {} stalls (marked {})", call, mark);
+  std::ofstream(mark).put('\n');
+  std::this_thread::sleep_for(std::chrono::seconds(60));
+}
 
 }  // namespace
 
@@ -204,6 +221,7 @@ void RolloutService::SwapIfPending() {
 
 grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRequest* r,
                                       grpc::ServerWriter<GenerateResponse>* writer) {
+  MaybeStallGenerate();
   auto& metrics = WorkerMetrics::Get();
   const auto t0 = std::chrono::steady_clock::now();
   metrics.requests.Increment();

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A rollout worker killed (-9) in the middle of a step, while it holds prompts: its Generate stream breaks, its
+# prompts move to the other worker, the next weight sync drops it, and the run completes with an exact ledger
+# (0 duplicates, 0 missing, nothing dropped). The worker's 2nd Generate call (the first step's, after the
+# evaluation's) stalls through a fault seam (RLHF_FAULT_STALL_GENERATE) so that the kill lands at a known
+# point. Bounded: every process has a timeout and is stopped by pid.
+#   worker_killed_mid_step_test.sh RLHF PYTHON3
+set -euo pipefail
+rlhf="$1"
+py="$2"
+d="$(mktemp -d)"
+source "$(dirname "$0")/../processes.sh"
+sum_task "$rlhf" "$py" "$d" 40 0
+ports=($(free_ports "$py" 3))
+mkdir -p "$d/mark"
+timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/w0" \
+  --set rollout.capacity=64 --set run.threads=1 > "$d/worker0.log" 2>&1 &
+pids+=($!)
+RLHF_FAULT_STALL_GENERATE="2:$d/mark" timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" \
+  --address "127.0.0.1:${ports[1]}" --run-dir "$d/r/w1" --set rollout.capacity=64 --set run.threads=1 \
+  > "$d/worker1.log" 2>&1 &
+w1=$!
+pids+=($w1)
+timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[2]}" --run-dir "$d/r/scorer" \
+  --set reward.exact_match_weight=1 --set run.threads=1 > "$d/scorer.log" 2>&1 &
+pids+=($!)
+timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 --set run.threads=1 --run-dir "$d/run" \
+  --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=4 \
+  --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4 --set rl.micro_batch_size=8 \
+  --set rl.kl_coef=0 --set eval.max_new_tokens=4 --set rollout.capacity=64 \
+  --set "roles.rollout_addresses=[127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}]" \
+  --set "roles.scorer_address=127.0.0.1:${ports[2]}" --set roles.max_attempts=20 --set roles.backoff_seconds=0.1 \
+  --set weights.transport=collective --set weights.timeout_seconds=5 > "$d/train.log" 2>&1 &
+train=$!
+pids+=($train)
+for _ in $(seq 1 1200); do [ -f "$d/mark/generating-2" ] && break; kill -0 "$train" 2>/dev/null || break; sleep 0.1; done
+[ -f "$d/mark/generating-2" ] || { echo "worker 1 never stalled"; cat "$d/train.log" "$d/worker1.log"; exit 1; }
+server=""
+for s in /proc/[0-9]*/stat; do  # the rlhf process under worker 1's `timeout`
+  read -r pid _ _ ppid _ < "$s" 2>/dev/null || continue
+  [ "$ppid" = "$w1" ] && server=$pid
+done
+[ -n "$server" ] || { echo "worker 1's process not found"; exit 1; }
+kill -9 "$server"
+if ! wait "$train"; then echo "the run failed"; cat "$d/train.log"; exit 1; fi
+grep -E "rollout worker 1|dropped" "$d/train.log" | cut -c1-200 || true
+"$py" - "$d/run" <<'PY'
+import json, sys
+s = json.load(open(f"{sys.argv[1]}/summary.json"))
+assert s["duplicates"] == 0 and s["missing"] == 0 and s["steps"] == 4, s
+assert s["prompts_dropped"] == 0 and s["prompts_trained"] == 16, s
+assert s["prompts_released"] > 0, s  # worker 1's lease was handed to worker 0
+assert s["roles"]["rollout_workers_dropped"] == 1, s["roles"]
+print("worker killed mid-step: ok;", {k: s[k] for k in ("prompts_trained", "prompts_released", "duplicates", "missing")})
+PY
