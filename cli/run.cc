@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -35,6 +36,7 @@
 #include "cli/command.h"
 #include "cli/serve.h"
 #include "common/comm/group.h"
+#include "common/file.h"
 #include "common/metrics.h"
 #include "common/runtime.h"
 #include "trainer/pipeline/pipeline.h"
@@ -390,6 +392,7 @@ absl::Status Supervise(const Context& ctx) {
       std::_Exit(code);
     }
     ++restarts;
+    (void)store->Set("cluster/restarts/" + me.key().substr(8), std::to_string(restarts));  // for summary.json
     std::string address;
     if (auto has = store->Has(me.key()); has.ok() && *has) {
       ASSIGN_OR_RETURN(address, store->Get(me.key()));
@@ -404,6 +407,31 @@ absl::Status Supervise(const Context& ctx) {
 }
 
 // ---- the child: one role ----------------------------------------------------------------------------------------
+
+// summary.json's roles.restarts: how often each serving role's supervisor started it again ({} when never).
+absl::Status RecordRestarts(const ClusterConfig& c, comm::Store& store, const std::string& run_dir) {
+  nlohmann::json restarts = nlohmann::json::object();
+  auto count = [&](const std::string& role, int64_t n) -> absl::Status {
+    for (int64_t i = 0; i < n; ++i) {
+      const std::string key = absl::StrCat("cluster/restarts/", role, "/", i);
+      ASSIGN_OR_RETURN(bool has, store.Has(key));
+      if (!has) continue;
+      ASSIGN_OR_RETURN(auto v, store.Get(key));
+      int64_t k = 0;
+      if (absl::SimpleAtoi(v, &k)) restarts[absl::StrCat(role, " ", i)] = k;
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(count("rollout", c.rollout_workers));
+  RETURN_IF_ERROR(count("scorer", c.scorers));
+  const std::string path = (std::filesystem::path(run_dir) / "summary.json").string();
+  auto text = ReadFile(path);
+  if (!text.ok()) return absl::OkStatus();  // no online stage wrote one
+  auto summary = nlohmann::json::parse(*text, nullptr, false);
+  if (!summary.is_object()) return absl::OkStatus();
+  summary["roles"]["restarts"] = restarts;
+  return WriteFileAtomic(path, summary.dump(2) + "\n");
+}
 
 absl::Status RunRole(const Context& ctx) {
   const auto c = ClusterConfig::Spec().Read(ctx.config);
@@ -496,7 +524,9 @@ absl::Status RunRole(const Context& ctx) {
     spdlog::info("learner 0 coordinates: {} learner rank(s), rollout workers [{}], scorers [{}]", c.learners,
                  absl::StrJoin(rollout, ", "), scorers.empty() ? "embedded" : absl::StrJoin(scorers, ", "));
   }
-  return trainer::RunTraining(config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), options);
+  RETURN_IF_ERROR(trainer::RunTraining(config, ctx.run_dir, static_cast<uint64_t>(ctx.run.seed), options));
+  if (me.index == 0) RETURN_IF_ERROR(RecordRestarts(c, *store, ctx.run_dir));
+  return absl::OkStatus();
 }
 
 }  // namespace

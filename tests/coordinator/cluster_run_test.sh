@@ -144,6 +144,7 @@ assert s["steps"] == 6, s
 r = s["roles"]
 assert r["weights"] == "collective" and r["rollout_workers"] == 2 and r["learner_ranks"] == 2, r
 assert r["scorers"] == 2 and s["prompts_dropped"] == 0 and s["prompts_trained"] == 24, (r, s)
+assert r["restarts"].get("rollout 1") == 1 and r["restarts"].get("rollout 0") is None, r  # from the supervisors
 assert r["rollout_workers_dropped"] == 1 and r["rollout_workers_rejoined"] == 1, r
 procs = json.load(open(f"{run}/processes.json"))["processes"]
 by = {(e["role"], e["index"]): e for e in procs}
