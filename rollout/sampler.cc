@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 
+#include "common/hash.h"
 #include "common/vec_math.h"
 
 namespace rlhf::rollout {
@@ -209,9 +210,7 @@ torch::Tensor MinP(const torch::Tensor& logits, double min_p) {
 }
 
 uint64_t StreamSeed(uint64_t run_seed, const std::string& prompt_id, int64_t sample_index) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : prompt_id) h = (h ^ c) * 1099511628211ull;
-  return SplitMix64(SplitMix64(run_seed ^ SplitMix64(h)) + static_cast<uint64_t>(sample_index));
+  return SplitMix64(SplitMix64(run_seed ^ SplitMix64(Fnv1a64(prompt_id))) + static_cast<uint64_t>(sample_index));
 }
 
 double StreamUniform(uint64_t stream_seed, uint64_t step) {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file.h"
+#include "common/hash.h"
 #include "common/model/checkpoint.h"
 #include "common/model/safetensors.h"
 
@@ -27,15 +28,6 @@ constexpr const char* kMagic = "rlhf-train-checkpoint";
 // 2: the manifest lists the models and carries its own checksum; every file a checkpoint of those models
 // must hold is required.
 constexpr int kVersion = 2;
-
-constexpr uint64_t kFnvBasis = 1469598103934665603ULL;
-uint64_t Fnv1a64(const char* data, size_t n, uint64_t h) {
-  for (size_t i = 0; i < n; ++i) {
-    h ^= static_cast<uint8_t>(data[i]);
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
 
 // The files a checkpoint of `models` must hold.
 std::vector<std::string> RequiredFiles(const std::vector<std::string>& models) {
@@ -126,7 +118,7 @@ std::vector<fs::path> CheckpointsNewestFirst(const fs::path& root) {
 absl::StatusOr<std::string> FileChecksum(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  uint64_t h = kFnvBasis;
+  uint64_t h = kFnv1a64Offset;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
@@ -138,8 +130,7 @@ absl::StatusOr<std::string> FileChecksum(const std::string& path) {
 std::string ManifestChecksum(const json& manifest) {
   json body = manifest;
   if (body.is_object()) body.erase("manifest_fnv1a64");
-  const std::string text = body.dump();  // keys sorted: one text per manifest
-  return absl::StrFormat("%016x", Fnv1a64(text.data(), text.size(), kFnvBasis));
+  return absl::StrFormat("%016x", Fnv1a64(body.dump()));  // keys sorted: one text per manifest
 }
 
 absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& run_dir, Learner& learner, const TrainState& state,

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "common/hash.h"
 #include "common/text/chat_template.h"
 #include "common/text/tokenizer.h"
 
@@ -53,14 +54,7 @@ const char* KindName(Kind k) {
   return "?";
 }
 
-std::string HashText(const std::string& text) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return absl::StrFormat("%016x", h);
-}
+std::string HashText(const std::string& text) { return absl::StrFormat("%016x", Fnv1a64(text)); }
 
 namespace {
 
