@@ -69,23 +69,24 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
   // Under mpirun / torchrun every rank shares the run directory: rank 0 owns log.txt and config.yaml. A role
   // of `rlhf run` logs under its role's name (learner 0 owns log.txt).
   auto world = comm::DetectWorld(comm::DistConfig{});
-  int rank = world.ok() ? world->rank : 0;
-  std::string log_name = rank == 0 ? "log.txt" : absl::StrCat("log-rank", rank, ".txt");
+  const int world_rank = world.ok() ? world->rank : 0;
+  bool owner = world_rank == 0;  // writes log.txt and config.yaml
+  std::string log_name = absl::StrCat("log-rank", world_rank, ".txt");
   if (const char* role = std::getenv("RLHF_ROLE"); role != nullptr && supervised != nullptr) {
     const char* index = std::getenv("RLHF_ROLE_INDEX");
     const std::string name = absl::StrCat(role, index ? index : "0");
-    rank = name == "learner0" ? 0 : 1;
-    log_name = rank == 0 ? "log.txt" : absl::StrCat("log-", name, ".txt");
+    owner = name == "learner0";
+    log_name = absl::StrCat("log-", name, ".txt");
   }
-  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / log_name).string()));
+  RETURN_IF_ERROR(AddLogFile((fs::path(ctx.run_dir) / (owner ? "log.txt" : log_name)).string()));
   const char* run_rank = std::getenv("RLHF_RUN_RANK");
-  Metrics::Process().SetProcessLabels({{"rank", run_rank != nullptr ? run_rank : std::to_string(world.ok() ? world->rank : 0)}});
+  Metrics::Process().SetProcessLabels({{"rank", run_rank != nullptr ? run_rank : std::to_string(world_rank)}});
   // Every process exports at least this (with its role and rank labels), so that each one is seen scraped.
   Metrics::Process()
       .Gauge("rlhf_process_start_time_seconds", "when this process started (Unix time)")
       .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   const std::string resolved = cfg.ToYaml();
-  if (rank == 0) {
+  if (owner) {
     RETURN_IF_ERROR(WriteFileAtomic((fs::path(ctx.run_dir) / "config.yaml").string(),
                                     absl::StrCat("# resolved config of `rlhf ", label, "`\n", resolved)));
   }

@@ -106,7 +106,11 @@ struct Placement {
   bool under_mpirun = false;
   int rank = 0;  // in the mpirun job (the role's index under RLHF_ROLE)
   std::string name() const { return absl::StrCat(RoleName(role), " ", index); }
-  std::string key() const { return absl::StrCat("cluster/", RoleName(role), "/", index); }
+  std::string path() const { return absl::StrCat(RoleName(role), "/", index); }  // e.g. rollout/1
+  // The store key of this process under `kind` ("" = its published address: cluster/rollout/1).
+  std::string key(const std::string& kind = "") const {
+    return absl::StrCat("cluster/", kind.empty() ? "" : kind + "/", path());
+  }
 };
 
 const char* Env(const char* name) {
@@ -360,7 +364,7 @@ absl::Status Supervise(const Context& ctx) {
           return absl::UnavailableError(absl::StrCat(me.name(), ": the run's store at ", store_at, " has not answered for ",
                                                      kStoreGraceSeconds, " s (learner 0 exited?): ", done.status().message()));
         }
-        (void)store->Set("cluster/left/" + me.key().substr(8), "1");
+        (void)store->Set(me.key("left"), "1");
         return absl::OkStatus();
       }
     }
@@ -376,10 +380,10 @@ absl::Status Supervise(const Context& ctx) {
         // The run is over: the serving roles stop; the store stays up until they have left.
         (void)store->Set("cluster/done", std::to_string(code));
         std::vector<std::string> serving;
-        for (int i = 0; i < c.rollout_workers; ++i) serving.push_back(absl::StrCat("cluster/left/rollout/", i));
-        for (int i = 0; i < c.scorers; ++i) serving.push_back(absl::StrCat("cluster/left/scorer/", i));
-        for (const auto& key : serving) {
-          if (!WaitForKey(*store, key, 30)) spdlog::warn("rlhf run: {} did not report leaving", key.substr(13));
+        for (int i = 0; i < c.rollout_workers; ++i) serving.push_back(absl::StrCat("rollout/", i));
+        for (int i = 0; i < c.scorers; ++i) serving.push_back(absl::StrCat("scorer/", i));
+        for (const auto& path : serving) {
+          if (!WaitForKey(*store, "cluster/left/" + path, 30)) spdlog::warn("rlhf run: {} did not report leaving", path);
         }
       }
       std::_Exit(code);
@@ -392,7 +396,7 @@ absl::Status Supervise(const Context& ctx) {
       std::_Exit(code);
     }
     ++restarts;
-    (void)store->Set("cluster/restarts/" + me.key().substr(8), std::to_string(restarts));  // for summary.json
+    (void)store->Set(me.key("restarts"), std::to_string(restarts));  // for summary.json
     std::string address;
     if (auto has = store->Has(me.key()); has.ok() && *has) {
       ASSIGN_OR_RETURN(address, store->Get(me.key()));
@@ -435,16 +439,10 @@ absl::Status RecordRestarts(const ClusterConfig& c, comm::Store& store, const st
 
 absl::Status RunRole(const Context& ctx) {
   const auto c = ClusterConfig::Spec().Read(ctx.config);
-  Placement me;
-  {
-    const std::string role = Env("RLHF_ROLE") ? Env("RLHF_ROLE") : "";
-    me.role = role == "rollout" ? Role::kRollout : role == "scorer" ? Role::kScorer : Role::kLearner;
-    if (Env("RLHF_ROLE_INDEX") && !absl::SimpleAtoi(Env("RLHF_ROLE_INDEX"), &me.index)) {
-      return absl::InvalidArgumentError("RLHF_ROLE_INDEX is not an integer");
-    }
-    if (Env("RLHF_RUN_RANK") && !absl::SimpleAtoi(Env("RLHF_RUN_RANK"), &me.rank)) {
-      return absl::InvalidArgumentError("RLHF_RUN_RANK is not an integer");
-    }
+  // The supervisor set RLHF_ROLE / RLHF_ROLE_INDEX (and the rank it was given) for this child.
+  ASSIGN_OR_RETURN(Placement me, Place(c));
+  if (Env("RLHF_RUN_RANK") && !absl::SimpleAtoi(Env("RLHF_RUN_RANK"), &me.rank)) {
+    return absl::InvalidArgumentError("RLHF_RUN_RANK is not an integer");
   }
   const char* store_env = Env("RLHF_CLUSTER_STORE");
   if (store_env == nullptr) return absl::FailedPreconditionError("RLHF_CLUSTER_STORE is not set (started by hand?)");
@@ -457,7 +455,7 @@ absl::Status RunRole(const Context& ctx) {
   auto publish = [&](int port) -> absl::Status {
     const std::string address = absl::StrCat(host, ":", port);
     spdlog::info("{} publishes its address {}", me.name(), address);
-    RETURN_IF_ERROR(store->Set("cluster/info/" + me.key().substr(8), self.dump()));
+    RETURN_IF_ERROR(store->Set(me.key("info"), self.dump()));
     return store->Set(me.key(), address);
   };
   const char* again = Env("RLHF_ROLE_ADDRESS");
@@ -489,7 +487,7 @@ absl::Status RunRole(const Context& ctx) {
   self["metrics_port"] = Metrics::Process().port();
   self["address"] = "";
   self["state"] = "running";
-  RETURN_IF_ERROR(store->Set("cluster/info/" + me.key().substr(8), self.dump()));
+  RETURN_IF_ERROR(store->Set(me.key("info"), self.dump()));
   config::Config config = ctx.config;
   trainer::TrainingOptions options;
   options.group = group;

@@ -295,11 +295,12 @@ ScorerClient::ScorerClient(std::shared_ptr<grpc::Channel> channel, RpcConfig rpc
 
 ScorerClient::ScorerClient(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
                            int64_t max_request_samples)
-    : channels_(std::move(channels)), rpc_(rpc), retry_(retry),
-      max_request_samples_(std::max<int64_t>(1, max_request_samples)),
-      failed_at_(std::make_unique<std::atomic<double>[]>(channels_.size())) {
-  for (const auto& c : channels_) stubs_.push_back(Scorer::NewStub(c));
-  for (size_t r = 0; r < channels_.size(); ++r) failed_at_[r].store(-1e9);
+    : rpc_(rpc), retry_(retry), max_request_samples_(std::max<int64_t>(1, max_request_samples)),
+      failed_at_(std::make_unique<std::atomic<double>[]>(channels.size())) {
+  for (size_t r = 0; r < channels.size(); ++r) {
+    stubs_.push_back(Scorer::NewStub(channels[r]));  // the stub keeps its channel
+    failed_at_[r].store(-1e9);
+  }
 }
 
 absl::Status ScorerClient::ScoreChunk(size_t first, const ScoreRequest& req, ScoreReply* reply) {

@@ -124,7 +124,6 @@ class ScorerClient {
  private:
   // One call, starting at replica `first`, with failover and retries.
   absl::Status ScoreChunk(size_t first, const ScoreRequest& req, ScoreReply* reply);
-  std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<Scorer::Stub>> stubs_;
   RpcConfig rpc_;
   RetryPolicy retry_;
