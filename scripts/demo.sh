@@ -28,17 +28,5 @@ start=$(date +%s)
 echo "trained in $(( $(date +%s) - start )) s"
 
 echo "== 3. results (runs/train/summary.json)"
-$py - "$work/runs/train/summary.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-b, a = s["eval_before"], s["eval_after"]
-ci = lambda e: f"95% CI {100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}"
-print(f"held-out greedy accuracy: {100 * b['accuracy']:.1f}% ({ci(b)}) after SFT -> {100 * a['accuracy']:.1f}% ({ci(a)}) "
-      f"after {s['steps']} GRPO steps, on {a['prompts']} held-out prompts")
-print(f"prompt ledger: {s['prompts_trained']} trained, {s['prompts_filtered']} filtered, {s['prompts_dropped']} dropped, "
-      f"{s['prompts_released']} released, {s['duplicates']} duplicates, {s['missing']} missing")
-t = s["throughput"]
-print(f"throughput: rollout {t['rollout_tokens_per_second']:.0f} tokens/s, scorer {t['scorer_samples_per_second']:.0f} "
-      f"samples/s, learner {t['learner_samples_per_second']:.0f} samples/s; wall {s['wall_seconds']:.0f} s")
-PY
+$py "$root/examples/summary.py" "$work/runs/train"
 echo "run directory: config.yaml, log.txt, metrics.jsonl, summary.json, checkpoints/, 0-sft/model, 1-grpo/model, 1-grpo/eval_*.jsonl"

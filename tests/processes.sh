@@ -13,6 +13,17 @@ for s in ss: s.bind(('127.0.0.1', 0))
 print(' '.join(str(s.getsockname()[1]) for s in ss))" "$2"
 }
 
+# server_of PID: the process whose parent is PID (the rlhf server under its `timeout`), from /proc (no procps
+# on a minimal Debian); fails when there is none.
+server_of() {
+  local s pid ppid
+  for s in /proc/[0-9]*/stat; do
+    read -r pid _ _ ppid _ < "$s" 2>/dev/null || continue
+    [ "$ppid" = "$1" ] && { echo "$pid"; return 0; }
+  done
+  return 1
+}
+
 # sum_task RLHF PYTHON3 DIR N LONG: N prompts "a+b=" with answers in DIR/prompts.jsonl (with LONG = 1, every
 # 8th from the 6th on is 40+ tokens long: too long for a 64-token rollout context), a byte-level tokenizer
 # trained on sums (DIR/tok) and a tiny random Llama over it (DIR/m).

@@ -49,14 +49,6 @@ wait_for() {  # wait_for FILE: until the step loop pauses there (at most 120 s)
   for _ in $(seq 1 1200); do [ -f "$1" ] && return 0; kill -0 "$train" 2>/dev/null || break; sleep 0.1; done
   echo "the run did not reach $1"; cat "$d/train.log"; exit 1
 }
-server_of() {  # the rlhf process under its `timeout` (from /proc: no procps needed)
-  local s
-  for s in /proc/[0-9]*/stat; do
-    read -r pid _ _ ppid _ < "$s" 2>/dev/null || continue
-    [ "$ppid" = "$1" ] && { echo "$pid"; return 0; }
-  done
-  return 1
-}
 wait_for "$d/pause/paused-2"
 kill -9 "$(server_of "${wpid[1]}")"
 touch "$d/pause/resume-2"

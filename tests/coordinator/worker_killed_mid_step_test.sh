@@ -35,12 +35,7 @@ train=$!
 pids+=($train)
 for _ in $(seq 1 1200); do [ -f "$d/mark/generating-2" ] && break; kill -0 "$train" 2>/dev/null || break; sleep 0.1; done
 [ -f "$d/mark/generating-2" ] || { echo "worker 1 never stalled"; cat "$d/train.log" "$d/worker1.log"; exit 1; }
-server=""
-for s in /proc/[0-9]*/stat; do  # the rlhf process under worker 1's `timeout`
-  read -r pid _ _ ppid _ < "$s" 2>/dev/null || continue
-  [ "$ppid" = "$w1" ] && server=$pid
-done
-[ -n "$server" ] || { echo "worker 1's process not found"; exit 1; }
+server=$(server_of "$w1") || { echo "worker 1's process not found"; exit 1; }
 kill -9 "$server"
 if ! wait "$train"; then echo "the run failed"; cat "$d/train.log"; exit 1; fi
 grep -E "rollout worker 1|dropped" "$d/train.log" | cut -c1-200 || true
