@@ -83,6 +83,19 @@ void MaybeStallGenerate() {
   std::this_thread::sleep_for(std::chrono::seconds(60));
 }
 
+// Fault-injection seam of the lease tests and benchmark: RLHF_FAULT_SLOW_GENERATE=<factor> makes this
+// worker `factor` times slower (after each group of prompts it waits factor - 1 times what the group took).
+double SlowGenerateFactor() {
+  static const double factor = [] {
+    const char* v = std::getenv("RLHF_FAULT_SLOW_GENERATE");
+    double f = 1;
+    if (v == nullptr || !absl::SimpleAtod(v, &f) || f < 1) return 1.0;
+    spdlog::warn("fault injection: this rollout worker is {}x slower", f);
+    return f;
+  }();
+  return factor;
+}
+
 }  // namespace
 
 RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokenizer* tokenizer,
@@ -255,6 +268,7 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
     std::vector<PromptInput> group(prompts.begin() + start,
                                    prompts.begin() + std::min(prompts.size(), start + per_group));
     std::lock_guard<std::mutex> lock(model_mu_);
+    const auto group_start = std::chrono::steady_clock::now();
     metrics.queue.Decrement(static_cast<double>(group.size()));
     waiting -= static_cast<double>(group.size());
     SwapIfPending();
@@ -282,6 +296,10 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
       if (stream_hook_) stream_hook_(*s);
     });
     if (!done.ok()) return ToGrpc(done.status());
+    if (const double slow = SlowGenerateFactor(); slow > 1) {
+      const auto took = std::chrono::steady_clock::now() - group_start;
+      std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::nanoseconds>(took * (slow - 1)));
+    }
     if (write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
   return grpc::Status::OK;

@@ -149,6 +149,10 @@ torch::Tensor PpoObjective::Loss(const MicroBatch& mb, const std::vector<double>
   metrics.AddMean("clip_fraction", D(pg.clip_fraction) * local_tok, local_tok);
   metrics.AddMean("approx_kl", D(pg.approx_kl) * local_tok, local_tok);
   metrics.AddMean("ratio_mean", D(pg.ratio_mean) * local_tok, local_tok);
+  if (pg.tis_weight_mean.defined()) {
+    metrics.AddMean("tis_weight_mean", D(pg.tis_weight_mean) * local_tok, local_tok);
+    metrics.AddMean("tis_truncated_fraction", D(pg.tis_truncated_fraction) * local_tok, local_tok);
+  }
   metrics.AddMean("entropy", D((stats.entropy.detach() * m).sum()), local_tok);
 
   if (c.ent_coef > 0) {

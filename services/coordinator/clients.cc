@@ -125,9 +125,9 @@ absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, con
                                               chunk[i].prompt_index(), ", not samples 0..", n - 1));
     }
     for (const auto& s : g) {
-      if (s.policy_version() != version) {
+      if (s.policy_version() < version) {
         return absl::AbortedError(absl::StrCat("rollout worker generated with policy version ", s.policy_version(),
-                                               ", the step needs ", version));
+                                               ", the step needs ", version, " or newer"));
       }
     }
   }
@@ -168,15 +168,16 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
       }
       last = r.status();
       spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), attempt + 1, retry_.max_attempts);
-      if (last.code() == absl::StatusCode::kAborted && (publish_ || publish_all_)) {
+      const bool behind = last.code() == absl::StatusCode::kAborted;
+      if (behind && refresh_ && (publish_ || publish_all_)) {
         if (auto s = Refresh(w, version); !s.ok()) last = s;
         continue;
       }
-      if (!Retryable(last.code())) break;
+      if (!Retryable(last.code()) && !behind) break;
       Backoff(retry_, attempt);
       w = next_worker(w);  // another worker, when there is one
     }
-    if (idx.size() > 1 && !Retryable(last.code())) {
+    if (idx.size() > 1 && !Retryable(last.code()) && last.code() != absl::StatusCode::kAborted) {
       for (size_t i : idx) run({i}, w);
       return;
     }

@@ -48,6 +48,11 @@ class RolloutPool {
   // (no more chunks, not in the group) and the others sync again at once; a dropped worker that answers
   // again rejoins at the next Sync and takes that version with the others.
   void SetGroupPublisher(GroupPublisher publish_all) { publish_all_ = std::move(publish_all); }
+  // Whether Generate brings a worker that answers with an older version than asked to that version itself
+  // (the default). The asynchronous loop turns it off: there the learner may be training while a batch is
+  // generated, so only the step loop pushes weights (between learner steps), and a worker that is behind
+  // has its prompts tried on another worker instead.
+  void SetRefreshBehind(bool on) { refresh_ = on; }
 
   struct Result {
     std::vector<std::vector<Sample>> groups;  // per prompt: its n samples, ordered by sample_index
@@ -56,9 +61,10 @@ class RolloutPool {
     int64_t tokens = 0;                       // completion tokens generated
     double seconds = 0;                       // wall time of the call
   };
-  // n samples for each prompt with the weights of `version`, the prompts spread over the workers in
-  // parallel chunks. Every sample is checked: the prompt it belongs to, n distinct sample indices, and the
-  // policy version (strictly on-policy). Never fails as a whole: failures are per prompt.
+  // n samples for each prompt with the weights of `version` or newer (a worker swaps new weights in only
+  // between groups of prompts, and only the asynchronous loop syncs while a batch is generated), the
+  // prompts spread over the workers in parallel chunks. Every sample is checked: the prompt it belongs to,
+  // n distinct sample indices, and the policy version. Never fails as a whole: failures are per prompt.
   Result Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n, int64_t version);
 
   // Brings every worker to `version`, asking Health and pushing weights where it differs (everywhere with
@@ -92,6 +98,7 @@ class RolloutPool {
   Publisher publish_;
   std::vector<std::unique_ptr<std::mutex>> push_mu_;  // per worker: one weight push at a time
   GroupPublisher publish_all_;
+  bool refresh_ = true;  // see SetRefreshBehind
   std::mutex group_mu_;  // one group sync at a time
   std::vector<size_t> synced_members_;  // the members and version of the last good group sync (under group_mu_)
   int64_t synced_version_ = -1;

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -12,35 +14,77 @@ Coordinator::Coordinator(CoordinatorOptions options, std::vector<Prompt> prompts
     : options_(std::move(options)), prompts_(std::move(prompts)), seed_(seed), pool_(pool), scorer_(scorer),
       ledger_(static_cast<int64_t>(prompts_.size()), seed) {}
 
-bool Coordinator::Done() const { return ledger_.EpochFinished() && ledger_.epoch() + 1 >= options_.epochs; }
+bool Coordinator::Done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.EpochFinished() && ledger_.epoch() + 1 >= options_.epochs;
+}
+
+LedgerCounts Coordinator::Totals() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.Totals();
+}
+
+LedgerCounts Coordinator::Current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.Current();
+}
+
+int64_t Coordinator::epoch() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.epoch();
+}
+
+absl::Status Coordinator::Check() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.Check();
+}
+
+void Coordinator::Count(const std::string& event, int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ledger_.Count(event, n);
+}
+
+nlohmann::json Coordinator::State() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledger_.ToJson();
+}
 
 absl::Status Coordinator::Restore(const nlohmann::json& state) {
+  std::lock_guard<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(ledger_, Ledger::FromJson(state, static_cast<int64_t>(prompts_.size()), seed_));
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version) {
+absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version, int64_t max_groups) {
   StepBatch b;
   const int32_t g = options_.group_size;
-  while (static_cast<int64_t>(b.prompts.size()) < options_.rollout_batch_size) {
+  const int64_t want = max_groups > 0 ? max_groups : options_.rollout_batch_size;
+  // The ledger is locked only around its own changes; generation and scoring run unlocked, so that another
+  // thread may settle an earlier batch meanwhile.
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  while (static_cast<int64_t>(b.prompts.size()) < want) {
+    lock.lock();
     if (ledger_.EpochFinished()) {
       if (!b.prompts.empty() || ledger_.epoch() + 1 >= options_.epochs) break;  // a batch never spans epochs
       RETURN_IF_ERROR(ledger_.NextEpoch());
     }
     b.epoch = ledger_.epoch();
-    const auto leased = ledger_.Lease(options_.rollout_batch_size - static_cast<int64_t>(b.prompts.size()));
+    const auto leased = ledger_.Lease(want - static_cast<int64_t>(b.prompts.size()));
+    lock.unlock();
     if (leased.empty()) break;
     std::vector<Prompt> ps;
     for (int64_t i : leased) ps.push_back(prompts_[static_cast<size_t>(i)]);
     auto gen = pool_->Generate(ps, options_.params, g, version);
     b.generate_seconds += gen.seconds;
     b.generated_tokens += gen.tokens;
+    lock.lock();
     for (size_t j = 0; j < leased.size(); ++j) {
       for (int64_t r = 0; r < gen.relets[j]; ++r) RETURN_IF_ERROR(ledger_.Relet(leased[j]));
     }
     // A service that stays unreachable, or cannot serve this run at all (FAILED_PRECONDITION: e.g. a scorer
     // that refuses the code reward where it cannot isolate it), is not the prompts' fault: hand the leases
     // back and stop the run (a resumed run leases them again) instead of dropping the epoch prompt by prompt.
+    // Called with the lock held.
     auto unreachable = [&](const std::vector<absl::Status>& errors, const char* role) -> absl::Status {
       for (const auto& e : errors) {
         const bool precondition = e.code() == absl::StatusCode::kFailedPrecondition;
@@ -70,9 +114,11 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version) {
         owner.push_back(j);
       }
     }
+    lock.unlock();
     b.generated_samples += static_cast<int64_t>(flat.size());
     auto scored = scorer_->Score(std::move(flat), options_.want_ref_logprobs);
     b.score_seconds += scored.seconds;
+    lock.lock();
     RETURN_IF_ERROR(unreachable(scored.errors, "scorer"));
     // Sort the groups (samples of one prompt are consecutive in `scored`).
     for (size_t k = 0; k < scored.samples.size();) {
@@ -99,21 +145,68 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version) {
         ++b.filtered;
       } else {
         b.prompts.push_back(p);
-        for (size_t i = k; i < end; ++i) b.samples.push_back(std::move(scored.samples[i]));
+        for (size_t i = k; i < end; ++i) {
+          const int64_t v = scored.samples[i].policy_version();
+          if (b.oldest_version < 0 || v < b.oldest_version) b.oldest_version = v;
+          b.samples.push_back(std::move(scored.samples[i]));
+        }
       }
       k = end;
     }
+    lock.unlock();
   }
+  if (!lock.owns_lock()) lock.lock();  // the epoch's end leaves the loop with the lock held
   RETURN_IF_ERROR(ledger_.Check());
   return b;
 }
 
+absl::StatusOr<int64_t> Coordinator::DropStale(StepBatch& batch, int64_t min_version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t g = static_cast<size_t>(options_.group_size);
+  StepBatch kept = std::move(batch);
+  batch.prompts.clear();
+  batch.samples.clear();
+  batch.oldest_version = -1;
+  int64_t dropped = 0;
+  for (size_t j = 0; j < kept.prompts.size(); ++j) {
+    const auto first = kept.samples.begin() + static_cast<std::ptrdiff_t>(j * g);
+    const bool stale = std::any_of(first, first + static_cast<std::ptrdiff_t>(g),
+                                   [&](const Sample& s) { return s.policy_version() < min_version; });
+    if (stale) {
+      RETURN_IF_ERROR(ledger_.Release(kept.prompts[j], "stale"));
+      ++dropped;
+      continue;
+    }
+    batch.prompts.push_back(kept.prompts[j]);
+    for (auto it = first; it != first + static_cast<std::ptrdiff_t>(g); ++it) {
+      if (batch.oldest_version < 0 || it->policy_version() < batch.oldest_version) batch.oldest_version = it->policy_version();
+      batch.samples.push_back(std::move(*it));
+    }
+  }
+  // The batch's other figures (generation, scoring) stay: that work was done.
+  batch.epoch = kept.epoch;
+  batch.generated_samples = kept.generated_samples, batch.generated_tokens = kept.generated_tokens;
+  batch.filtered = kept.filtered, batch.dropped = kept.dropped;
+  batch.generate_seconds = kept.generate_seconds, batch.score_seconds = kept.score_seconds;
+  batch.reward_sum = kept.reward_sum, batch.rewarded = kept.rewarded;
+  RETURN_IF_ERROR(ledger_.Check());
+  return dropped;
+}
+
+absl::Status Coordinator::Release(const StepBatch& batch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Release(p));
+  return ledger_.Check();
+}
+
 absl::Status Coordinator::MarkTrained(const StepBatch& batch) {
+  std::lock_guard<std::mutex> lock(mu_);
   for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kTrained));
   return ledger_.Check();
 }
 
 absl::Status Coordinator::Discard(const StepBatch& batch, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
   for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kFiltered, reason));
   return ledger_.Check();
 }

@@ -29,6 +29,7 @@ void LedgerCounts::Add(const LedgerCounts& o) {
   released += o.released;
   duplicates += o.duplicates;
   for (const auto& [k, v] : o.reasons) reasons[k] += v;
+  for (const auto& [k, v] : o.events) events[k] += v;
 }
 
 Ledger::Ledger(int64_t num_prompts, uint64_t seed)
@@ -62,13 +63,14 @@ std::vector<int64_t> Ledger::Lease(int64_t max) {
   return out;
 }
 
-absl::Status Ledger::Release(int64_t prompt) {
+absl::Status Ledger::Release(int64_t prompt, const std::string& event) {
   if (prompt < 0 || prompt >= num_prompts() || state_[static_cast<size_t>(prompt)] != PromptState::kLeased) {
     return absl::FailedPreconditionError(absl::StrCat("ledger: prompt ", prompt, " is not leased"));
   }
   state_[static_cast<size_t>(prompt)] = PromptState::kPending;
   requeue_.push_back(prompt);
   ++released_;
+  if (!event.empty()) ++events_[event];
   return absl::OkStatus();
 }
 
@@ -110,6 +112,7 @@ absl::Status Ledger::NextEpoch() {
   std::fill(state_.begin(), state_.end(), PromptState::kPending);
   std::fill(reason_.begin(), reason_.end(), std::string());
   released_ = duplicates_ = 0;
+  events_.clear();
   requeue_.clear();
   ++epoch_;
   Shuffle();
@@ -129,6 +132,7 @@ LedgerCounts Ledger::Current() const {
     }
   }
   c.released = released_;
+  c.events = events_;
   c.duplicates = duplicates_;
   return c;
 }
@@ -166,10 +170,10 @@ json Ledger::ToJson() const {
   }
   json fin = {{"size", finished_.size},         {"trained", finished_.trained},   {"filtered", finished_.filtered},
               {"dropped", finished_.dropped},   {"released", finished_.released}, {"duplicates", finished_.duplicates},
-              {"reasons", finished_.reasons}};
+              {"reasons", finished_.reasons},   {"events", finished_.events}};
   return {{"version", 1},       {"prompts", num_prompts()}, {"seed", seed_},           {"epoch", epoch_},
           {"states", states},   {"reasons", reasons},       {"released", released_}, {"duplicates", duplicates_},
-          {"finished", fin}};
+          {"events", events_},  {"finished", fin}};
 }
 
 absl::StatusOr<Ledger> Ledger::FromJson(const json& j, int64_t num_prompts, uint64_t seed) {
@@ -200,6 +204,8 @@ absl::StatusOr<Ledger> Ledger::FromJson(const json& j, int64_t num_prompts, uint
     }
     l.released_ = j.at("released").get<int64_t>();
     l.duplicates_ = j.at("duplicates").get<int64_t>();
+    // Events came with the asynchronous loop: a ledger written before has none.
+    if (j.contains("events")) l.events_ = j.at("events").get<std::map<std::string, int64_t>>();
     const json& f = j.at("finished");
     l.finished_.size = f.at("size").get<int64_t>();
     l.finished_.trained = f.at("trained").get<int64_t>();
@@ -208,6 +214,7 @@ absl::StatusOr<Ledger> Ledger::FromJson(const json& j, int64_t num_prompts, uint
     l.finished_.released = f.at("released").get<int64_t>();
     l.finished_.duplicates = f.at("duplicates").get<int64_t>();
     l.finished_.reasons = f.at("reasons").get<std::map<std::string, int64_t>>();
+    if (f.contains("events")) l.finished_.events = f.at("events").get<std::map<std::string, int64_t>>();
     RETURN_IF_ERROR(l.Check());
     return l;
   } catch (const std::exception& e) {

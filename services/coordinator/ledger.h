@@ -2,7 +2,8 @@
 //
 //   pending --Lease--> leased --Settle--> trained | filtered (reason) | dropped (reason)
 //                        |
-//                        +--Release--> pending   (a lease handed back: a worker failed; counted)
+//                        +--Release--> pending   (a lease handed back: a worker failed, or its samples
+//                                                 are too stale to train; counted)
 //
 // Invariant, checked by Check(): for every epoch, pending + leased + trained + filtered + dropped = epoch
 // size, and once an epoch is finished pending = leased = 0. Settling a prompt that is not leased is refused
@@ -33,6 +34,10 @@ struct LedgerCounts {
   int64_t released = 0;    // leases handed back and leased again later
   int64_t duplicates = 0;  // settle attempts for a prompt already settled (refused)
   std::map<std::string, int64_t> reasons;  // filtered / dropped, by reason
+  // Events that settle nothing, by name: stale (a group too many versions behind the learner, generated
+  // again), lease_expired (a worker missed its lease's deadline; the lease went to another worker),
+  // late_refused (the results of an expired lease that came in after all, not used).
+  std::map<std::string, int64_t> events;
   // Adds another epoch's counts (all but pending and leased, which describe one moment).
   void Add(const LedgerCounts& o);
 };
@@ -49,8 +54,11 @@ class Ledger {
   // Up to `max` pending prompts of the current epoch (dataset positions), now leased. Empty when the epoch
   // has no pending prompt left (leases may still be out).
   std::vector<int64_t> Lease(int64_t max);
-  // Hands a leased prompt back (pending again, leased later). FAILED_PRECONDITION when it is not leased.
-  absl::Status Release(int64_t prompt);
+  // Hands a leased prompt back (pending again, leased later), counting `event` when one is named (e.g.
+  // "stale"). FAILED_PRECONDITION when it is not leased.
+  absl::Status Release(int64_t prompt, const std::string& event = "");
+  // Counts an event that settles nothing (see LedgerCounts::events).
+  void Count(const std::string& event, int64_t n = 1) { events_[event] += n; }
   // Counts a leased prompt's lease as handed back and handed out again at once (its chunk moved to
   // another try or worker). FAILED_PRECONDITION when it is not leased.
   absl::Status Relet(int64_t prompt);
@@ -86,6 +94,7 @@ class Ledger {
   std::vector<std::string> reason_; // by dataset position (filtered / dropped)
   LedgerCounts finished_;           // totals of the finished epochs
   int64_t released_ = 0, duplicates_ = 0;  // this epoch
+  std::map<std::string, int64_t> events_;  // this epoch
   std::vector<int64_t> requeue_;    // released prompts, leased again before the cursor moves on
 };
 

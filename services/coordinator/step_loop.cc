@@ -6,6 +6,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -69,6 +75,121 @@ json ProcessEntry(const std::string& role, int64_t index, const std::string& add
   e["metrics_port"] = h->metrics_port;
   e["policy_version"] = h->policy_version;
   return e;
+}
+
+// Where the loop's batches come from. With max_staleness 0, the batch of a step is generated when the loop
+// asks for it (the workers hold the learner's version then). With k > 0, a thread generates and scores
+// batches ahead while the learner trains: it starts a batch when at most k batches are in flight (taken or
+// waiting, not yet trained and synced), so a batch is trained at most k versions after the version the
+// workers held when it started. When the epoch's last prompts are all in flight it waits until they are
+// settled (a batch never spans two epochs), and it stops after the batches the run still needs.
+class BatchSource {
+ public:
+  BatchSource(Coordinator& coord, int64_t max_staleness, int64_t version, int64_t batches_needed)
+      : coord_(coord), k_(max_staleness), synced_(version), needed_(batches_needed) {
+    if (k_ > 0) thread_ = std::thread([this] { Produce(); });
+  }
+  ~BatchSource() { Stop().IgnoreError(); }
+
+  // The next batch (empty when every epoch is done), and how long the caller waited for it.
+  absl::StatusOr<StepBatch> Take(double* waited) {
+    const double t0 = Seconds();
+    if (k_ == 0) {
+      auto b = coord_.NextBatch(synced_);
+      *waited = Seconds() - t0;
+      return b;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !ready_.empty(); });
+    auto b = std::move(ready_.front());
+    ready_.pop_front();
+    *waited = Seconds() - t0;
+    return b;
+  }
+  // A taken batch is settled: trained, after which the workers hold `version`, or not trained (discarded,
+  // version unchanged); `counts` says whether it was one of the run's steps.
+  void Settled(int64_t version, bool counts) {
+    std::lock_guard<std::mutex> lock(mu_);
+    synced_ = version;
+    --in_flight_;
+    if (!counts) ++needed_;
+    cv_.notify_all();
+  }
+  // Stops the thread (after the batch it is generating) and hands every batch not taken back to the ledger.
+  absl::Status Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    absl::Status s;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& b : ready_) {
+      if (b.ok() && !b->empty()) s.Update(coord_.Release(*b));
+    }
+    ready_.clear();
+    return s;
+  }
+
+ private:
+  void Produce() {
+    std::unique_lock<std::mutex> lock(mu_);
+    int64_t produced = 0;
+    bool wait_settled = false;  // the epoch's remaining prompts are all in flight
+    while (true) {
+      cv_.wait(lock, [&] {
+        return stop_ || (produced < needed_ && in_flight_ <= k_ && !(wait_settled && in_flight_ > 0));
+      });
+      if (stop_) return;
+      const int64_t version = synced_;
+      ++in_flight_;
+      lock.unlock();
+      auto b = coord_.NextBatch(version);
+      const bool done = b.ok() && b->empty() && coord_.Done();
+      lock.lock();
+      if (b.ok() && b->empty() && !done) {  // wait for the batches in flight to settle, then try again
+        --in_flight_;
+        wait_settled = true;
+        continue;
+      }
+      wait_settled = false;
+      ++produced;
+      const bool last = !b.ok() || done;
+      if (done) --in_flight_;
+      ready_.push_back(std::move(b));
+      cv_.notify_all();
+      if (last) return;
+    }
+  }
+
+  Coordinator& coord_;
+  const int64_t k_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t synced_;         // the version the workers hold (under mu_)
+  int64_t needed_;         // batches the run still trains, plus those discarded (under mu_)
+  int64_t in_flight_ = 0;  // batches produced or being produced, not yet settled (under mu_)
+  bool stop_ = false;
+  std::deque<absl::StatusOr<StepBatch>> ready_;
+  std::thread thread_;
+};
+
+// samples.jsonl after a resume at `step`: the lines of the steps before it.
+absl::Status TrimSampleLog(const std::string& path, int64_t step) {
+  if (path.empty() || !fs::exists(path)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto text, ReadFile(path));
+  std::string kept;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    json j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("step", int64_t{-1}) < step) kept += line + "\n";
+  }
+  return WriteFileAtomic(path, kept);
 }
 
 }  // namespace
@@ -177,7 +298,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   RETURN_IF_ERROR(write_processes());
   int64_t membership_changes = pool.dropped() + pool.rejoined();
   spdlog::info("{}: online, {} training prompts x {} epochs, {} held-out prompts for eval; rollout workers: {} ({}), "
-               "scorer: {}", stage, coord.ledger().num_prompts(), o.coordinator.epochs, eval_prompts.size(), pool.size(),
+               "scorer: {}", stage, coord.num_prompts(), o.coordinator.epochs, eval_prompts.size(), pool.size(),
                roles.embedded_rollout() ? "embedded" : "remote", roles.embedded_scorer() ? "embedded" : "remote");
   auto eval_file = [&](const std::string& name) { return (fs::path(o.stage_dir) / (name + ".jsonl")).string(); };
   if (!extra.contains("eval_before")) {
@@ -204,17 +325,51 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     return extra["acc"][k].get_ref<double&>();
   };
   const double wall_before = acc("wall_seconds");  // of the run before this process resumed it
-  int64_t released_seen = coord.ledger().Totals().released;
+  auto& phase_wait = reg.Histogram("rlhf_step_phase_seconds", phase_help, phase_buckets, {{"kind", "wait_batch"}});
+  auto& staleness_hist = reg.Histogram("rlhf_sample_staleness", "policy versions between a trained sample's behaviour policy and the learner",
+                                       {0, 1, 2, 3, 4, 8});
+  auto& stale_total = reg.Counter("rlhf_stale_groups_total", "groups too many versions behind the learner, generated again");
+  int64_t released_seen = coord.Totals().released;
+  const int64_t k = o.max_staleness;
+  if (k > 0) pool.SetRefreshBehind(false);  // only this loop pushes weights, between learner steps
+  RETURN_IF_ERROR(TrimSampleLog(o.sample_log_path, step));
+  // Batches the run still trains (a bound for the thread that generates ahead; 0 = every epoch).
+  const int64_t needed = o.steps > 0 ? o.steps - step : std::numeric_limits<int64_t>::max() / 2;
+  BatchSource source(coord, k, step, needed);
   for (; o.steps == 0 || step < o.steps; ++step) {
-    // 1-3. Lease, generate, score and sort: a batch of whole groups, at least one per learner rank.
+    // 1-3. Lease, generate, score and sort: a batch of whole groups, at least one per learner rank, none
+    // of them more than k versions behind the learner.
     StepBatch batch;
+    double waited = 0;
+    int64_t stale_groups = 0;
     while (true) {
-      ASSIGN_OR_RETURN(batch, coord.NextBatch(step));
-      if (batch.empty() || static_cast<int64_t>(batch.prompts.size()) >= learner_ranks) break;
+      double w = 0;
+      ASSIGN_OR_RETURN(batch, source.Take(&w));
+      waited += w;
+      if (batch.empty()) break;
+      ASSIGN_OR_RETURN(const int64_t stale, coord.DropStale(batch, step - k));
+      stale_groups += stale;
+      // Stale groups are generated again now, with the workers' current version.
+      while (stale > 0 && static_cast<int64_t>(batch.prompts.size()) < o.coordinator.rollout_batch_size) {
+        spdlog::warn("{}: {} group(s) more than {} version(s) behind policy {}: generated again", stage, stale, k, step);
+        ASSIGN_OR_RETURN(auto more, coord.NextBatch(step, o.coordinator.rollout_batch_size - static_cast<int64_t>(batch.prompts.size())));
+        if (more.empty()) break;
+        for (auto& p : more.prompts) batch.prompts.push_back(p);
+        for (auto& smp : more.samples) batch.samples.push_back(std::move(smp));
+        batch.generate_seconds += more.generate_seconds, batch.score_seconds += more.score_seconds;
+        batch.generated_samples += more.generated_samples, batch.generated_tokens += more.generated_tokens;
+        batch.filtered += more.filtered, batch.dropped += more.dropped;
+        batch.reward_sum += more.reward_sum, batch.rewarded += more.rewarded;
+      }
+      if (static_cast<int64_t>(batch.prompts.size()) >= learner_ranks) break;
       // An epoch's remainder too small to give every rank a group: recorded as filtered, not trained.
       RETURN_IF_ERROR(coord.Discard(batch, "epoch remainder smaller than the number of learner ranks"));
+      source.Settled(step, /*counts=*/false);
     }
     if (batch.empty()) break;  // every epoch done
+    // Staleness of every sample the learner trains at this version (0 when on-policy).
+    std::map<int64_t, int64_t> staleness;
+    for (const auto& smp : batch.samples) ++staleness[step - smp.policy_version()];
     // 4. The learner step.
     const double t_learn = Seconds();
     ASSIGN_OR_RETURN(auto reply, learner.Train(step, batch.samples, o.seed + static_cast<uint64_t>(step)));
@@ -222,21 +377,46 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     const double learn_seconds = Seconds() - t_learn;
     const int64_t version = step + 1;
     version_gauge.Set(static_cast<double>(version));
+    if (!o.sample_log_path.empty()) {
+      json rows = json::array();
+      for (const auto& smp : batch.samples) rows.push_back({smp.prompt_index(), smp.sample_index(), smp.policy_version()});
+      std::ofstream log(o.sample_log_path, std::ios::app);
+      log << json({{"step", step}, {"samples", rows}}).dump() << "\n";
+      if (!log) return absl::InternalError(absl::StrCat("cannot append to ", o.sample_log_path));
+    }
     // 5. Settle the ledger; 6. the workers take the new weights.
     RETURN_IF_ERROR(coord.MarkTrained(batch));
     hooks.before_sync(version);
     const double t_sync = Seconds();
     RETURN_IF_ERROR(pool.Sync(version));
+    if (k > 0) source.Settled(version, /*counts=*/true);  // the next batch may start (on-policy: after eval)
     // The step's time split: generate, score, train, sync (a batch's rollouts and scores may span several
-    // calls; these are its totals).
+    // calls; these are its totals), and how long the learner waited for the batch (on-policy: generate +
+    // score; asynchronous: what generating ahead did not hide).
     m["weight_sync_seconds"] = Seconds() - t_sync;
     m["generate_seconds"] = batch.generate_seconds;
     m["score_seconds"] = batch.score_seconds;
     m["train_seconds"] = learn_seconds;
+    m["wait_batch_seconds"] = waited;
     phase_generate.Observe(batch.generate_seconds);
     phase_score.Observe(batch.score_seconds);
     phase_train.Observe(learn_seconds);
     phase_sync.Observe(m["weight_sync_seconds"]);
+    phase_wait.Observe(waited);
+    {
+      double sum = 0, n = 0, max = 0;
+      for (const auto& [d, c] : staleness) {
+        for (int64_t i = 0; i < c; ++i) staleness_hist.Observe(static_cast<double>(d));
+        sum += static_cast<double>(d * c), n += static_cast<double>(c), max = std::max(max, static_cast<double>(d));
+        if (!extra.contains("staleness")) extra["staleness"] = json::object();
+        const std::string key = std::to_string(d);
+        extra["staleness"][key] = extra["staleness"].value(key, int64_t{0}) + c;
+      }
+      m["staleness/mean"] = n > 0 ? sum / n : 0.0;
+      m["staleness/max"] = max;
+      m["rollout/stale_groups"] = static_cast<double>(stale_groups);
+      stale_total.Increment(static_cast<double>(stale_groups));
+    }
     if (pool.dropped() + pool.rejoined() != membership_changes) {
       membership_changes = pool.dropped() + pool.rejoined();
       RETURN_IF_ERROR(write_processes());
@@ -247,7 +427,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     acc("scored_samples") += static_cast<double>(batch.generated_samples);
     acc("learn_seconds") += learn_seconds;
     acc("learned_samples") += static_cast<double>(batch.samples.size());
-    const auto t = coord.ledger().Totals();
+    const auto t = coord.Totals();
     m["rollout/reward_mean"] = batch.rewarded > 0 ? batch.reward_sum / static_cast<double>(batch.rewarded) : 0.0;
     m["rollout/tokens_per_second"] = static_cast<double>(batch.generated_tokens) / std::max(batch.generate_seconds, 1e-9);
     m["rollout/filtered"] = static_cast<double>(batch.filtered);
@@ -282,8 +462,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       spdlog::info("{} step {}/~{}: reward {:.4f} loss {:.4f}{} | rollout {:.0f} tok/s, filtered {}, dropped {} | "
                    "trained {}/{} prompts of epoch {}",
                    stage, version, o.total_estimate, m["reward_mean"], m["loss"], parts, m["rollout/tokens_per_second"],
-                   batch.filtered, batch.dropped, coord.ledger().Current().trained, coord.ledger().num_prompts(),
-                   coord.ledger().epoch());
+                   batch.filtered, batch.dropped, coord.Current().trained, coord.num_prompts(), coord.epoch());
     }
     // 8. Checkpoint: the learner's state with this loop's beside it.
     if ((o.save_every > 0 && version % o.save_every == 0) || done) {
@@ -293,14 +472,17 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       spdlog::info("checkpoint of step {} on the learner", version);
       hooks.after_checkpoint(version);
     }
+    if (k == 0) source.Settled(version, /*counts=*/true);
   }
+  // Batches generated ahead and not trained go back to the ledger (pending: a resumed run trains them).
+  RETURN_IF_ERROR(source.Stop());
   // The end: the learner saves its models; evaluation of the final policy; summary.json.
   collective.reset();  // every member leaves the weight group before the learner ends its stage
   ASSIGN_OR_RETURN(auto model, learner.Finish());
   spdlog::info("{}: the learner saved {}", stage, model);
   ASSIGN_OR_RETURN(auto eval_after, EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_after")));
-  RETURN_IF_ERROR(coord.ledger().Check());
-  const auto t = coord.ledger().Totals();
+  RETURN_IF_ERROR(coord.Check());
+  const auto t = coord.Totals();
   const bool finished = coord.Done();
   const double wall = wall_before + Seconds() - t_start;
   auto rate = [&](const char* num, const char* den) { return acc(den) > 0 ? acc(num) / acc(den) : 0.0; };
@@ -309,7 +491,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       {"steps", step},
       {"policy_version", step},
       {"epochs", o.coordinator.epochs},
-      {"prompts_per_epoch", coord.ledger().num_prompts()},
+      {"prompts_per_epoch", coord.num_prompts()},
       {"prompts_trained", t.trained},
       {"prompts_filtered", t.filtered},
       {"prompts_dropped", t.dropped},
@@ -318,6 +500,9 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       {"duplicates", t.duplicates},
       {"missing", t.leased + (finished ? t.pending : 0)},
       {"reasons", t.reasons},
+      {"events", t.events},
+      {"max_staleness", k},
+      {"staleness", extra.value("staleness", json::object())},
       {"eval_before", extra["eval_before"]},
       {"eval_after", eval_after},
       {"wall_seconds", wall},

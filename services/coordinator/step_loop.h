@@ -4,8 +4,15 @@
 //
 // Every role is behind a client: the rollout workers and the scorer behind `Roles`' channels, the learner
 // behind a LearnerClient. Embedded roles are served over in-process channels and remote ones over TCP,
-// so this loop has no embedded / remote branches. Strictly on-policy: every batch is generated with the
-// learner's current version, and the workers take the new version before the next batch.
+// so this loop has no embedded / remote branches.
+//
+// max_staleness 0 (the default) is strictly on-policy: every batch is generated with the learner's current
+// version, and the workers take the new version before the next batch. max_staleness k > 0 overlaps the
+// two: a thread generates and scores the next batches (up to k ahead) while the learner trains, and the
+// workers take each new version between their groups of prompts. A sample is trained at most k versions
+// after the policy that generated it: a group that is older is handed back to the ledger (counted
+// `stale`) and generated again, and the learner corrects for the policy lag with the behaviour log-probs
+// (rl.tis_cap; ALGORITHMS.md, off-policy samples).
 //
 // Resume: the learner is the source of truth. The loop starts at the learner's version, which must be the
 // step of its newest checkpoint; that checkpoint holds this loop's state (the ledger, the throughput
@@ -37,6 +44,8 @@ struct StepLoopOptions {
   int64_t save_every = 0;         // checkpoint every N steps (and at the end); 0 = at the end only
   int64_t log_every = 1;          // a progress line every N steps
   uint64_t seed = 0;              // run seed: the ledger's order, step s trains with seed + s
+  int64_t max_staleness = 0;      // k: versions a sample may lag the policy that trains it (0 = on-policy)
+  std::string sample_log_path;    // samples.jsonl: per step, each trained sample's prompt and version ("" = none)
   EvalConfig eval;                // held-out evaluation before, every eval.every steps, and after
   int64_t weight_chunk_bytes = 4 << 20;  // weight chunks from the learner to the rollout workers (grpc transport)
   WeightsConfig weights;                  // how the workers get the weights (weights.*)

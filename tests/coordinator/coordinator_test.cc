@@ -212,6 +212,53 @@ TEST_F(CoordinatorTest, AFailedWorkerAndAStaleVersionAreRecovered) {
   EXPECT_TRUE(c.Done());
 }
 
+TEST_F(CoordinatorTest, GroupsTooFarBehindTheLearnerAreHandedBackAndCountedStale) {
+  // Asynchronous RL with max_staleness 1: a batch generated with version 0 may train at version 1, not at
+  // version 2. Its groups go back to pending (counted stale), are leased again first, and each prompt still
+  // ends in exactly one state.
+  int pushes = 0;
+  RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {3, 0.01}, Publisher(&pushes));
+  ScorerClient scorer(scorer_server_->InProcessChannel(), Rpc(), {3, 0.01});
+  Coordinator c(Options(3, 2), Prompts(6), 5, &pool, &scorer);
+  auto b = c.NextBatch(0);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->prompts.size(), 3u);
+  EXPECT_EQ(b->oldest_version, 0);
+  const std::vector<int64_t> first = b->prompts;
+  auto kept = *b;
+  auto none = c.DropStale(kept, /*min_version=*/0);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, 0) << "trained at version 1: one version behind, within the bound";
+  EXPECT_EQ(kept.prompts, first);
+  auto dropped = c.DropStale(*b, /*min_version=*/1);
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(*dropped, 3);
+  EXPECT_TRUE(b->empty());
+  EXPECT_TRUE(b->samples.empty());
+  auto n = c.Current();
+  EXPECT_EQ(n.pending, 6);
+  EXPECT_EQ(n.events.at("stale"), 3);
+  // Generated again (the worker now holds version 1): the stale prompts come out first.
+  ASSERT_TRUE(served_->service->StageFromFolder(dir_ + "/m", 1).ok());
+  auto again = c.NextBatch(1);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->prompts, first);
+  for (const auto& smp : again->samples) EXPECT_EQ(smp.policy_version(), 1);
+  ASSERT_TRUE(c.MarkTrained(*again).ok());
+  auto rest = c.NextBatch(1);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_TRUE(c.MarkTrained(*rest).ok());
+  const auto t = c.Totals();
+  EXPECT_TRUE(c.Done());
+  EXPECT_EQ(t.trained, 6);
+  EXPECT_EQ(t.duplicates, 0);
+  EXPECT_EQ(t.events.at("stale"), 3);
+  // The count survives a checkpoint.
+  auto restored = Ledger::FromJson(c.State(), 6, 5);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->Totals().events.at("stale"), 3);
+}
+
 TEST_F(CoordinatorTest, TwoChunksFindingTheSameStaleWorkerPushItsWeightsOnce) {
   // Worker 0 is dead, so its chunk moves to worker 1, which holds version 0 while the step needs 1. The
   // push is held until every version-0 sample of both chunks has been streamed, so both chunks find the

@@ -40,6 +40,8 @@ struct PolicyLossOutput {
   torch::Tensor clip_fraction;  // fraction of tokens where the clipped branch is the active one
   torch::Tensor approx_kl;      // mean of (ratio - 1) - log ratio: KL(old || current), k3 estimate
   torch::Tensor ratio_mean;     // mean ratio (1 on a fresh on-policy batch)
+  // With tis_cap: mean importance weight min(exp(old - behaviour), cap), and the fraction of tokens at the cap.
+  torch::Tensor tis_weight_mean, tis_truncated_fraction;
 };
 
 // lp: current log-probs (with gradient); old: log-probs of the policy that produced the batch (detached);

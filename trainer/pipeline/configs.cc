@@ -119,6 +119,14 @@ const config::Section<RlStageConfig>& RlStageConfig::Spec() {
            "online: filter prompt groups whose rewards are all equal (DAPO); they are recorded as filtered");
     s->Add("scorer_reference", &R::scorer_reference,
            "online: reference log-probs from the scorer (reward.reference_model) instead of rl.reference");
+    s->Add("max_staleness", &R::max_staleness,
+           "online: asynchronous RL; the next batches (up to k) are generated while the learner trains, and a "
+           "sample is trained at most k policy versions after the one that generated it (older groups are "
+           "generated again, counted as stale); 0 = strictly on-policy. Pair with rl.tis_cap",
+           config::InRange(0, 16));
+    s->Add("sample_log", &R::sample_log,
+           "online: append one line per step to samples.jsonl in the run folder: [prompt_index, sample_index, "
+           "policy_version] of every trained sample (the learner's version is the line's step)");
     return s;
   }();
   return *s;

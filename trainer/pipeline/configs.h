@@ -90,6 +90,8 @@ struct RlStageConfig {
   std::vector<std::string> stop; // stop strings besides the model's end-of-sequence ids
   bool dynamic_sampling = false;  // filter groups whose rewards are all equal (DAPO), recorded in the ledger
   bool scorer_reference = false;  // take reference log-probs from the scorer (reward.reference_model) instead of rl.reference
+  int64_t max_staleness = 0;      // asynchronous RL: versions a trained sample may lag the learner; 0 = on-policy
+  bool sample_log = false;        // write samples.jsonl: each trained sample's prompt, sample index and versions
   static const config::Section<RlStageConfig>& Spec();  // under "rl"
 };
 

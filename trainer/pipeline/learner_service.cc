@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "trainer/batching.h"
+#include "trainer/pipeline/stage.h"
 
 namespace rlhf::trainer {
 
@@ -73,6 +74,7 @@ class LearnerServer final : public rlhf::Learner::Service {
           "a batch must hold whole groups of ", g, " samples, at least one group per learner rank (", group_.size(),
           "); got ", req->samples_size(), " samples")));
     }
+    MaybeSlowTrain();
     auto m = Run(std::string(1, kTrain) + req->SerializeAsString());
     if (!m.ok()) return ToGrpc(m.status());
     version_.fetch_add(1);

@@ -104,6 +104,8 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.save_every = p.train.save_every;
   o.log_every = p.train.log_every;
   o.seed = p.seed;
+  o.max_staleness = sc.max_staleness;
+  if (sc.sample_log) o.sample_log_path = (fs::path(p.run_dir) / "samples.jsonl").string();
   o.eval = coordinator::EvalConfig::Spec().Read(*p.config);
   o.weight_chunk_bytes = roles_cfg.weight_chunk_bytes;
   o.weights = coordinator::WeightsConfig::Spec().Read(*p.config);

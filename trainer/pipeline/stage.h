@@ -62,6 +62,9 @@ void MaybeKillAfterCheckpoint(int64_t step);
 // workers take that version and waits (at most 120 s) for <dir>/resume-<version>, so that a test acts on a
 // worker at that exact point.
 void MaybePauseBeforeSync(int64_t version);
+// Fault-injection seam for the asynchronous tests and benchmark: RLHF_FAULT_SLOW_TRAIN=<seconds> makes the
+// learner wait that long before each step (a slow learner).
+void MaybeSlowTrain();
 // A checkpoint of every model of `learner` with `state` (a collective: every rank calls it).
 absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state);
 

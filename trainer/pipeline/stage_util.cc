@@ -9,6 +9,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -33,6 +34,13 @@ void MaybeKillAfterCheckpoint(int64_t step) {
     spdlog::default_logger()->flush();
     std::raise(SIGKILL);
   }
+}
+
+void MaybeSlowTrain() {
+  const char* v = std::getenv("RLHF_FAULT_SLOW_TRAIN");
+  double seconds = 0;
+  if (v == nullptr || !absl::SimpleAtod(v, &seconds) || seconds <= 0) return;
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
 void MaybePauseBeforeSync(int64_t version) {
