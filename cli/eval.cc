@@ -65,6 +65,7 @@ Command EvalCommand() {
       version = h.policy_version;
     }
     coordinator::RolloutPool pool(roles->rollout_channels(), roles->rpc(), roles_cfg.retry(), {});
+    pool.SetLeases(roles_cfg.leases());
     coordinator::ScorerClient scorer(roles->scorer_channels(), roles->rpc(), roles_cfg.retry());
     ASSIGN_OR_RETURN(auto r, coordinator::Evaluate(pool, scorer, prompts, ec, version, static_cast<uint64_t>(ctx.run.seed)));
     const std::string out = files.out.empty() ? (std::filesystem::path(ctx.run_dir) / "generations.jsonl").string() : files.out;

@@ -65,9 +65,10 @@ struct WorkerMetrics {
   }
 };
 
-// Fault-injection seam of the fault tests: with RLHF_FAULT_STALL_GENERATE=<call>:<dir>, this process's
-// <call>-th Generate call (counted from 1) creates <dir>/generating-<call> and then stalls for a minute
-// before generating, so that a test can kill the worker at a known point in the middle of a step.
+// Fault-injection seam of the fault tests: with RLHF_FAULT_STALL_GENERATE=<call>:<dir>[:<seconds>], this
+// process's <call>-th Generate call (counted from 1) creates <dir>/generating-<call> and then stalls for
+// <seconds> (default 60) before generating, so that a test can kill or stop the worker at a known point in
+// the middle of a step.
 void MaybeStallGenerate() {
   static std::atomic<int64_t> calls{0};
   const int64_t call = ++calls;
@@ -77,10 +78,16 @@ void MaybeStallGenerate() {
   const auto colon = spec.find(':');
   int64_t which = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(spec.substr(0, colon), &which) || which != call) return;
-  const std::string mark = spec.substr(colon + 1) + "/generating-" + std::to_string(call);
-  spdlog::warn("fault injection: Generate call {} stalls (marked {})", call, mark);
+  std::string dir = spec.substr(colon + 1);
+  double seconds = 60;
+  if (const auto second = dir.rfind(':'); second != std::string::npos) {
+    if (!absl::SimpleAtod(dir.substr(second + 1), &seconds)) seconds = 60;
+    dir = dir.substr(0, second);
+  }
+  const std::string mark = dir + "/generating-" + std::to_string(call);
+  spdlog::warn("fault injection: Generate call {} stalls for {} s (marked {})", call, seconds, mark);
   std::ofstream(mark).put('\n');
-  std::this_thread::sleep_for(std::chrono::seconds(60));
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
 // Fault-injection seam of the lease tests and benchmark: RLHF_FAULT_SLOW_GENERATE=<factor> makes this

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <thread>
 
@@ -38,6 +40,7 @@ RolloutPool::RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, R
     push_mu_.push_back(std::make_unique<std::mutex>());
   }
   active_.assign(stubs_.size(), true);
+  overdue_.assign(stubs_.size(), 0);
 }
 
 std::vector<size_t> RolloutPool::active() const {
@@ -91,14 +94,13 @@ absl::Status RolloutPool::Refresh(size_t w, int64_t version) {
 
 absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, const std::vector<Prompt>& chunk,
                                                                   const SamplingParams& params, int32_t n,
-                                                                  int64_t version) {
+                                                                  int64_t version, grpc::ClientContext* ctx) {
   GenerateRequest req;
   for (const auto& p : chunk) *req.add_prompts() = p;
   *req.mutable_params() = params;
   req.set_n(n);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, rpc_);
-  auto reader = stubs_[w]->Generate(&ctx, req);
+  SetDeadline(ctx, rpc_);
+  auto reader = stubs_[w]->Generate(ctx, req);
   std::map<int64_t, size_t> where;  // prompt_index -> position in chunk
   for (size_t i = 0; i < chunk.size(); ++i) where[chunk[i].prompt_index()] = i;
   std::vector<std::vector<Sample>> groups(chunk.size());
@@ -107,7 +109,7 @@ absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, con
     for (auto& s : *resp.mutable_samples()) {
       auto it = where.find(s.prompt_index());
       if (it == where.end()) {
-        ctx.TryCancel();
+        ctx->TryCancel();
         return absl::InternalError(absl::StrCat("rollout worker sent a sample of prompt ", s.prompt_index(),
                                                 ", which the request did not hold"));
       }
@@ -134,6 +136,34 @@ absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, con
   return groups;
 }
 
+RolloutPool::~RolloutPool() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto& c : calls_) {
+      if (c.ctx) c.ctx->TryCancel();
+    }
+    for (auto& c : calls_) threads.push_back(std::move(c.thread));
+    calls_.clear();
+  }
+  for (auto& t : threads) t.join();
+}
+
+double RolloutPool::LeaseSeconds(size_t prompts) const {
+  if (leases_.seconds > 0) return leases_.seconds;
+  std::lock_guard<std::mutex> lock(members_mu_);
+  if (seconds_per_prompt_ <= 0) return rpc_.deadline_seconds;  // nothing measured yet
+  return std::min(rpc_.deadline_seconds, std::max(10.0, 8.0 * seconds_per_prompt_ * static_cast<double>(prompts)));
+}
+
+int64_t RolloutPool::leases_expired() const { return expired_.load(); }
+
+bool RolloutPool::Overdue(size_t w) const {
+  std::lock_guard<std::mutex> lock(members_mu_);
+  return overdue_[w] > 0;
+}
+int64_t RolloutPool::late_results_refused() const { return late_refused_.load(); }
+
 RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n,
                                           int64_t version) {
   const double t0 = Now();
@@ -147,52 +177,213 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
     else if (workers.empty()) out.errors.assign(prompts.size(), absl::UnavailableError("no rollout worker is left"));
     return out;
   }
-  auto next_worker = [&workers](size_t w) {  // the active worker after w
-    auto it = std::upper_bound(workers.begin(), workers.end(), w);
-    return it == workers.end() ? workers.front() : *it;
+  {  // calls of earlier batches that have ended
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto it = calls_.begin(); it != calls_.end();) {
+      if (it->finished->load()) {
+        it->thread.join();
+        it = calls_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // The leases: runs of consecutive prompts, by default two per worker.
+  const size_t per = leases_.prompts > 0 ? static_cast<size_t>(leases_.prompts)
+                                         : std::max<size_t>(1, (prompts.size() + 2 * workers.size() - 1) / (2 * workers.size()));
+  struct Lease {
+    std::vector<size_t> idx;  // prompt positions
+    int64_t attempts = 0;     // failed tries
+    int64_t token = 0;        // bumped each time it is handed out or expires: a result must carry the current one
+    bool done = false;
   };
-  // One task = a list of prompt positions tried together; a non-retryable failure of several prompts is
-  // retried prompt by prompt, so that one bad prompt does not take its neighbours with it.
-  std::function<void(std::vector<size_t>, size_t)> run = [&](std::vector<size_t> idx, size_t w) {
+  std::vector<Lease> leases;
+  std::deque<size_t> queue;  // leases waiting for a worker, in order
+  for (size_t lo = 0; lo < prompts.size(); lo += per) {
+    Lease l;
+    for (size_t i = lo; i < std::min(prompts.size(), lo + per); ++i) l.idx.push_back(i);
+    queue.push_back(leases.size());
+    leases.push_back(std::move(l));
+  }
+  // What the calls report; shared with their threads, which may outlive this call (a stopped worker's).
+  struct Report {
+    size_t lease, worker;
+    int64_t token;
+    absl::StatusOr<std::vector<std::vector<Sample>>> result;
+    double seconds;
+  };
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<Report> reports;
+    bool closed = false;  // Generate has returned: a result that comes now is late
+  };
+  auto shared = std::make_shared<Shared>();
+  struct Running {
+    size_t lease;
+    int64_t token;
+    double deadline;
+    bool expired;
+    std::shared_ptr<std::atomic<bool>> call_expired;  // seen by the call's thread
+  };
+  std::map<size_t, Running> running;  // worker -> its lease in flight (one at a time per worker)
+  std::map<size_t, double> rest_until;  // worker -> when it may take a lease again after a failure
+  std::map<size_t, int64_t> failures;   // worker -> failed calls in a row (its rest doubles with each)
+  auto& m_expired = Metrics::Process().Counter("rlhf_leases_expired_total",
+                                               "rollout leases whose worker missed the deadline; handed to another worker");
+  auto& m_late = Metrics::Process().Counter("rlhf_late_results_refused_total",
+                                            "results of expired rollout leases that came in after all, not used");
+  auto start = [&](size_t w, size_t l) {
+    Lease& lease = leases[l];
+    const int64_t token = ++lease.token;
+    running[w] = {l, token, Now() + LeaseSeconds(lease.idx.size()), false};
     std::vector<Prompt> chunk;
-    for (size_t i : idx) chunk.push_back(prompts[i]);
-    absl::Status last;
-    for (int64_t attempt = 0; attempt < retry_.max_attempts; ++attempt) {
-      if (attempt > 0) {
-        for (size_t i : idx) ++out.relets[i];
+    for (size_t i : lease.idx) chunk.push_back(prompts[i]);
+    auto ctx = std::make_shared<grpc::ClientContext>();
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    auto expired = std::make_shared<std::atomic<bool>>(false);
+    running[w].call_expired = expired;
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    calls_.push_back({ctx, finished, std::thread([this, shared, w, l, token, chunk = std::move(chunk), params, n,
+                                                  version, ctx, finished, expired, late = &m_late] {
+      const double t = Now();
+      auto r = Call(w, chunk, params, n, version, ctx.get());
+      if (expired->load()) {  // the worker answers again: it may take leases
+        std::lock_guard<std::mutex> m(members_mu_);
+        --overdue_[w];
       }
-      auto r = Call(w, chunk, params, n, version);
-      if (r.ok()) {
-        for (size_t j = 0; j < idx.size(); ++j) out.groups[idx[j]] = std::move((*r)[j]);
-        return;
+      {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        if (!shared->closed) {
+          shared->reports.push_back({l, w, token, std::move(r), Now() - t});
+          shared->cv.notify_all();
+        } else if (r.ok()) {
+          late_refused_.fetch_add(1);
+          late->Increment();
+          spdlog::warn("rollout worker {}: the result of an expired lease came in after the batch was done: refused", w);
+        }
       }
-      last = r.status();
-      spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), attempt + 1, retry_.max_attempts);
-      const bool behind = last.code() == absl::StatusCode::kAborted;
-      if (behind && refresh_ && (publish_ || publish_all_)) {
-        if (auto s = Refresh(w, version); !s.ok()) last = s;
+      finished->store(true);
+    })});
+  };
+  size_t left = leases.size();
+  size_t next_worker = 0;  // round robin over idle workers
+  while (left > 0) {
+    const double now = Now();
+    // 1. Idle workers take the waiting leases.
+    for (size_t k = 0; k < workers.size() && !queue.empty(); ++k) {
+      const size_t w = workers[(next_worker + k) % workers.size()];
+      if (running.count(w) || rest_until[w] > now || Overdue(w)) continue;
+      start(w, queue.front());
+      queue.pop_front();
+    }
+    next_worker = (next_worker + 1) % workers.size();
+    // 2. Wait for a report, the next deadline, or a rested worker.
+    double wake = now + 1.0;
+    for (const auto& [w, r] : running) {
+      if (!r.expired) wake = std::min(wake, r.deadline);
+    }
+    for (const auto& [w, t] : rest_until) {
+      if (t > now && !queue.empty()) wake = std::min(wake, t);
+    }
+    std::vector<Report> reports;
+    {
+      std::unique_lock<std::mutex> lock(shared->mu);
+      shared->cv.wait_for(lock, std::chrono::duration<double>(std::max(0.0, wake - now) + 1e-3),
+                          [&] { return !shared->reports.empty(); });
+      reports.swap(shared->reports);
+    }
+    // 3. Results.
+    for (auto& rep : reports) {
+      running.erase(rep.worker);
+      Lease& lease = leases[rep.lease];
+      if (lease.done || lease.token != rep.token) {  // an expired lease, handed out again since
+        if (rep.result.ok()) {
+          late_refused_.fetch_add(1);
+          m_late.Increment();
+          ++out.late_refused;
+          spdlog::warn("rollout worker {}: the result of an expired lease came in late: refused", rep.worker);
+        }
         continue;
       }
-      if (!Retryable(last.code()) && !behind) break;
-      Backoff(retry_, attempt);
-      w = next_worker(w);  // another worker, when there is one
+      failures[rep.worker] = rep.result.ok() ? 0 : failures[rep.worker] + 1;
+      if (rep.result.ok()) {
+        for (size_t j = 0; j < lease.idx.size(); ++j) out.groups[lease.idx[j]] = std::move((*rep.result)[j]);
+        lease.done = true;
+        --left;
+        std::lock_guard<std::mutex> m(members_mu_);
+        const double spp = rep.seconds / static_cast<double>(lease.idx.size());
+        seconds_per_prompt_ = seconds_per_prompt_ <= 0 ? spp : 0.8 * seconds_per_prompt_ + 0.2 * spp;
+        continue;
+      }
+      const absl::Status last = rep.result.status();
+      const size_t w = rep.worker;
+      ++lease.attempts;
+      spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), lease.attempts, retry_.max_attempts);
+      const bool behind = last.code() == absl::StatusCode::kAborted;
+      if (behind && refresh_ && (publish_ || publish_all_)) {
+        if (auto s = Refresh(w, version); !s.ok() && lease.attempts >= retry_.max_attempts) {
+          for (size_t i : lease.idx) out.errors[i] = s;
+          lease.done = true;
+          --left;
+          continue;
+        }
+      } else if (Retryable(last.code()) || behind) {
+        rest_until[w] = Now() + retry_.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(failures[w] - 1, 10));
+      } else if (lease.idx.size() > 1) {
+        // A final error of several prompts: tried prompt by prompt, so that one bad prompt does not take its
+        // neighbours with it.
+        lease.done = true;
+        --left;
+        for (size_t i : lease.idx) {
+          Lease one;
+          one.idx = {i};
+          queue.push_front(leases.size());
+          leases.push_back(std::move(one));
+          ++left;
+        }
+        continue;
+      } else {
+        out.errors[lease.idx[0]] = last;
+        lease.done = true;
+        --left;
+        continue;
+      }
+      if (lease.attempts >= retry_.max_attempts) {
+        for (size_t i : lease.idx) out.errors[i] = last;
+        lease.done = true;
+        --left;
+        continue;
+      }
+      for (size_t i : lease.idx) ++out.relets[i];
+      queue.push_front(rep.lease);  // another try, on the next idle worker
     }
-    if (idx.size() > 1 && !Retryable(last.code()) && last.code() != absl::StatusCode::kAborted) {
-      for (size_t i : idx) run({i}, w);
-      return;
+    // 4. Leases past their deadline go to another worker; the late worker gets no lease until it answers.
+    const double after = Now();
+    for (auto& [w, r] : running) {
+      if (r.expired || after < r.deadline) continue;
+      r.expired = true;
+      {
+        // No lease for this worker, in this call or another, until the overdue call ends.
+        std::lock_guard<std::mutex> m(members_mu_);
+        ++overdue_[w];
+        r.call_expired->store(true);
+      }
+      Lease& lease = leases[r.lease];
+      ++lease.token;  // its result, should it come, is refused
+      for (size_t i : lease.idx) ++out.relets[i];
+      queue.push_front(r.lease);
+      expired_.fetch_add(1);
+      m_expired.Increment();
+      ++out.expired;
+      spdlog::warn("rollout worker {}: its lease of {} prompt(s) missed the deadline ({:.1f} s); handed to another "
+                   "worker", w, lease.idx.size(), LeaseSeconds(lease.idx.size()));
     }
-    for (size_t i : idx) out.errors[i] = last;
-  };
-  // Contiguous chunks, one per active worker, in parallel.
-  const size_t chunks = std::min(workers.size(), prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t c = 0; c < chunks; ++c) {
-    const size_t lo = prompts.size() * c / chunks, hi = prompts.size() * (c + 1) / chunks;
-    std::vector<size_t> idx;
-    for (size_t i = lo; i < hi; ++i) idx.push_back(i);
-    threads.emplace_back(run, std::move(idx), workers[c]);
   }
-  for (auto& t : threads) t.join();
+  {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    shared->closed = true;
+  }
   for (const auto& g : out.groups) {
     for (const auto& s : g) out.tokens += s.completion_ids_size();
   }

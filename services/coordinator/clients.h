@@ -13,6 +13,9 @@
 
 #include <atomic>
 #include <functional>
+#include <list>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +37,16 @@ bool Retryable(absl::StatusCode code);
 // Sleeps before retry number `attempt` + 1: backoff_seconds doubled `attempt` times.
 void Backoff(const RetryPolicy& r, int64_t attempt);
 
+// How the prompts of a Generate call go to the workers: as leases (a run of prompts with a deadline).
+// A worker takes the next waiting lease when it has finished its last one, so fast workers do more; a lease
+// whose worker misses the deadline (dead, hung, stopped) is handed to another worker, and its result, should
+// it still come, is refused and counted.
+struct LeasePolicy {
+  int64_t prompts = 0;  // prompts per lease; 0 = the call's prompts in two leases per worker
+  double seconds = 0;   // deadline of a lease; 0 = 8x the time per prompt measured on the leases so far times
+                        // the lease's prompts, at least 10 s (the rpc deadline until a lease has finished)
+};
+
 class RolloutPool {
  public:
   // Makes `stub`'s worker hold the weights of policy `version` (a weight push).
@@ -41,6 +54,9 @@ class RolloutPool {
 
   RolloutPool(std::vector<std::shared_ptr<grpc::Channel>> channels, RpcConfig rpc, RetryPolicy retry,
               Publisher publish);
+  // Cancels the calls still in flight (a stopped worker's) and waits for their threads.
+  ~RolloutPool();
+  void SetLeases(LeasePolicy leases) { leases_ = leases; }
   // Makes the workers `members` (indices) hold the weights of `version` at once (a collective sync).
   using GroupPublisher = std::function<absl::Status(int64_t version, const std::vector<size_t>& members)>;
   // With a group publisher, every weight push is one sync of all active workers instead of a push to one,
@@ -60,11 +76,16 @@ class RolloutPool {
     std::vector<int64_t> relets;              // per prompt: times its lease moved to another try
     int64_t tokens = 0;                       // completion tokens generated
     double seconds = 0;                       // wall time of the call
+    int64_t expired = 0;                      // leases that missed their deadline (handed out again)
+    int64_t late_refused = 0;                 // results of those that came in during the call (refused)
   };
   // n samples for each prompt with the weights of `version` or newer (a worker swaps new weights in only
   // between groups of prompts, and only the asynchronous loop syncs while a batch is generated), the
-  // prompts spread over the workers in parallel chunks. Every sample is checked: the prompt it belongs to,
-  // n distinct sample indices, and the policy version. Never fails as a whole: failures are per prompt.
+  // prompts going to the workers as leases (LeasePolicy), one lease in flight per worker. Every sample is
+  // checked: the prompt it belongs to, n distinct sample indices, and the policy version. A failed lease is
+  // tried again on the next idle worker (after a backoff for the one that failed). Never fails as a whole:
+  // failures are per prompt. Several calls may run at once (the asynchronous loop evaluates while it
+  // generates the next batch).
   Result Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n, int64_t version);
 
   // Brings every worker to `version`, asking Health and pushing weights where it differs (everywhere with
@@ -75,11 +96,18 @@ class RolloutPool {
   std::vector<size_t> active() const;  // workers that get chunks (all of them without a group publisher)
   int64_t dropped() const;             // times a worker was dropped
   int64_t rejoined() const;            // times a dropped worker came back
+  int64_t leases_expired() const;      // leases that missed their deadline, over the pool's life
+  int64_t late_results_refused() const;  // results of expired leases that came in after all (not used)
 
  private:
   // One try of a chunk on worker w: the samples grouped per prompt of the chunk.
   absl::StatusOr<std::vector<std::vector<Sample>>> Call(size_t w, const std::vector<Prompt>& chunk,
-                                                       const SamplingParams& params, int32_t n, int64_t version);
+                                                       const SamplingParams& params, int32_t n, int64_t version,
+                                                       grpc::ClientContext* ctx);
+  // The deadline of a lease of `prompts` prompts (see LeasePolicy).
+  double LeaseSeconds(size_t prompts) const;
+  // Whether worker w has a call past its lease's deadline still open (it gets no lease until that ends).
+  bool Overdue(size_t w) const;
   // Brings worker w to `version` after it answered with another one (with a group publisher: a sync of
   // the group). Several chunks may find the same stale worker at once: one of them pushes, the others find
   // the version there (asked by Health) and push nothing.
@@ -105,6 +133,19 @@ class RolloutPool {
   mutable std::mutex members_mu_;
   std::vector<bool> active_;            // per worker (under members_mu_)
   int64_t dropped_ = 0, rejoined_ = 0;  // under members_mu_
+  double seconds_per_prompt_ = 0;       // of the finished leases, a moving average (under members_mu_)
+  std::vector<int64_t> overdue_;        // per worker: calls past their lease's deadline, still open (under members_mu_)
+  LeasePolicy leases_;
+  std::atomic<int64_t> expired_{0}, late_refused_{0};
+  // Generate calls in flight or finished and not yet joined; each thread outlives its Generate when its
+  // worker is stopped past the lease's deadline.
+  struct InFlight {
+    std::shared_ptr<grpc::ClientContext> ctx;
+    std::shared_ptr<std::atomic<bool>> finished;
+    std::thread thread;
+  };
+  std::mutex calls_mu_;
+  std::list<InFlight> calls_;
 };
 
 class ScorerClient {

@@ -29,6 +29,13 @@ const config::Section<RolesConfig>& RolesConfig::Spec() {
            config::AtLeast(0));
     s->Add("weight_chunk_bytes", &R::weight_chunk_bytes, "bytes per chunk of a weight update to rollout workers",
            config::AtLeast(1024));
+    s->Add("lease_prompts", &R::lease_prompts,
+           "prompts per rollout lease (a worker that finishes its lease takes the next one, so fast workers do "
+           "more); 0 = each call's prompts in two leases per worker", config::AtLeast(0));
+    s->Add("lease_seconds", &R::lease_seconds,
+           "deadline of a rollout lease: a worker that misses it (dead, hung, stopped) loses the lease to another "
+           "worker and its late result is refused and counted; 0 = 8x the measured time per prompt times the "
+           "lease's prompts, at least 10 s (rpc.deadline_seconds until the first lease is done)", config::AtLeast(0));
     return s;
   }();
   return *s;

@@ -35,8 +35,11 @@ struct RolesConfig {
   int64_t max_attempts = 3;                    // tries of a call before its prompts fail
   double backoff_seconds = 0.2;                // wait before the second try, doubled after
   int64_t weight_chunk_bytes = 4 << 20;        // weight update chunk size
+  int64_t lease_prompts = 0;                   // prompts per rollout lease; 0 = two leases per worker per call
+  double lease_seconds = 0;                    // deadline of a lease; 0 = adaptive (LeasePolicy)
   static const config::Section<RolesConfig>& Spec();  // under "roles"
   RetryPolicy retry() const { return {max_attempts, backoff_seconds}; }
+  LeasePolicy leases() const { return {lease_prompts, lease_seconds}; }
   // scorer_address and scorer_addresses together, in that order; empty = an embedded scorer.
   std::vector<std::string> scorers() const;
 };

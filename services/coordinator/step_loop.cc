@@ -226,6 +226,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   fs::create_directories(o.stage_dir);
   const RpcConfig rpc = roles.rpc();
   RolloutPool pool(roles.rollout_channels(), rpc, o.retry, LearnerPublisher(learner, o.weight_chunk_bytes, rpc));
+  pool.SetLeases(o.leases);
   std::unique_ptr<CollectiveWeights> collective;
   const bool use_collective =
       o.weights.transport == "collective" || (o.weights.transport == "auto" && !roles.embedded_rollout());
@@ -330,6 +331,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
                                        {0, 1, 2, 3, 4, 8});
   auto& stale_total = reg.Counter("rlhf_stale_groups_total", "groups too many versions behind the learner, generated again");
   int64_t released_seen = coord.Totals().released;
+  int64_t expired_seen = 0, late_seen = 0;  // of this process's pool, since it started (evaluations too)
   const int64_t k = o.max_staleness;
   if (k > 0) pool.SetRefreshBehind(false);  // only this loop pushes weights, between learner steps
   RETURN_IF_ERROR(TrimSampleLog(o.sample_log_path, step));
@@ -427,6 +429,12 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     acc("scored_samples") += static_cast<double>(batch.generated_samples);
     acc("learn_seconds") += learn_seconds;
     acc("learned_samples") += static_cast<double>(batch.samples.size());
+    // Leases that expired and late results refused (in this step's batches or evaluations) go to the ledger.
+    coord.Count("lease_expired", pool.leases_expired() - expired_seen);
+    coord.Count("late_refused", pool.late_results_refused() - late_seen);
+    m["rollout/leases_expired"] = static_cast<double>(pool.leases_expired() - expired_seen);
+    m["rollout/late_refused"] = static_cast<double>(pool.late_results_refused() - late_seen);
+    expired_seen = pool.leases_expired(), late_seen = pool.late_results_refused();
     const auto t = coord.Totals();
     m["rollout/reward_mean"] = batch.rewarded > 0 ? batch.reward_sum / static_cast<double>(batch.rewarded) : 0.0;
     m["rollout/tokens_per_second"] = static_cast<double>(batch.generated_tokens) / std::max(batch.generate_seconds, 1e-9);
@@ -481,6 +489,8 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   ASSIGN_OR_RETURN(auto model, learner.Finish());
   spdlog::info("{}: the learner saved {}", stage, model);
   ASSIGN_OR_RETURN(auto eval_after, EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_after")));
+  coord.Count("lease_expired", pool.leases_expired() - expired_seen);
+  coord.Count("late_refused", pool.late_results_refused() - late_seen);
   RETURN_IF_ERROR(coord.Check());
   const auto t = coord.Totals();
   const bool finished = coord.Done();

@@ -51,6 +51,7 @@ struct StepLoopOptions {
   WeightsConfig weights;                  // how the workers get the weights (weights.*)
   std::string weights_store_host;         // collective: the store host the learner and workers connect to
   RetryPolicy retry;              // of the calls to the rollout workers and the scorer
+  LeasePolicy leases;             // how prompts go to the rollout workers (size and deadline of a lease)
   std::string learner_label = "embedded";  // how summary.json names the learner (an address when remote)
   std::string processes_path;             // processes.json: every process of the run ("" = none written)
   std::vector<std::string> rollout_addresses;  // of the remote workers, in the order of roles' channels

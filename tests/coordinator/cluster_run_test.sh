@@ -122,7 +122,7 @@ l1 = scrape(1)  # learner 1
 assert any('rank="1"' in k and 'role="learner"' in k for k in l1), l1
 l0 = scrape(0)  # learner 0: the coordinator's weight-sync figures
 phases = {k: v for k, v in l0.items() if k.startswith("rlhf_step_phase_seconds_count")}
-assert len(phases) == 4 and all(v == 4 for v in phases.values()), phases  # steps 1-4 done, each phase once
+assert len(phases) == 5 and all(v == 4 for v in phases.values()), phases  # steps 1-4 done, each phase (and the wait for the batch) once
 k, synced = one(l0, "rlhf_weight_sync_bytes_total")
 assert 'role="coordinator+learner"' in k and 'rank="0"' in k and synced > 0, (k, synced)
 print("metrics by rank: ok")

@@ -259,10 +259,11 @@ TEST_F(CoordinatorTest, GroupsTooFarBehindTheLearnerAreHandedBackAndCountedStale
   EXPECT_EQ(restored->Totals().events.at("stale"), 3);
 }
 
-TEST_F(CoordinatorTest, TwoChunksFindingTheSameStaleWorkerPushItsWeightsOnce) {
-  // Worker 0 is dead, so its chunk moves to worker 1, which holds version 0 while the step needs 1. The
-  // push is held until every version-0 sample of both chunks has been streamed, so both chunks find the
-  // worker stale and ask for the weights. One push is made; the other chunk finds version 1 there.
+TEST_F(CoordinatorTest, TwoCallsFindingTheSameStaleWorkerPushItsWeightsOnce) {
+  // Two Generate calls at once (the asynchronous loop evaluates while it generates): worker 0 is dead, so
+  // both calls' leases end up on worker 1, which holds version 0 while they need 1. The push is held until
+  // every version-0 sample of both calls has been streamed, so both find the worker stale and ask for the
+  // weights. One push is made; the other call finds version 1 there.
   std::mutex mu;
   std::condition_variable cv;
   int stale_samples = 0;
@@ -282,15 +283,98 @@ TEST_F(CoordinatorTest, TwoChunksFindingTheSameStaleWorkerPushItsWeightsOnce) {
     return publish(stub, version);
   };
   RolloutPool pool({MakeChannel(Rpc(), "127.0.0.1:1"), rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, held);
-  auto r = pool.Generate(Prompts(6), Params(), 2, 1);
-  for (const auto& e : r.errors) EXPECT_TRUE(e.ok()) << e;
-  for (const auto& g : r.groups) {
-    ASSERT_EQ(g.size(), 2u);
-    for (const auto& s : g) EXPECT_EQ(s.policy_version(), 1);
+  pool.SetLeases({/*prompts=*/3, /*seconds=*/0});
+  RolloutPool::Result results[2];
+  std::thread other([&] { results[1] = pool.Generate(Prompts(3), Params(), 2, 1); });
+  results[0] = pool.Generate(Prompts(3), Params(), 2, 1);
+  other.join();
+  for (const auto& r : results) {
+    for (const auto& e : r.errors) EXPECT_TRUE(e.ok()) << e;
+    for (const auto& g : r.groups) {
+      ASSERT_EQ(g.size(), 2u);
+      for (const auto& s : g) EXPECT_EQ(s.policy_version(), 1);
+    }
   }
   EXPECT_EQ(stale_samples, 12);
   EXPECT_EQ(pushes, 1);
   served_->service->SetStreamHookForTesting(nullptr);
+}
+
+// A second in-process rollout worker over the same model.
+struct ExtraWorker {
+  std::unique_ptr<rollout::ServedRollout> served;
+  std::unique_ptr<RpcServer> server;
+};
+ExtraWorker StartWorker(const std::string& model_dir, const RpcConfig& rpc) {
+  rollout::RolloutServerConfig rc;
+  rc.slots = 8;
+  rc.capacity = 64;
+  ExtraWorker w;
+  auto served = rollout::LoadRolloutService(rc, model_dir);
+  EXPECT_TRUE(served.ok()) << served.status();
+  w.served = std::move(*served);
+  auto* svc = w.served->service.get();
+  auto rs = RpcServer::Start(rpc, {"", "rollout", [svc] { return svc->next_version(); }}, {svc});
+  EXPECT_TRUE(rs.ok()) << rs.status();
+  w.server = std::move(*rs);
+  return w;
+}
+
+TEST_F(CoordinatorTest, FastWorkersTakeMoreLeases) {
+  // Worker 0 takes 30 ms per sample it streams; worker 1 is not slowed. With leases of one prompt, the
+  // fast worker takes the next lease whenever it is done, so it does most of the work.
+  auto fast = StartWorker(dir_ + "/m", Rpc());
+  std::atomic<int> slow_samples{0}, fast_samples{0};
+  served_->service->SetStreamHookForTesting([&](const Sample&) {
+    ++slow_samples;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  });
+  fast.served->service->SetStreamHookForTesting([&](const Sample&) { ++fast_samples; });
+  int pushes = 0;
+  RolloutPool pool({rollout_server_->InProcessChannel(), fast.server->InProcessChannel()}, Rpc(), {3, 0.01},
+                   Publisher(&pushes));
+  pool.SetLeases({/*prompts=*/1, /*seconds=*/0});
+  auto r = pool.Generate(Prompts(12), Params(), 2, 0);
+  for (const auto& e : r.errors) EXPECT_TRUE(e.ok()) << e;
+  EXPECT_EQ(slow_samples + fast_samples, 24);
+  EXPECT_GT(fast_samples.load(), 2 * slow_samples.load()) << "slow " << slow_samples << ", fast " << fast_samples;
+  EXPECT_EQ(r.expired, 0);
+  served_->service->SetStreamHookForTesting(nullptr);
+  fast.server->Shutdown();
+}
+
+TEST_F(CoordinatorTest, AnExpiredLeaseGoesToAnotherWorkerAndItsLateResultIsRefused) {
+  // Worker 0 stops inside its first lease (its stream blocks, as a SIGSTOPped process would) past the
+  // lease's deadline of 0.5 s: the lease goes to worker 1 and the call completes from there. Worker 0 is then
+  // let go: its result comes in after the batch is done, and is refused and counted.
+  auto other = StartWorker(dir_ + "/m", Rpc());
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopped = true;
+  served_->service->SetStreamHookForTesting([&](const Sample&) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return !stopped; });
+  });
+  int pushes = 0;
+  RolloutPool pool({rollout_server_->InProcessChannel(), other.server->InProcessChannel()}, Rpc(), {3, 0.01},
+                   Publisher(&pushes));
+  pool.SetLeases({/*prompts=*/2, /*seconds=*/0.5});
+  auto r = pool.Generate(Prompts(4), Params(), 2, 0);
+  for (const auto& e : r.errors) EXPECT_TRUE(e.ok()) << e;
+  for (const auto& g : r.groups) EXPECT_EQ(g.size(), 2u);
+  EXPECT_EQ(r.expired, 1);
+  EXPECT_EQ(pool.leases_expired(), 1);
+  EXPECT_EQ(r.relets[0] + r.relets[1], 2) << "the expired lease's two prompts were leased again";
+  EXPECT_EQ(pool.late_results_refused(), 0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stopped = false;
+    cv.notify_all();
+  }
+  for (int i = 0; i < 200 && pool.late_results_refused() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  EXPECT_EQ(pool.late_results_refused(), 1);
+  served_->service->SetStreamHookForTesting(nullptr);
+  other.server->Shutdown();
 }
 
 TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {

@@ -115,6 +115,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
     o.weights_store_host = coordinator::AdvertisedStoreHost(o.weights, addresses);
   }
   o.retry = roles_cfg.retry();
+  o.leases = roles_cfg.leases();
   o.learner_label = label;
   o.processes_path = (fs::path(p.run_dir) / "processes.json").string();
   o.rollout_addresses = roles_cfg.rollout_addresses;

@@ -105,6 +105,7 @@ absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
     embedded.rollout_addresses.clear();  // the worker must hold this policy
     ASSIGN_OR_RETURN(auto roles, coordinator::Roles::Start(embedded, *p.config, p.policy, 0, &reward_cfg));
     coordinator::RolloutPool pool(roles->rollout_channels(), roles->rpc(), roles_cfg.retry(), {});
+    pool.SetLeases(roles_cfg.leases());
     coordinator::ScorerClient scorer(roles->scorer_channels(), roles->rpc(), roles_cfg.retry());
     ASSIGN_OR_RETURN(auto r, coordinator::EvaluateToFile(pool, scorer, prompts, ec, 0, p.seed,
                                                          (fs::path(p.run_dir) / ("eval_" + name + ".jsonl")).string()));
