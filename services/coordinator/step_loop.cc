@@ -339,6 +339,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   const int64_t needed = o.steps > 0 ? o.steps - step : std::numeric_limits<int64_t>::max() / 2;
   BatchSource source(coord, k, step, needed);
   for (; o.steps == 0 || step < o.steps; ++step) {
+    const double t_step = Seconds();
     // 1-3. Lease, generate, score and sort: a batch of whole groups, at least one per learner rank, none
     // of them more than k versions behind the learner.
     StepBatch batch;
@@ -423,6 +424,8 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       membership_changes = pool.dropped() + pool.rejoined();
       RETURN_IF_ERROR(write_processes());
     }
+    acc("steps") += 1;
+    acc("step_wall_seconds") += Seconds() - t_step;  // the step's wall time (its evaluation and checkpoint are after)
     acc("generate_seconds") += batch.generate_seconds;
     acc("generated_tokens") += static_cast<double>(batch.generated_tokens);
     acc("score_seconds") += batch.score_seconds;
@@ -519,7 +522,11 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       {"throughput",
        {{"rollout_tokens_per_second", rate("generated_tokens", "generate_seconds")},
         {"scorer_samples_per_second", rate("scored_samples", "score_seconds")},
-        {"learner_samples_per_second", rate("learned_samples", "learn_seconds")}}},
+        {"learner_samples_per_second", rate("learned_samples", "learn_seconds")},
+        // Of the run as a whole (wall time of the steps, evaluations and checkpoints left out): what
+        // overlapping generation with training (rl.max_staleness) gains.
+        {"steps_per_minute", 60 * rate("steps", "step_wall_seconds")},
+        {"rollout_tokens_per_wall_second", rate("generated_tokens", "step_wall_seconds")}}},
       {"roles",
        {{"rollout_workers", pool.size()},
         {"rollout", roles.embedded_rollout() ? "embedded" : "remote"},
