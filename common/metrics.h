@@ -36,7 +36,8 @@ struct MetricsConfig {
 };
 
 inline const std::vector<std::string> kAllowedLabels = {"role", "source", "stage", "kind", "rank",
-                                                         "reason", "method", "code", "dtype", "split"};
+                                                         "reason", "method", "code", "dtype", "split",
+                                                         "worker"};  // worker: a rollout worker's index (bounded by the cluster)
 
 using Labels = std::map<std::string, std::string>;
 

@@ -56,6 +56,12 @@ void RlConfig::AddTo(config::Section<RlConfig>& s) {
               "importance ratio per token, or per sequence (GSPO)");
   s.Add("tis_cap", &R::tis_cap, "truncated importance weights against the behaviour log-probs; 0 = off",
         config::AtLeast(0));
+  s.Add("max_behaviour_gap", &R::max_behaviour_gap,
+        "a group whose behaviour log-probs (the rollout worker's) differ from the learner's by more than this, "
+        "mean |learner - behaviour| nats per response token, is refused: not trained, recorded as dropped with its "
+        "rollout worker named (on-policy the gap is ~1e-6; a tampered or mismatched worker shows nats). Online "
+        "samples only (those the run's rollout workers generated); 0 = off",
+        config::AtLeast(0));
   s.AddChoice("loss_aggregation", &R::loss_aggregation,
               {{"token_mean", algo::Aggregation::kTokenMean},
                {"seq_mean_token_mean", algo::Aggregation::kSeqMeanTokenMean},
@@ -128,6 +134,53 @@ absl::StatusOr<std::map<std::string, double>> SumByName(comm::Group& group, std:
   size_t i = 0;
   for (auto& [_, x] : named) x = v[i++];
   return named;
+}
+
+// The behaviour check of rl.max_behaviour_gap: per group of this rank, the mean |learner - behaviour|
+// log-prob over the response tokens of its samples from the run's rollout workers (rollout_worker set) that
+// carry behaviour log-probs; a group above `bound` has
+// its rows of `target_mask` zeroed (not trained). Returns, identical on every rank, "refused_groups" (how
+// many) and "refused_group/<i>" = the gap of each refused group, i its position in the whole batch (the
+// ranks' shards in rank order).
+absl::StatusOr<std::map<std::string, double>> RefuseMismatchedGroups(comm::Group& group, const std::vector<Sample>& samples,
+                                                                     const torch::Tensor& old_lp, const torch::Tensor& behaviour,
+                                                                     const torch::Tensor& response, int64_t group_size,
+                                                                     double bound, torch::Tensor& target_mask) {
+  const int64_t n = static_cast<int64_t>(samples.size()), groups = n / group_size;
+  auto gap = ((old_lp - behaviour).abs() * response).sum(1);  // [N]
+  auto tokens = response.sum(1);
+  // Where this rank's groups sit in the batch.
+  std::vector<double> counts(static_cast<size_t>(group.size()), 0.0);
+  counts[static_cast<size_t>(group.rank())] = static_cast<double>(groups);
+  ASSIGN_OR_RETURN(counts, group.SumDoubles(std::move(counts)));
+  int64_t offset = 0, total = 0;
+  for (int r = 0; r < group.size(); ++r) {
+    if (r < group.rank()) offset += static_cast<int64_t>(counts[static_cast<size_t>(r)]);
+    total += static_cast<int64_t>(counts[static_cast<size_t>(r)]);
+  }
+  std::vector<double> gaps(static_cast<size_t>(total), 0.0);
+  for (int64_t g = 0; g < groups; ++g) {
+    double sum = 0, tok = 0;
+    for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
+      const Sample& s = samples[static_cast<size_t>(i)];
+      // Only samples of the run's own rollout workers are checked (offline sample files may come from any
+      // engine), and only those with behaviour log-probs.
+      if (!s.has_rollout_worker() || s.logprobs_size() != s.completion_ids_size()) continue;
+      sum += gap[i].item<double>(), tok += tokens[i].item<double>();
+    }
+    const double mean = tok > 0 ? sum / tok : 0.0;
+    if (mean <= bound) continue;
+    gaps[static_cast<size_t>(offset + g)] = mean;
+    target_mask.slice(0, g * group_size, (g + 1) * group_size).zero_();
+  }
+  ASSIGN_OR_RETURN(gaps, group.SumDoubles(std::move(gaps)));
+  std::map<std::string, double> out = {{"refused_groups", 0.0}};
+  for (int64_t i = 0; i < total; ++i) {
+    if (gaps[static_cast<size_t>(i)] <= 0) continue;
+    out["refused_groups"] += 1;
+    out[absl::StrCat("refused_group/", i)] = gaps[static_cast<size_t>(i)];
+  }
+  return out;
 }
 
 // Pads [N, T-1] (values of tokens 1..T-1) back to [N, T] aligned with ids.
@@ -223,6 +276,14 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     }
     return absl::OkStatus();
   }));
+
+  // 2b. Groups whose behaviour log-probs disagree with the learner's are refused: their tokens leave the
+  //     update (and every denominator), and every rank learns their positions in the whole batch.
+  std::map<std::string, double> refusals;
+  if (c.max_behaviour_gap > 0) {
+    ASSIGN_OR_RETURN(refusals, RefuseMismatchedGroups(group, samples, old_lp, behaviour, response, c.group_size,
+                                                      c.max_behaviour_gap, full.target_mask));
+  }
 
   // 3. Scores and advantages (on tokens 1..T-1).
   auto mask = full.target_mask.slice(1, 1);            // [N, T-1] trained tokens
@@ -364,6 +425,7 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
       out["kl_ref_sequence"] = sum["kl"] / N;   // per sequence (what the adaptive controller tracks)
     }
     out["behaviour_logprob_gap"] = sum["behaviour_gap"] / T;  // mean |learner - behaviour| log-prob per response token
+    for (const auto& [k, v] : refusals) out[k] = v;
     out["kl_coef"] = beta;
     out["zero_variance_group_fraction"] = c.group_size > 1 ? sum["groups_without_signal"] / sum["groups"] : 0.0;
     for (const auto& k : sources) {

@@ -67,6 +67,7 @@ struct RlConfig {
   double dual_clip = 0;                 // c > 1: dual clip for negative advantages; 0 = off
   algo::RatioLevel ratio_level = algo::RatioLevel::kToken;  // token | sequence (GSPO)
   double tis_cap = 0;                   // truncated importance sampling against behaviour log-probs; 0 = off
+  double max_behaviour_gap = 1.0;       // refuse a group whose mean |learner - behaviour| log-prob per token exceeds this; 0 = off
   algo::Aggregation loss_aggregation = algo::Aggregation::kTokenMean;  // token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
   int64_t norm_length = 0;              // L_max of seq_mean_token_sum_norm; 0 = the longest response of the batch
   double vf_coef = 0.5;

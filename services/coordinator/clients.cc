@@ -113,6 +113,7 @@ absl::StatusOr<std::vector<std::vector<Sample>>> RolloutPool::Call(size_t w, con
         return absl::InternalError(absl::StrCat("rollout worker sent a sample of prompt ", s.prompt_index(),
                                                 ", which the request did not hold"));
       }
+      s.set_rollout_worker(static_cast<int32_t>(w));
       groups[it->second].push_back(std::move(s));
     }
   }

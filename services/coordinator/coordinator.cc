@@ -199,9 +199,13 @@ absl::Status Coordinator::Release(const StepBatch& batch) {
   return ledger_.Check();
 }
 
-absl::Status Coordinator::MarkTrained(const StepBatch& batch) {
+absl::Status Coordinator::MarkTrained(const StepBatch& batch, const std::map<size_t, std::string>& refused) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (int64_t p : batch.prompts) RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kTrained));
+  for (size_t j = 0; j < batch.prompts.size(); ++j) {
+    auto it = refused.find(j);
+    RETURN_IF_ERROR(it == refused.end() ? ledger_.Settle(batch.prompts[j], PromptState::kTrained)
+                                        : ledger_.Settle(batch.prompts[j], PromptState::kDropped, it->second));
+  }
   return ledger_.Check();
 }
 

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -71,8 +72,9 @@ class Coordinator {
   absl::StatusOr<int64_t> DropStale(StepBatch& batch, int64_t min_version);
   // The batch will not be trained now (the run stops before it): its prompts are pending again.
   absl::Status Release(const StepBatch& batch);
-  // The learner step on `batch` succeeded: its prompts are trained.
-  absl::Status MarkTrained(const StepBatch& batch);
+  // The learner step on `batch` succeeded: its prompts are trained, except the groups at the positions of
+  // `refused` (the learner refused them), which are dropped with the reason given.
+  absl::Status MarkTrained(const StepBatch& batch, const std::map<size_t, std::string>& refused = {});
   // The batch will not be trained (e.g. too small to share among the learner ranks): its prompts are
   // recorded as filtered with `reason`.
   absl::Status Discard(const StepBatch& batch, const std::string& reason);

@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -380,15 +382,45 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     const double learn_seconds = Seconds() - t_learn;
     const int64_t version = step + 1;
     version_gauge.Set(static_cast<double>(version));
+    // Groups the learner refused (rl.max_behaviour_gap): their samples' log-probs are not those of the
+    // policy the worker was to hold. Dropped, not trained, with the worker named, and said loudly.
+    std::map<size_t, std::string> refused;
+    for (auto it = m.begin(); it != m.end();) {
+      int64_t pos = -1;
+      if (!absl::StartsWith(it->first, "refused_group/") ||
+          !absl::SimpleAtoi(it->first.substr(std::string("refused_group/").size()), &pos) || pos < 0 ||
+          static_cast<size_t>(pos) >= batch.prompts.size()) {
+        ++it;
+        continue;
+      }
+      const Sample& first = batch.samples[static_cast<size_t>(pos) * static_cast<size_t>(g)];
+      const int32_t w = first.has_rollout_worker() ? first.rollout_worker() : -1;
+      const std::string who = w < 0 ? "an unknown rollout worker"
+                              : static_cast<size_t>(w) < o.rollout_addresses.size()
+                                  ? absl::StrCat("rollout worker ", w, " (", o.rollout_addresses[static_cast<size_t>(w)], ")")
+                                  : absl::StrCat("rollout worker ", w);
+      spdlog::error("{}: REFUSED prompt {} from {}: its behaviour log-probs differ from the learner's by {:.3f} nats per "
+                    "token (rl.max_behaviour_gap; version {}): the worker does not hold the weights it reports. Not "
+                    "trained.", stage, batch.prompts[static_cast<size_t>(pos)], who, it->second, first.policy_version());
+      refused[static_cast<size_t>(pos)] = absl::StrCat("behaviour gap (", w < 0 ? std::string("unknown worker") : absl::StrCat("rollout worker ", w), ")");
+      reg.Counter("rlhf_refused_groups_total", "groups the learner refused: behaviour log-probs far from its own",
+                  {{"worker", std::to_string(w)}})
+          .Increment();
+      it = m.erase(it);
+    }
     if (!o.sample_log_path.empty()) {
       json rows = json::array();
-      for (const auto& smp : batch.samples) rows.push_back({smp.prompt_index(), smp.sample_index(), smp.policy_version()});
+      for (size_t i = 0; i < batch.samples.size(); ++i) {
+        if (refused.count(i / static_cast<size_t>(g))) continue;  // not trained
+        const auto& smp = batch.samples[i];
+        rows.push_back({smp.prompt_index(), smp.sample_index(), smp.policy_version()});
+      }
       std::ofstream log(o.sample_log_path, std::ios::app);
       log << json({{"step", step}, {"samples", rows}}).dump() << "\n";
       if (!log) return absl::InternalError(absl::StrCat("cannot append to ", o.sample_log_path));
     }
     // 5. Settle the ledger; 6. the workers take the new weights.
-    RETURN_IF_ERROR(coord.MarkTrained(batch));
+    RETURN_IF_ERROR(coord.MarkTrained(batch, refused));
     hooks.before_sync(version);
     const double t_sync = Seconds();
     RETURN_IF_ERROR(pool.Sync(version));

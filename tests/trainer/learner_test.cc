@@ -334,6 +334,49 @@ TEST(RlUpdate, RejectsUnscoredSamplesAndBrokenGroups) {
   EXPECT_NE(r.status().message().find("outside the vocabulary"), std::string::npos) << r.status();
 }
 
+TEST(RlUpdate, GroupsWhoseBehaviourLogProbsAreFarFromTheLearnersAreNotTrained) {
+  // A near-uniform tiny model gives every token about -ln(50) = -3.9. Groups 0 and 2 claim -2.5 (a gap of
+  // ~1.4 nats, over the bound of 0.5) and come from a rollout worker: refused. Group 1 claims -3.9 (kept);
+  // group 3 has no rollout worker (an offline sample file): not checked. The update must equal one on
+  // groups 1 and 3 alone, with the check off.
+  auto samples = ScoredSamples(4, 4, 50, 3);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const size_t group = i / 4;
+    if (group < 3) samples[i].set_rollout_worker(static_cast<int32_t>(group));
+    if (group == 1) {
+      for (int t = 0; t < samples[i].logprobs_size(); ++t) samples[i].set_logprobs(t, -3.9f);
+    }
+  }
+  auto run = [](const std::vector<Sample>& batch, double bound) {
+    auto policy = TinyModel(11);
+    Learner learner(comm::Group::Single());
+    learner.AddModel("policy", policy, OptimConfig{}, 10);
+    RlConfig rc;
+    rc.group_size = 4;
+    rc.kl_placement = KlPlacement::kNone;
+    rc.max_behaviour_gap = bound;
+    RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
+    auto m = update.Update(batch, 1);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::make_pair(*m, policy);
+  };
+  auto [checked, p1] = run(samples, 0.5);
+  EXPECT_EQ(checked["refused_groups"], 2);
+  EXPECT_GT(checked["refused_group/0"], 0.5);
+  EXPECT_GT(checked["refused_group/2"], 0.5);
+  EXPECT_EQ(checked.count("refused_group/1"), 0u);
+  EXPECT_EQ(checked.count("refused_group/3"), 0u);
+  std::vector<Sample> kept(samples.begin() + 4, samples.begin() + 8);
+  kept.insert(kept.end(), samples.begin() + 12, samples.end());
+  auto [alone, p2] = run(kept, 0);
+  EXPECT_EQ(alone.count("refused_groups"), 0u);
+  EXPECT_NEAR(checked["pg_loss"], alone["pg_loss"], 1e-6);
+  auto a = p1->named_parameters(), b = p2->named_parameters();
+  for (const auto& item : a) {
+    EXPECT_TRUE(torch::allclose(item.value(), b[item.key()], 1e-5, 1e-6)) << item.key();
+  }
+}
+
 TEST(RlUpdate, MissingEosPenaltyAndMaskingOfTruncatedResponses) {
   auto run = [](double penalty, bool mask) {
     auto policy = TinyModel(11);
