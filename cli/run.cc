@@ -11,7 +11,10 @@
 // the store, where learner 0 finds them (the address book). So:
 //   - a rollout worker or scorer that dies (kill -9, a crash) is started again by its supervisor on the same
 //     address, and rejoins at the next weight sync, while the job under mpirun never sees a process exit;
-//   - a learner that dies ends the job (its supervisor exits with its status, and mpirun stops the rest);
+//   - a learner rank that dies takes the learner group down (the others' collectives name it and fail): each
+//     learner's supervisor starts its child again with train.resume, in a new learner group, from the newest
+//     verified checkpoint, while the rollout workers and scorers keep their processes (cluster.max_restarts;
+//     after that, or for a bad config, the supervisor exits with the status and mpirun stops the rest);
 //   - when learner 0's child ends, its supervisor marks the run done in the store; the serving roles'
 //     supervisors stop their children and leave, and learner 0's supervisor exits last with the run's status.
 #include <signal.h>
@@ -54,7 +57,7 @@ struct ClusterConfig {
   int64_t scorers = 0;          // scorer replicas; 0 = one embedded in learner 0
   std::string store;            // host:port of the rendezvous store learner 0 hosts; "" = see Spec
   std::string advertise_host;   // host the others reach this process's servers at; "" = see Spec
-  int64_t max_restarts = 3;     // restarts of a rollout worker or scorer by its supervisor
+  int64_t max_restarts = 3;     // restarts of a role by its supervisor (a learner rank: from the newest checkpoint)
   double restart_backoff_seconds = 1;  // wait before a restart
   double wait_seconds = 300;    // how long a role waits for the others (the store, their addresses)
   static const config::Section<ClusterConfig>& Spec() {
@@ -76,7 +79,8 @@ struct ClusterConfig {
              "host the other roles reach this process's servers at; \"\" = POD_IP when set, else 127.0.0.1 when the "
              "store is on loopback, else this host's name");
       s->Add("max_restarts", &C::max_restarts,
-             "times a supervisor starts a rollout worker or scorer again after it died (same address)", config::AtLeast(0));
+             "times a supervisor starts its role again after it died: a rollout worker or scorer on the same address, "
+             "a learner rank (with every other learner rank) from the newest verified checkpoint", config::AtLeast(0));
       s->Add("restart_backoff_seconds", &C::restart_backoff_seconds, "wait before such a restart", config::AtLeast(0));
       s->Add("wait_seconds", &C::wait_seconds,
              "how long a role waits for the others: the store, the learner group, the serving roles' addresses",
@@ -374,6 +378,26 @@ absl::Status Supervise(const Context& ctx) {
       continue;
     }
     const int code = ExitCode(*status);
+    // Died (a signal) or failed at run time (not a bad config: status 2).
+    const bool crashed = WIFSIGNALED(*status) || (code != 0 && code != 2);
+    if (me.role == Role::kLearner && crashed && restarts < c.max_restarts) {
+      // A learner rank died, or failed because another did (its collective names the lost rank): every
+      // learner rank's child ends so, and each supervisor starts its child again from the newest verified
+      // checkpoint, in a new learner group (generation = restarts). The rollout workers and scorers keep
+      // their processes; learner 0's step loop resumes and sends them the restored weights.
+      ++restarts;
+      (void)store->Set(me.key("restarts"), std::to_string(restarts));  // for summary.json
+      spdlog::warn("rlhf run: {} (pid {}) {}; starting it again from the newest checkpoint (learner group "
+                   "generation {}, restart {} of {})", me.name(), child.pid(), Describe(*status), restarts, restarts,
+                   c.max_restarts);
+      std::this_thread::sleep_for(std::chrono::duration<double>(c.restart_backoff_seconds));
+      auto again_args = args;
+      again_args.insert(again_args.end(), {"--set", "train.resume=true"});
+      auto again_env = env;
+      again_env.push_back({"RLHF_LEARNER_GENERATION", std::to_string(restarts)});
+      ASSIGN_OR_RETURN(child, Child::Start(again_args, again_env));
+      continue;
+    }
     if (me.role == Role::kLearner) {
       if (code != 0) spdlog::error("rlhf run: {} (pid {}) {}", me.name(), child.pid(), Describe(*status));
       if (host_store) {
@@ -389,7 +413,6 @@ absl::Status Supervise(const Context& ctx) {
       std::_Exit(code);
     }
     // A serving role: started again on its address unless it failed on its own (bad config: status 2).
-    const bool crashed = WIFSIGNALED(*status) || (code != 0 && code != 2);
     auto done = store->Has("cluster/done");
     if (!crashed || restarts >= c.max_restarts || !done.ok() || *done) {
       if (code != 0) spdlog::error("rlhf run: {} (pid {}) {}; not started again", me.name(), child.pid(), Describe(*status));
@@ -412,7 +435,9 @@ absl::Status Supervise(const Context& ctx) {
 
 // ---- the child: one role ----------------------------------------------------------------------------------------
 
-// summary.json's roles.restarts: how often each serving role's supervisor started it again ({} when never).
+// summary.json's roles.restarts: how often each role's supervisor started it again ({} when never). A
+// restarted learner 0 records what was recorded before it (its own restarts included, set by its
+// supervisor before the start).
 absl::Status RecordRestarts(const ClusterConfig& c, comm::Store& store, const std::string& run_dir) {
   nlohmann::json restarts = nlohmann::json::object();
   auto count = [&](const std::string& role, int64_t n) -> absl::Status {
@@ -426,6 +451,7 @@ absl::Status RecordRestarts(const ClusterConfig& c, comm::Store& store, const st
     }
     return absl::OkStatus();
   };
+  RETURN_IF_ERROR(count("learner", c.learners));
   RETURN_IF_ERROR(count("rollout", c.rollout_workers));
   RETURN_IF_ERROR(count("scorer", c.scorers));
   const std::string path = (std::filesystem::path(run_dir) / "summary.json").string();
@@ -480,7 +506,13 @@ absl::Status RunRole(const Context& ctx) {
     o.timeout_seconds = dist.timeout_seconds;
     o.interface_addr = dist.interface_addr.empty() ? comm::DefaultInterface(hp.first) : dist.interface_addr;
     o.watch = true;
-    ASSIGN_OR_RETURN(group, comm::Group::Join(*store, "cluster/learners/", me.index, static_cast<int>(c.learners), o));
+    // Each restart of the learner ranks forms a new group (its own keys in the store).
+    int64_t generation = 0;
+    if (Env("RLHF_LEARNER_GENERATION") && !absl::SimpleAtoi(Env("RLHF_LEARNER_GENERATION"), &generation)) {
+      return absl::InvalidArgumentError("RLHF_LEARNER_GENERATION is not an integer");
+    }
+    const std::string prefix = generation == 0 ? "cluster/learners/" : absl::StrCat("cluster/learners/g", generation, "/");
+    ASSIGN_OR_RETURN(group, comm::Group::Join(*store, prefix, me.index, static_cast<int>(c.learners), o));
   }
   self["host"] = comm::HostName();
   self["pid"] = static_cast<int64_t>(getpid());
