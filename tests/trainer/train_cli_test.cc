@@ -457,6 +457,8 @@ TEST_F(TrainCli, BadConfigsAreRefusedWithAMessage) {
   EXPECT_NE(r.out.find("not whole groups of 3"), std::string::npos) << r.out;
   r = RunCommand(kRlhf + " train" + Args("sft") + " --set sft.data.path=/nonexistent.jsonl --run-dir " + dir_ + "/runs/bad3");
   EXPECT_NE(r.code, 0);
+  // --resume of checkpoints that all fail verification is an error (a run with none yet starts afresh).
+  fs::create_directories(dir_ + "/runs/bad4/checkpoints/step-00-00000002");
   r = RunCommand(kRlhf + " train" + Args("sft") + " --resume --run-dir " + dir_ + "/runs/bad4");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("no usable checkpoint"), std::string::npos) << r.out;

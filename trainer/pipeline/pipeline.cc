@@ -163,6 +163,17 @@ void RegisterTrainKeys(config::Schema& schema) {
   OptimSection("rl.critic_optim").Register(schema);
 }
 
+namespace {
+// Whether the run directory holds any checkpoint (verified or not).
+bool HasCheckpoints(const std::string& run_dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
+    if (e.path().filename().string().rfind("step-", 0) == 0) return true;
+  }
+  return false;
+}
+}  // namespace
+
 absl::Status RunTraining(const config::Config& config, const std::string& run_dir, uint64_t seed,
                          const TrainingOptions& options) {
   Pipeline p;
@@ -206,7 +217,7 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
   if (coordinate_only) {
     // The learner holds the checkpoints; the log is cut at its step once the stage knows it (RunOnline).
     RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), std::numeric_limits<int64_t>::max(), 0));
-  } else if (p.train.resume) {
+  } else if (p.train.resume && HasCheckpoints(run_dir)) {
     ASSIGN_OR_RETURN(p.resume_dir, FindLatestCheckpoint(run_dir));
     ASSIGN_OR_RETURN(auto state, ReadTrainState(p.resume_dir));
     if (state.stage_index >= static_cast<int64_t>(p.train.stages.size()) ||
@@ -218,7 +229,10 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     p.resume = state;
     RETURN_IF_ERROR(p.log.Open(run_dir, p.rank0(), state.stage_index, state.step));
   } else {
-    if (p.rank0() && fs::exists(fs::path(run_dir) / "checkpoints" / "latest")) {
+    // --resume of a run that has not written a checkpoint yet (e.g. a learner restarted by its supervisor
+    // before the first one) starts it from the beginning.
+    if (p.train.resume && p.rank0()) spdlog::info("resume: {} holds no checkpoint yet; starting from the beginning", run_dir);
+    if (!p.train.resume && p.rank0() && fs::exists(fs::path(run_dir) / "checkpoints" / "latest")) {
       return absl::FailedPreconditionError(absl::StrCat(run_dir, " already holds checkpoints: add --resume to continue "
                                                         "it, or choose another --run-dir"));
     }
