@@ -395,6 +395,7 @@ absl::Status Supervise(const Context& ctx) {
       again_args.insert(again_args.end(), {"--set", "train.resume=true"});
       auto again_env = env;
       again_env.push_back({"RLHF_LEARNER_GENERATION", std::to_string(restarts)});
+      again_env.push_back({"RLHF_RESTARTS", std::to_string(restarts)});
       ASSIGN_OR_RETURN(child, Child::Start(again_args, again_env));
       continue;
     }
@@ -428,6 +429,7 @@ absl::Status Supervise(const Context& ctx) {
                  Describe(*status), address.empty() ? "" : " at " + address, restarts, c.max_restarts);
     std::this_thread::sleep_for(std::chrono::duration<double>(c.restart_backoff_seconds));
     auto again_env = env;
+    again_env.push_back({"RLHF_RESTARTS", std::to_string(restarts)});
     if (!address.empty()) again_env.push_back({"RLHF_ROLE_ADDRESS", address});
     ASSIGN_OR_RETURN(child, Child::Start(args, again_env));
   }
@@ -484,6 +486,12 @@ absl::Status RunRole(const Context& ctx) {
     RETURN_IF_ERROR(store->Set(me.key("info"), self.dump()));
     return store->Set(me.key(), address);
   };
+  // How often this role's supervisor has started it again (0 for the first start), on /metrics.
+  int64_t restarts = 0;
+  if (Env("RLHF_RESTARTS")) (void)absl::SimpleAtoi(Env("RLHF_RESTARTS"), &restarts);
+  Metrics::Process()
+      .Gauge("rlhf_role_restarts", "times this role's supervisor has started it again after it died")
+      .Set(static_cast<double>(restarts));
   const char* again = Env("RLHF_ROLE_ADDRESS");
   const std::string address = again != nullptr ? again : host + ":0";
   switch (me.role) {

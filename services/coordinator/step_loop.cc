@@ -117,6 +117,13 @@ class BatchSource {
     if (!counts) ++needed_;
     cv_.notify_all();
   }
+  // How long the batch thread has waited for the learner (at most k batches in flight) since the last call.
+  double TakeIdleSeconds() {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double s = idle_;
+    idle_ = 0;
+    return s;
+  }
   // Stops the thread (after the batch it is generating) and hands every batch not taken back to the ledger.
   absl::Status Stop() {
     {
@@ -140,9 +147,11 @@ class BatchSource {
     int64_t produced = 0;
     bool wait_settled = false;  // the epoch's remaining prompts are all in flight
     while (true) {
+      const double t0 = Seconds();
       cv_.wait(lock, [&] {
         return stop_ || (produced < needed_ && in_flight_ <= k_ && !(wait_settled && in_flight_ > 0));
       });
+      idle_ += Seconds() - t0;
       if (stop_) return;
       const int64_t version = synced_;
       ++in_flight_;
@@ -173,6 +182,7 @@ class BatchSource {
   int64_t needed_;         // batches the run still trains, plus those discarded (under mu_)
   int64_t in_flight_ = 0;  // batches produced or being produced, not yet settled (under mu_)
   bool stop_ = false;
+  double idle_ = 0;        // seconds the thread waited for the learner (under mu_)
   std::deque<absl::StatusOr<StepBatch>> ready_;
   std::thread thread_;
 };
@@ -433,6 +443,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     m["score_seconds"] = batch.score_seconds;
     m["train_seconds"] = learn_seconds;
     m["wait_batch_seconds"] = waited;
+    if (k > 0) m["rollout_wait_seconds"] = source.TakeIdleSeconds();  // the generating thread, waiting on the learner
     phase_generate.Observe(batch.generate_seconds);
     phase_score.Observe(batch.score_seconds);
     phase_train.Observe(learn_seconds);

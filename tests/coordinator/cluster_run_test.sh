@@ -118,6 +118,7 @@ assert one(w, "rlhf_rollout_request_duration_seconds_count")[1] >= 1, w
 assert one(w, "rlhf_rollout_kv_cache_capacity_tokens")[1] == 16 * 64, w  # rollout.slots x rollout.capacity
 assert one(w, "rlhf_rollout_queue_prompts")[1] == 0 and one(w, "rlhf_rollout_kv_cache_tokens")[1] == 0, w
 assert one(w, "rlhf_policy_version")[1] == 4, w
+assert one(w, "rlhf_role_restarts")[1] == 1, w  # started again once by its supervisor
 l1 = scrape(1)  # learner 1
 assert any('rank="1"' in k and 'role="learner"' in k for k in l1), l1
 l0 = scrape(0)  # learner 0: the coordinator's weight-sync figures
