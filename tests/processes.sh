@@ -44,3 +44,34 @@ PY
   "$rlhf" init-model --hidden-size 32 --layers 2 --heads 4 --kv-heads 2 --intermediate-size 64 --vocab-size 300 \
     --tokenizer "$dir/tok" --seed 3 --out "$dir/m" --run-dir "$dir/r/init" --set run.log_level=warn
 }
+
+# serve_rollout RLHF DIR INDEX PORT [NAME=VALUE...]: rollout worker INDEX of the model DIR/m on
+# 127.0.0.1:PORT (64-token context, one thread; the NAME=VALUE pairs go to its environment: fault seams),
+# logging to DIR/worker<INDEX>.log; its pid (of its `timeout`) goes into pids and $served.
+serve_rollout() {
+  local rlhf="$1" dir="$2" i="$3" port="$4"
+  shift 4
+  env "$@" timeout -k 10 300 "$rlhf" serve rollout --model "$dir/m" --address "127.0.0.1:$port" --run-dir "$dir/r/w$i" \
+    --set rollout.capacity=64 --set run.threads=1 > "$dir/worker$i.log" 2>&1 &
+  served=$!
+  pids+=($served)
+}
+
+# serve_scorer RLHF DIR PORT: an exact-match scorer on 127.0.0.1:PORT, logging to DIR/scorer.log.
+serve_scorer() {
+  local rlhf="$1" dir="$2" port="$3"
+  timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:$port" --run-dir "$dir/r/scorer" \
+    --set reward.exact_match_weight=1 --set run.threads=1 > "$dir/scorer.log" 2>&1 &
+  served=$!
+  pids+=($served)
+}
+
+# wait_for_file FILE PID: until FILE exists (at most 120 s) while PID runs; fails when it never appears.
+wait_for_file() {
+  for _ in $(seq 1 1200); do
+    [ -f "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -f "$1" ]
+}

@@ -14,14 +14,9 @@ d="$(mktemp -d)"
 source "$(dirname "$0")/../processes.sh"
 sum_task "$rlhf" "$py" "$d" 40 0
 ports=($(free_ports "$py" 3))
-for w in 0 1; do
-  timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[$w]}" --run-dir "$d/r/w$w" \
-    --set rollout.capacity=64 --set run.threads=1 > "$d/worker$w.log" 2>&1 &
-  pids+=($!)
-done
-timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[2]}" --run-dir "$d/r/scorer" \
-  --set reward.exact_match_weight=1 --set run.threads=1 > "$d/scorer.log" 2>&1 &
-pids+=($!)
+serve_rollout "$rlhf" "$d" 0 "${ports[0]}"
+serve_rollout "$rlhf" "$d" 1 "${ports[1]}"
+serve_scorer "$rlhf" "$d" "${ports[2]}"
 if ! RLHF_FAULT_SLOW_TRAIN=0.5 timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 \
   --set run.threads=1 --run-dir "$d/run" \
   --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=6 \

@@ -18,14 +18,9 @@ sum_task "$rlhf" "$py" "$d" 40 0
   --tokenizer "$d/tok" --seed 99 --out "$d/other" --run-dir "$d/r/other" --set run.log_level=warn
 protoc --proto_path="$src/proto" --python_out="$d" rlhf/rollout.proto rlhf/sample.proto rlhf/tensor.proto
 ports=($(free_ports "$py" 3))
-for w in 0 1; do
-  timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[$w]}" --run-dir "$d/r/w$w" \
-    --set rollout.capacity=64 --set run.threads=1 > "$d/worker$w.log" 2>&1 &
-  pids+=($!)
-done
-timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[2]}" --run-dir "$d/r/scorer" \
-  --set reward.exact_match_weight=1 --set run.threads=1 > "$d/scorer.log" 2>&1 &
-pids+=($!)
+serve_rollout "$rlhf" "$d" 0 "${ports[0]}"
+serve_rollout "$rlhf" "$d" 1 "${ports[1]}"
+serve_scorer "$rlhf" "$d" "${ports[2]}"
 mkdir -p "$d/pause"
 RLHF_FAULT_PAUSE_DIR="$d/pause" RLHF_FAULT_PAUSE_BEFORE_SYNC=2 timeout -k 10 300 "$rlhf" train --model "$d/m" \
   --stages grpo --seed 7 --set run.threads=1 --run-dir "$d/run" \
@@ -37,8 +32,7 @@ RLHF_FAULT_PAUSE_DIR="$d/pause" RLHF_FAULT_PAUSE_BEFORE_SYNC=2 timeout -k 10 300
   --set "roles.scorer_address=127.0.0.1:${ports[2]}" --set weights.transport=grpc > "$d/train.log" 2>&1 &
 train=$!
 pids+=($train)
-for _ in $(seq 1 1200); do [ -f "$d/pause/paused-2" ] && break; kill -0 "$train" 2>/dev/null || break; sleep 0.05; done
-[ -f "$d/pause/paused-2" ] || { echo "the run never paused"; cat "$d/train.log"; exit 1; }
+wait_for_file "$d/pause/paused-2" "$train" || { echo "the run never paused"; cat "$d/train.log"; exit 1; }
 "$py" - "$d" "127.0.0.1:${ports[1]}" <<'PY'
 import array, json, struct, sys
 sys.path.insert(0, sys.argv[1])

@@ -73,7 +73,7 @@ job=$!
 pids+=($job)
 
 wait_for() {  # wait_for FILE: until the step loop pauses there (at most 120 s)
-  for _ in $(seq 1 1200); do [ -f "$1" ] && return 0; kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+  wait_for_file "$1" "$job" && return 0
   echo "the run did not reach $1"; cat "$d/mpirun.log"; exit 1
 }
 entry() {  # entry ROLE INDEX: "address pid" of that process in processes.json

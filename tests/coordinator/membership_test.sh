@@ -46,7 +46,7 @@ train=$!
 pids+=($train)
 
 wait_for() {  # wait_for FILE: until the step loop pauses there (at most 120 s)
-  for _ in $(seq 1 1200); do [ -f "$1" ] && return 0; kill -0 "$train" 2>/dev/null || break; sleep 0.1; done
+  wait_for_file "$1" "$train" && return 0
   echo "the run did not reach $1"; cat "$d/train.log"; exit 1
 }
 wait_for "$d/pause/paused-2"

@@ -15,17 +15,10 @@ source "$(dirname "$0")/../processes.sh"
 sum_task "$rlhf" "$py" "$d" 40 0
 ports=($(free_ports "$py" 3))
 mkdir -p "$d/mark"
-timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" --address "127.0.0.1:${ports[0]}" --run-dir "$d/r/w0" \
-  --set rollout.capacity=64 --set run.threads=1 > "$d/worker0.log" 2>&1 &
-pids+=($!)
-RLHF_FAULT_STALL_GENERATE="2:$d/mark:3" timeout -k 10 300 "$rlhf" serve rollout --model "$d/m" \
-  --address "127.0.0.1:${ports[1]}" --run-dir "$d/r/w1" --set rollout.capacity=64 --set run.threads=1 \
-  > "$d/worker1.log" 2>&1 &
-w1=$!
-pids+=($w1)
-timeout -k 10 300 "$rlhf" serve scorer --address "127.0.0.1:${ports[2]}" --run-dir "$d/r/scorer" \
-  --set reward.exact_match_weight=1 --set run.threads=1 > "$d/scorer.log" 2>&1 &
-pids+=($!)
+serve_rollout "$rlhf" "$d" 0 "${ports[0]}"
+serve_rollout "$rlhf" "$d" 1 "${ports[1]}" RLHF_FAULT_STALL_GENERATE="2:$d/mark:3"
+w1=$served
+serve_scorer "$rlhf" "$d" "${ports[2]}"
 timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 --set run.threads=1 --run-dir "$d/run" \
   --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=5 \
   --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4 --set rl.micro_batch_size=8 \
@@ -35,8 +28,7 @@ timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 --set run.
   --set weights.transport=collective --set weights.timeout_seconds=3 > "$d/train.log" 2>&1 &
 train=$!
 pids+=($train)
-for _ in $(seq 1 1200); do [ -f "$d/mark/generating-2" ] && break; kill -0 "$train" 2>/dev/null || break; sleep 0.05; done
-[ -f "$d/mark/generating-2" ] || { echo "worker 1 never reached its 2nd call"; cat "$d/train.log" "$d/worker1.log"; exit 1; }
+wait_for_file "$d/mark/generating-2" "$train" || { echo "worker 1 never reached its 2nd call"; cat "$d/train.log" "$d/worker1.log"; exit 1; }
 server=$(server_of "$w1") || { echo "worker 1's process not found"; exit 1; }
 kill -STOP "$server"
 sleep 8

@@ -47,8 +47,7 @@ RLHF_FAULT_PAUSE_DIR="$d/pause" RLHF_FAULT_PAUSE_BEFORE_SYNC=3 timeout -k 10 300
   -np 3 "$rlhf" run --config "$d/cluster.yaml" --model "$d/m" --run-dir "$d/run" > "$d/mpirun.log" 2>&1 &
 job=$!
 pids+=($job)
-for _ in $(seq 1 1200); do [ -f "$d/pause/paused-3" ] && break; kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
-[ -f "$d/pause/paused-3" ] || { echo "the run did not pause before version 3"; cat "$d/mpirun.log"; exit 1; }
+wait_for_file "$d/pause/paused-3" "$job" || { echo "the run did not pause before version 3"; cat "$d/mpirun.log"; exit 1; }
 read -r learner1 worker0 < <("$py" -c "
 import json, sys
 p = json.load(open(sys.argv[1]))['processes']

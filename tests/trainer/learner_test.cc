@@ -278,6 +278,23 @@ std::vector<Sample> ScoredSamples(int prompts, int group, int64_t vocab, uint64_
   return out;
 }
 
+// One RL update of a fresh TinyModel(11) policy (no critic, reference or KL; groups of 4) on `samples`,
+// with `adjust` applied to the config: the update's metrics and the updated policy.
+std::pair<std::map<std::string, double>, model::Transformer> UpdateTinyPolicy(const std::vector<Sample>& samples,
+                                                                            const std::function<void(RlConfig&)>& adjust) {
+  auto policy = TinyModel(11);
+  Learner learner(comm::Group::Single());
+  learner.AddModel("policy", policy, OptimConfig{}, 10);
+  RlConfig rc;
+  rc.group_size = 4;
+  rc.kl_placement = KlPlacement::kNone;
+  adjust(rc);
+  RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
+  auto m = update.Update(samples, 1);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return {m.ok() ? *m : std::map<std::string, double>{}, policy};
+}
+
 TEST(RlUpdate, FirstMinibatchOfAFreshBatchHasRatioOneAndNoClipping) {
   for (bool with_critic : {true, false}) {
     auto policy = TinyModel(11);
@@ -348,17 +365,7 @@ TEST(RlUpdate, GroupsWhoseBehaviourLogProbsAreFarFromTheLearnersAreNotTrained) {
     }
   }
   auto run = [](const std::vector<Sample>& batch, double bound) {
-    auto policy = TinyModel(11);
-    Learner learner(comm::Group::Single());
-    learner.AddModel("policy", policy, OptimConfig{}, 10);
-    RlConfig rc;
-    rc.group_size = 4;
-    rc.kl_placement = KlPlacement::kNone;
-    rc.max_behaviour_gap = bound;
-    RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
-    auto m = update.Update(batch, 1);
-    EXPECT_TRUE(m.ok()) << m.status();
-    return std::make_pair(*m, policy);
+    return UpdateTinyPolicy(batch, [bound](RlConfig& rc) { rc.max_behaviour_gap = bound; });
   };
   auto [checked, p1] = run(samples, 0.5);
   EXPECT_EQ(checked["refused_groups"], 2);
@@ -379,18 +386,10 @@ TEST(RlUpdate, GroupsWhoseBehaviourLogProbsAreFarFromTheLearnersAreNotTrained) {
 
 TEST(RlUpdate, MissingEosPenaltyAndMaskingOfTruncatedResponses) {
   auto run = [](double penalty, bool mask) {
-    auto policy = TinyModel(11);
-    Learner learner(comm::Group::Single());
-    learner.AddModel("policy", policy, OptimConfig{}, 10);
-    RlConfig rc;
-    rc.group_size = 4;
-    rc.kl_placement = KlPlacement::kNone;
-    rc.missing_eos_penalty = penalty;
-    rc.mask_truncated = mask;
-    RlUpdate update(&learner, policy, model::Transformer(nullptr), model::Transformer(nullptr), rc, 0);
-    auto m = update.Update(ScoredSamples(4, 4, 50, 1), 1);
-    EXPECT_TRUE(m.ok()) << m.status();
-    return *m;
+    return UpdateTinyPolicy(ScoredSamples(4, 4, 50, 1), [&](RlConfig& rc) {
+             rc.missing_eos_penalty = penalty;
+             rc.mask_truncated = mask;
+           }).first;
   };
   auto base = run(0, false), pen = run(-1, false), masked = run(0, true);
   // Half of the samples are truncated: the penalty moves the mean score by -0.5.
