@@ -50,6 +50,9 @@ std::string SampleToJson(const Sample& s) {
   if (!s.step_rewards().empty()) j["step_rewards"] = std::vector<float>(s.step_rewards().begin(), s.step_rewards().end());
   if (!s.step_ends().empty()) j["step_ends"] = std::vector<int32_t>(s.step_ends().begin(), s.step_ends().end());
   if (s.has_rollout_worker()) j["rollout_worker"] = s.rollout_worker();
+  if (!s.token_versions().empty()) {
+    j["token_versions"] = std::vector<int64_t>(s.token_versions().begin(), s.token_versions().end());
+  }
   for (const auto& [k, v] : s.extra()) {
     if (j.contains(k)) continue;  // a pass-through key never shadows a sample field
     j[k] = json::parse(v, nullptr, /*allow_exceptions=*/false);
@@ -110,6 +113,7 @@ absl::StatusOr<Sample> SampleFromJson(const std::string& line) {
   RETURN_IF_ERROR(ReadArray<float>(j, "ref_logprobs", s.mutable_ref_logprobs()));
   RETURN_IF_ERROR(ReadArray<float>(j, "step_rewards", s.mutable_step_rewards()));
   RETURN_IF_ERROR(ReadArray<int32_t>(j, "step_ends", s.mutable_step_ends()));
+  RETURN_IF_ERROR(ReadArray<int64_t>(j, "token_versions", s.mutable_token_versions()));
   if (j.contains("policy_version")) s.set_policy_version(j["policy_version"].get<int64_t>());
   RETURN_IF_ERROR(Expect(j, "rollout_worker", is_int("rollout_worker"), "an integer"));
   if (j.contains("rollout_worker")) s.set_rollout_worker(j["rollout_worker"].get<int32_t>());
@@ -137,7 +141,7 @@ absl::StatusOr<Sample> SampleFromJson(const std::string& line) {
   static const char* kKnown[] = {"prompt_id", "prompt_index", "sample_index", "prompt_ids", "completion_ids",
                                  "logprobs", "policy_version", "finish_reason", "seed", "temperature",
                                  "prompt", "completion", "reward", "reward_parts", "ref_logprobs",
-                                 "step_rewards", "step_ends", "rollout_worker"};
+                                 "step_rewards", "step_ends", "rollout_worker", "token_versions"};
   for (const auto& [k, v] : j.items()) {
     bool known = false;
     for (const char* n : kKnown) known = known || k == n;

@@ -64,11 +64,13 @@ absl::StatusOr<std::vector<Generated>> Generator::Generate(const std::vector<Pro
     done.push_back(std::move(l.out));
     l = Live();
   };
+  int64_t weights_version = 0;  // of the weights the model holds (with a weights-version source)
   // Records a drawn token for a slot; returns true when the sequence is over.
   auto push = [&](int64_t slot, int32_t token, float logprob) {
     Live& l = live[slot];
     l.out.completion_ids.push_back(token);
     l.out.logprobs.push_back(logprob);
+    if (between_steps_) l.out.token_versions.push_back(weights_version);
     l.last_token = token;
     ++l.steps;
     if (std::find(eos_.begin(), eos_.end(), token) != eos_.end()) {
@@ -137,6 +139,7 @@ absl::StatusOr<std::vector<Generated>> Generator::Generate(const std::vector<Pro
 
   bool any_active = true;
   while (!queue.empty() || any_active) {
+    if (between_steps_) weights_version = between_steps_();
     bool all_free = std::none_of(live.begin(), live.end(), [](const Live& l) { return l.active; });
     if (options_.continuous || all_free) admit();  // static batching: new prompts only into an empty batch
     std::vector<int64_t> slots;

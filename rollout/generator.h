@@ -38,6 +38,8 @@ struct Generated {
   std::string completion;       // decoded text (cut before a stop string); empty without a tokenizer
   bool stopped = false;         // true: "stop" (eos or stop string); false: "length"
   uint64_t seed = 0;            // the sample's stream seed
+  // Per completion token, the version of the weights that drew it (only with a weights-version source).
+  std::vector<int64_t> token_versions;
 };
 
 struct GeneratorOptions {
@@ -66,6 +68,10 @@ class Generator {
   void SetStepObserver(std::function<void(int64_t sequences, int64_t cached_tokens)> observer) {
     observer_ = std::move(observer);
   }
+  // Called before every decode step (and before each prefill of new prompts): may swap new weights into the
+  // model between steps and returns the version of the weights it holds now; each drawn token records it
+  // (Generated::token_versions). The sequences keep their KV cache across a swap. Set before generating.
+  void SetWeightsVersion(std::function<int64_t()> between_steps) { between_steps_ = std::move(between_steps); }
   int64_t capacity_tokens() const { return options_.slots * options_.capacity; }
 
  private:
@@ -75,6 +81,7 @@ class Generator {
   GeneratorOptions options_;
   std::unique_ptr<model::KVCache> cache_;
   std::function<void(int64_t, int64_t)> observer_;
+  std::function<int64_t()> between_steps_;
 };
 
 }  // namespace rlhf::rollout

@@ -110,6 +110,13 @@ RolloutService::RolloutService(model::TransformerImpl* model, const text::Tokeni
     : model_(model), tokenizer_(tokenizer), eos_(std::move(eos_ids)), options_(options), version_(initial_version) {
   for (const auto& p : model_->named_parameters(true)) params_[p.key()] = p.value();
   generator_ = std::make_unique<Generator>(model_, tokenizer_, eos_, options_.generator);
+  if (options_.swap_between_tokens) {
+    // Runs inside Generate, where the calling thread holds model_mu_.
+    generator_->SetWeightsVersion([this] {
+      SwapIfPending();
+      return version_;
+    });
+  }
   auto& m = WorkerMetrics::Get();
   m.capacity.Set(static_cast<double>(generator_->capacity_tokens()));
   m.version.Set(static_cast<double>(initial_version));
@@ -292,7 +299,8 @@ grpc::Status RolloutService::Generate(grpc::ServerContext* ctx, const GenerateRe
       for (int32_t id : g.completion_ids) s->add_completion_ids(id);
       metrics.tokens.Increment(static_cast<double>(g.completion_ids.size()));
       for (float lp : g.logprobs) s->add_logprobs(lp);
-      s->set_policy_version(version);
+      s->set_policy_version(version);  // the oldest weights of the sample: those it started with
+      for (int64_t v : g.token_versions) s->add_token_versions(v);
       s->set_finish_reason(g.stopped ? FINISH_REASON_STOP : FINISH_REASON_LENGTH);
       s->set_seed(g.seed);
       s->set_temperature(static_cast<float>(sp.temperature));
@@ -448,6 +456,10 @@ const config::Section<RolloutServerConfig>& RolloutServerConfig::Spec() {
     s->Add("max_new_tokens", &S::max_new_tokens, "the most new tokens a request may ask for", config::AtLeast(1));
     s->Add("dtype", &S::dtype, "compute dtype: \"\" = the checkpoint's, float32, bfloat16",
            config::OneOf({"", "float32", "bfloat16", "f32", "bf16"}));
+    s->Add("swap_between_tokens", &S::swap_between_tokens,
+           "interruptible generation: new weights go into the model between decode steps of a long generation "
+           "(the sequences keep their KV cache), and each sample records the version of every token "
+           "(token_versions; its policy_version is the oldest); false = only between groups of prompts");
     return s;
   }();
   return *s;
@@ -471,6 +483,7 @@ absl::StatusOr<std::unique_ptr<ServedRollout>> LoadRolloutService(const RolloutS
   RolloutServiceOptions opts;
   opts.generator = {config.slots, config.capacity, true};
   opts.max_new_tokens = config.max_new_tokens;
+  opts.swap_between_tokens = config.swap_between_tokens;
   out->service = std::make_unique<RolloutService>(out->model.get(), out->tokenizer.get(), eos, opts, initial_version);
   return out;
 }

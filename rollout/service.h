@@ -39,6 +39,7 @@ struct RolloutServiceOptions {
   int64_t max_prompts = 1024;       // per request
   int64_t max_n = 64;               // samples per prompt
   int64_t max_new_tokens = 4096;    // upper bound a request may ask for
+  bool swap_between_tokens = false;  // new weights go in between decode steps, not only between groups
 };
 
 class RolloutService final : public Rollout::Service {
@@ -134,6 +135,7 @@ struct RolloutServerConfig {
   int64_t capacity = 1024;                // KV cache length per sequence (prompt + completion)
   int64_t max_new_tokens = 1024;          // the most a request may ask for
   std::string dtype;                      // "" = the checkpoint's, float32, bfloat16
+  bool swap_between_tokens = false;       // take new weights between decode steps (per-token versions)
   static const config::Section<RolloutServerConfig>& Spec();  // under "rollout"
 };
 

@@ -224,6 +224,50 @@ TEST(Generator, GroupSamplesCarryTheirOwnLogProbsAndAreReproducible) {
   }
 }
 
+TEST(Generator, WeightsSwappedBetweenDecodeStepsTagEveryTokenWithItsVersion) {
+  // Interruptible generation: before the 4th decode step the weights of another model are copied in (as the
+  // rollout service does with rollout.swap_between_tokens). The first tokens equal those of a run without
+  // the swap (same seeds), each token records the version that drew it, and the log-probs of the tokens
+  // drawn after the swap are the new model's (given the cache kept from before).
+  auto m = TinyModel();
+  auto other = TinyModel(61, 99);
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.max_new_tokens = 8;
+  p.seed = 5;
+  Generator plain(m.get(), nullptr, {}, {4, 64, true});
+  auto before = plain.Generate({{"q", 0, {5, 6, 7, 8}}}, 2, p);
+  ASSERT_TRUE(before.ok());
+  EXPECT_TRUE((*before)[0].token_versions.empty()) << "no version source: nothing recorded";
+
+  auto swapped = TinyModel();
+  Generator gen(swapped.get(), nullptr, {}, {4, 64, true});
+  int calls = 0;
+  gen.SetWeightsVersion([&]() -> int64_t {
+    if (++calls == 4) {
+      torch::NoGradGuard ng;
+      auto dst = swapped->named_parameters(true);
+      for (const auto& src : other->named_parameters(true)) dst[src.key()].copy_(src.value());
+    }
+    return calls >= 4 ? 1 : 0;
+  });
+  auto after = gen.Generate({{"q", 0, {5, 6, 7, 8}}}, 2, p);
+  ASSERT_TRUE(after.ok());
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& a = (*after)[i];
+    const auto& b = (*before)[i];
+    ASSERT_EQ(a.token_versions.size(), a.completion_ids.size());
+    // Tokens 0 and 1 come from the prefill and the first decode step (after call 1), token k from decode
+    // step k (after call k): versions 0 0 0 0 1 1 ...
+    for (size_t t = 0; t < a.token_versions.size(); ++t) EXPECT_EQ(a.token_versions[t], t < 4 ? 0 : 1) << t;
+    for (size_t t = 0; t < 4; ++t) {
+      EXPECT_EQ(a.completion_ids[t], b.completion_ids[t]) << "before the swap, token " << t;
+      EXPECT_FLOAT_EQ(a.logprobs[t], b.logprobs[t]);
+    }
+    EXPECT_NE(a.logprobs, b.logprobs) << "after the swap the log-probs are another model's";
+  }
+}
+
 TEST(Generator, StopStringsCutTheText) {
   std::vector<std::string> corpus;
   for (int i = 0; i < 50; ++i) corpus.push_back("The answer is " + std::to_string(i) + ". Done.");
