@@ -27,7 +27,11 @@ TEST(SampleJson, RoundTripKeepsEveryField) {
   s.add_ref_logprobs(-1.0f);
   (*s.mutable_extra())["answer"] = "\"4\"";
   (*s.mutable_extra())["meta"] = "{\"level\":2}";
+  s.set_rollout_worker(0);  // set, even as 0: written
+  s.add_token_versions(3);
+  s.add_token_versions(4);
   std::string line = SampleToJson(s);
+  EXPECT_NE(line.find("\"rollout_worker\":0"), std::string::npos) << line;
   EXPECT_NE(line.find("\"answer\":\"4\""), std::string::npos) << line;
   EXPECT_NE(line.find("\"finish_reason\":\"length\""), std::string::npos) << line;
   auto back = SampleFromJson(line);
