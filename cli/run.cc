@@ -378,28 +378,19 @@ absl::Status Supervise(const Context& ctx) {
       continue;
     }
     const int code = ExitCode(*status);
-    // Died (a signal) or failed at run time (not a bad config: status 2).
-    const bool crashed = WIFSIGNALED(*status) || (code != 0 && code != 2);
-    if (me.role == Role::kLearner && crashed && restarts < c.max_restarts) {
-      // A learner rank died, or failed because another did (its collective names the lost rank): every
-      // learner rank's child ends so, and each supervisor starts its child again from the newest verified
-      // checkpoint, in a new learner group (generation = restarts). The rollout workers and scorers keep
-      // their processes; learner 0's step loop resumes and sends them the restored weights.
-      ++restarts;
-      (void)store->Set(me.key("restarts"), std::to_string(restarts));  // for summary.json
-      spdlog::warn("rlhf run: {} (pid {}) {}; starting it again from the newest checkpoint (learner group "
-                   "generation {}, restart {} of {})", me.name(), child.pid(), Describe(*status), restarts, restarts,
-                   c.max_restarts);
-      std::this_thread::sleep_for(std::chrono::duration<double>(c.restart_backoff_seconds));
-      auto again_args = args;
-      again_args.insert(again_args.end(), {"--set", "train.resume=true"});
-      auto again_env = env;
-      again_env.push_back({"RLHF_LEARNER_GENERATION", std::to_string(restarts)});
-      again_env.push_back({"RLHF_RESTARTS", std::to_string(restarts)});
-      ASSIGN_OR_RETURN(child, Child::Start(again_args, again_env));
-      continue;
+    // Died (a signal) or failed at run time (not a bad config: status 2): started again, up to max_restarts.
+    // A learner rank that died, or failed because another did (its collective names the lost rank): every
+    // learner rank's child ends so, and each supervisor starts its child again from the newest verified
+    // checkpoint, in a new learner group (generation = restarts); the rollout workers and scorers keep their
+    // processes, and learner 0's step loop resumes and sends them the restored weights. A serving role is
+    // started again on its address, unless the run is over.
+    const bool learner = me.role == Role::kLearner;
+    bool again = (WIFSIGNALED(*status) || (code != 0 && code != 2)) && restarts < c.max_restarts;
+    if (again && !learner) {
+      auto done = store->Has("cluster/done");
+      again = done.ok() && !*done;
     }
-    if (me.role == Role::kLearner) {
+    if (!again && learner) {
       if (code != 0) spdlog::error("rlhf run: {} (pid {}) {}", me.name(), child.pid(), Describe(*status));
       if (host_store) {
         // The run is over: the serving roles stop; the store stays up until they have left.
@@ -413,25 +404,29 @@ absl::Status Supervise(const Context& ctx) {
       }
       std::_Exit(code);
     }
-    // A serving role: started again on its address unless it failed on its own (bad config: status 2).
-    auto done = store->Has("cluster/done");
-    if (!crashed || restarts >= c.max_restarts || !done.ok() || *done) {
+    if (!again) {
       if (code != 0) spdlog::error("rlhf run: {} (pid {}) {}; not started again", me.name(), child.pid(), Describe(*status));
       std::_Exit(code);
     }
     ++restarts;
     (void)store->Set(me.key("restarts"), std::to_string(restarts));  // for summary.json
-    std::string address;
-    if (auto has = store->Has(me.key()); has.ok() && *has) {
-      ASSIGN_OR_RETURN(address, store->Get(me.key()));
-    }
-    spdlog::warn("rlhf run: {} (pid {}) {}; starting it again{} (restart {} of {})", me.name(), child.pid(),
-                 Describe(*status), address.empty() ? "" : " at " + address, restarts, c.max_restarts);
-    std::this_thread::sleep_for(std::chrono::duration<double>(c.restart_backoff_seconds));
+    auto again_args = args;
     auto again_env = env;
     again_env.push_back({"RLHF_RESTARTS", std::to_string(restarts)});
-    if (!address.empty()) again_env.push_back({"RLHF_ROLE_ADDRESS", address});
-    ASSIGN_OR_RETURN(child, Child::Start(args, again_env));
+    std::string how;  // for the log line
+    if (learner) {
+      again_args.insert(again_args.end(), {"--set", "train.resume=true"});
+      again_env.push_back({"RLHF_LEARNER_GENERATION", std::to_string(restarts)});
+      how = absl::StrCat(" from the newest checkpoint (learner group generation ", restarts, ")");
+    } else if (auto has = store->Has(me.key()); has.ok() && *has) {
+      ASSIGN_OR_RETURN(auto address, store->Get(me.key()));
+      again_env.push_back({"RLHF_ROLE_ADDRESS", address});
+      how = " at " + address;
+    }
+    spdlog::warn("rlhf run: {} (pid {}) {}; starting it again{} (restart {} of {})", me.name(), child.pid(),
+                 Describe(*status), how, restarts, c.max_restarts);
+    std::this_thread::sleep_for(std::chrono::duration<double>(c.restart_backoff_seconds));
+    ASSIGN_OR_RETURN(child, Child::Start(again_args, again_env));
   }
 }
 

@@ -138,16 +138,15 @@ absl::StatusOr<std::map<std::string, double>> SumByName(comm::Group& group, std:
 
 // The behaviour check of rl.max_behaviour_gap: per group of this rank, the mean |learner - behaviour|
 // log-prob over the response tokens of its samples from the run's rollout workers (rollout_worker set) that
-// carry behaviour log-probs; a group above `bound` has
-// its rows of `target_mask` zeroed (not trained). Returns, identical on every rank, "refused_groups" (how
+// carry behaviour log-probs (`sample_gap`: per sample, the sum of |learner - behaviour| over its response
+// tokens); a group above `bound` has its rows of `target_mask` zeroed (not trained). Returns, identical on every rank, "refused_groups" (how
 // many) and "refused_group/<i>" = the gap of each refused group, i its position in the whole batch (the
 // ranks' shards in rank order).
 absl::StatusOr<std::map<std::string, double>> RefuseMismatchedGroups(comm::Group& group, const std::vector<Sample>& samples,
-                                                                     const torch::Tensor& old_lp, const torch::Tensor& behaviour,
+                                                                     const torch::Tensor& sample_gap,
                                                                      const torch::Tensor& response, int64_t group_size,
                                                                      double bound, torch::Tensor& target_mask) {
   const int64_t n = static_cast<int64_t>(samples.size()), groups = n / group_size;
-  auto gap = ((old_lp - behaviour).abs() * response).sum(1);  // [N]
   auto tokens = response.sum(1);
   // Where this rank's groups sit in the batch.
   std::vector<double> counts(static_cast<size_t>(group.size()), 0.0);
@@ -166,7 +165,7 @@ absl::StatusOr<std::map<std::string, double>> RefuseMismatchedGroups(comm::Group
       // Only samples of the run's own rollout workers are checked (offline sample files may come from any
       // engine), and only those with behaviour log-probs.
       if (!s.has_rollout_worker() || s.logprobs_size() != s.completion_ids_size()) continue;
-      sum += gap[i].item<double>(), tok += tokens[i].item<double>();
+      sum += sample_gap[i].item<double>(), tok += tokens[i].item<double>();
     }
     const double mean = tok > 0 ? sum / tok : 0.0;
     if (mean <= bound) continue;
@@ -277,11 +276,13 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
     return absl::OkStatus();
   }));
 
-  // 2b. Groups whose behaviour log-probs disagree with the learner's are refused: their tokens leave the
-  //     update (and every denominator), and every rank learns their positions in the whole batch.
+  // 2b. How far the learner's log-probs are from the behaviour log-probs the rollout sampled with, per
+  //     sample (summed over its response tokens). Groups whose gap is over the bound are refused: their
+  //     tokens leave the update (and every denominator), and every rank learns their positions in the batch.
+  const auto sample_gap = ((old_lp - behaviour).abs() * response).sum(1);  // [N]
   std::map<std::string, double> refusals;
   if (c.max_behaviour_gap > 0) {
-    ASSIGN_OR_RETURN(refusals, RefuseMismatchedGroups(group, samples, old_lp, behaviour, response, c.group_size,
+    ASSIGN_OR_RETURN(refusals, RefuseMismatchedGroups(group, samples, sample_gap, response, c.group_size,
                                                       c.max_behaviour_gap, full.target_mask));
   }
 
@@ -373,9 +374,9 @@ absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector
         c.group_size > 1
             ? static_cast<double>(n / c.group_size) - algo::GroupsWithSignal(scores, c.group_size).sum().item<double>()
             : 0.0;
-    // How far the learner's log-probs are from the behaviour log-probs the rollout sampled with (0 up to
-    // rounding when strictly on-policy: a check that both sides score the same tokens).
-    sum["behaviour_gap"] = ((old_s - behaviour.slice(1, 1)).abs() * resp).sum().item<double>();
+    // The behaviour gap (0 up to rounding when strictly on-policy: a check that both sides score the same
+    // tokens).
+    sum["behaviour_gap"] = sample_gap.sum().item<double>();
     // Reward sources: every rank lists the sources of its samples; the union must agree, so use the names of
     // the first sample (the scorer gives every sample the same sources).
     std::vector<std::string> sources;

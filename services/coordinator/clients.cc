@@ -21,9 +21,12 @@ double Now() {
 }
 }  // namespace
 
+double BackoffSeconds(const RetryPolicy& r, int64_t attempt) {
+  return r.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(attempt, 10));
+}
+
 void Backoff(const RetryPolicy& r, int64_t attempt) {
-  const double s = r.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(attempt, 10));
-  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+  std::this_thread::sleep_for(std::chrono::duration<double>(BackoffSeconds(r, attempt)));
 }
 
 bool Retryable(absl::StatusCode code) {
@@ -165,6 +168,14 @@ bool RolloutPool::Overdue(size_t w) const {
 }
 int64_t RolloutPool::late_results_refused() const { return late_refused_.load(); }
 
+void RolloutPool::RefuseLate(size_t w) {
+  late_refused_.fetch_add(1);
+  Metrics::Process()
+      .Counter("rlhf_late_results_refused_total", "results of expired rollout leases that came in after all, not used")
+      .Increment();
+  spdlog::warn("rollout worker {}: the result of an expired lease came in late: refused", w);
+}
+
 RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, const SamplingParams& params, int32_t n,
                                           int64_t version) {
   const double t0 = Now();
@@ -224,29 +235,39 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
     size_t lease;
     int64_t token;
     double deadline;
-    bool expired;
-    std::shared_ptr<std::atomic<bool>> call_expired;  // seen by the call's thread
+    std::shared_ptr<std::atomic<bool>> expired;  // past the deadline (the call's thread sees it too)
   };
   std::map<size_t, Running> running;  // worker -> its lease in flight (one at a time per worker)
   std::map<size_t, double> rest_until;  // worker -> when it may take a lease again after a failure
   std::map<size_t, int64_t> failures;   // worker -> failed calls in a row (its rest doubles with each)
   auto& m_expired = Metrics::Process().Counter("rlhf_leases_expired_total",
                                                "rollout leases whose worker missed the deadline; handed to another worker");
-  auto& m_late = Metrics::Process().Counter("rlhf_late_results_refused_total",
-                                            "results of expired rollout leases that came in after all, not used");
+  size_t left = leases.size();  // leases not done
+  // A lease is done: with its samples (set by the caller), or with `error` for each of its prompts.
+  auto settle = [&](Lease& lease, const absl::Status& error) {
+    if (!error.ok()) {
+      for (size_t i : lease.idx) out.errors[i] = error;
+    }
+    lease.done = true;
+    --left;
+  };
+  // A lease goes back to the front of the queue, for the next idle worker.
+  auto relet = [&](size_t l) {
+    for (size_t i : leases[l].idx) ++out.relets[i];
+    queue.push_front(l);
+  };
   auto start = [&](size_t w, size_t l) {
     Lease& lease = leases[l];
     const int64_t token = ++lease.token;
-    running[w] = {l, token, Now() + LeaseSeconds(lease.idx.size()), false};
+    auto expired = std::make_shared<std::atomic<bool>>(false);
+    running[w] = {l, token, Now() + LeaseSeconds(lease.idx.size()), expired};
     std::vector<Prompt> chunk;
     for (size_t i : lease.idx) chunk.push_back(prompts[i]);
     auto ctx = std::make_shared<grpc::ClientContext>();
     auto finished = std::make_shared<std::atomic<bool>>(false);
-    auto expired = std::make_shared<std::atomic<bool>>(false);
-    running[w].call_expired = expired;
     std::lock_guard<std::mutex> lock(calls_mu_);
     calls_.push_back({ctx, finished, std::thread([this, shared, w, l, token, chunk = std::move(chunk), params, n,
-                                                  version, ctx, finished, expired, late = &m_late] {
+                                                  version, ctx, finished, expired] {
       const double t = Now();
       auto r = Call(w, chunk, params, n, version, ctx.get());
       if (expired->load()) {  // the worker answers again: it may take leases
@@ -259,15 +280,12 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
           shared->reports.push_back({l, w, token, std::move(r), Now() - t});
           shared->cv.notify_all();
         } else if (r.ok()) {
-          late_refused_.fetch_add(1);
-          late->Increment();
-          spdlog::warn("rollout worker {}: the result of an expired lease came in after the batch was done: refused", w);
+          RefuseLate(w);  // the batch is done
         }
       }
       finished->store(true);
     })});
   };
-  size_t left = leases.size();
   size_t next_worker = 0;  // round robin over idle workers
   while (left > 0) {
     const double now = Now();
@@ -282,7 +300,7 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
     // 2. Wait for a report, the next deadline, or a rested worker.
     double wake = now + 1.0;
     for (const auto& [w, r] : running) {
-      if (!r.expired) wake = std::min(wake, r.deadline);
+      if (!r.expired->load()) wake = std::min(wake, r.deadline);
     }
     for (const auto& [w, t] : rest_until) {
       if (t > now && !queue.empty()) wake = std::min(wake, t);
@@ -299,43 +317,31 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
       running.erase(rep.worker);
       Lease& lease = leases[rep.lease];
       if (lease.done || lease.token != rep.token) {  // an expired lease, handed out again since
-        if (rep.result.ok()) {
-          late_refused_.fetch_add(1);
-          m_late.Increment();
-          ++out.late_refused;
-          spdlog::warn("rollout worker {}: the result of an expired lease came in late: refused", rep.worker);
-        }
+        if (rep.result.ok()) RefuseLate(rep.worker);
         continue;
       }
       failures[rep.worker] = rep.result.ok() ? 0 : failures[rep.worker] + 1;
       if (rep.result.ok()) {
         for (size_t j = 0; j < lease.idx.size(); ++j) out.groups[lease.idx[j]] = std::move((*rep.result)[j]);
-        lease.done = true;
-        --left;
+        settle(lease, absl::OkStatus());
         std::lock_guard<std::mutex> m(members_mu_);
         const double spp = rep.seconds / static_cast<double>(lease.idx.size());
         seconds_per_prompt_ = seconds_per_prompt_ <= 0 ? spp : 0.8 * seconds_per_prompt_ + 0.2 * spp;
         continue;
       }
-      const absl::Status last = rep.result.status();
+      absl::Status last = rep.result.status();
       const size_t w = rep.worker;
       ++lease.attempts;
       spdlog::warn("rollout worker {}: {} (try {}/{})", w, std::string(last.message()), lease.attempts, retry_.max_attempts);
       const bool behind = last.code() == absl::StatusCode::kAborted;
       if (behind && refresh_ && (publish_ || publish_all_)) {
-        if (auto s = Refresh(w, version); !s.ok() && lease.attempts >= retry_.max_attempts) {
-          for (size_t i : lease.idx) out.errors[i] = s;
-          lease.done = true;
-          --left;
-          continue;
-        }
+        if (auto s = Refresh(w, version); !s.ok()) last = s;
       } else if (Retryable(last.code()) || behind) {
-        rest_until[w] = Now() + retry_.backoff_seconds * static_cast<double>(int64_t{1} << std::min<int64_t>(failures[w] - 1, 10));
+        rest_until[w] = Now() + BackoffSeconds(retry_, failures[w] - 1);
       } else if (lease.idx.size() > 1) {
         // A final error of several prompts: tried prompt by prompt, so that one bad prompt does not take its
         // neighbours with it.
-        lease.done = true;
-        --left;
+        settle(lease, absl::OkStatus());
         for (size_t i : lease.idx) {
           Lease one;
           one.idx = {i};
@@ -345,35 +351,28 @@ RolloutPool::Result RolloutPool::Generate(const std::vector<Prompt>& prompts, co
         }
         continue;
       } else {
-        out.errors[lease.idx[0]] = last;
-        lease.done = true;
-        --left;
+        settle(lease, last);
         continue;
       }
       if (lease.attempts >= retry_.max_attempts) {
-        for (size_t i : lease.idx) out.errors[i] = last;
-        lease.done = true;
-        --left;
-        continue;
+        settle(lease, last);
+      } else {
+        relet(rep.lease);  // another try, on the next idle worker
       }
-      for (size_t i : lease.idx) ++out.relets[i];
-      queue.push_front(rep.lease);  // another try, on the next idle worker
     }
     // 4. Leases past their deadline go to another worker; the late worker gets no lease until it answers.
     const double after = Now();
     for (auto& [w, r] : running) {
-      if (r.expired || after < r.deadline) continue;
-      r.expired = true;
+      if (r.expired->load() || after < r.deadline) continue;
       {
         // No lease for this worker, in this call or another, until the overdue call ends.
         std::lock_guard<std::mutex> m(members_mu_);
         ++overdue_[w];
-        r.call_expired->store(true);
+        r.expired->store(true);
       }
       Lease& lease = leases[r.lease];
       ++lease.token;  // its result, should it come, is refused
-      for (size_t i : lease.idx) ++out.relets[i];
-      queue.push_front(r.lease);
+      relet(r.lease);
       expired_.fetch_add(1);
       m_expired.Increment();
       ++out.expired;

@@ -34,7 +34,9 @@ struct RetryPolicy {
 
 // True for the codes that are worth another try.
 bool Retryable(absl::StatusCode code);
-// Sleeps before retry number `attempt` + 1: backoff_seconds doubled `attempt` times.
+// The wait before retry number `attempt` + 1: backoff_seconds doubled `attempt` times (at most 1024x).
+double BackoffSeconds(const RetryPolicy& r, int64_t attempt);
+// Sleeps BackoffSeconds(r, attempt).
 void Backoff(const RetryPolicy& r, int64_t attempt);
 
 // How the prompts of a Generate call go to the workers: as leases (a run of prompts with a deadline).
@@ -77,7 +79,6 @@ class RolloutPool {
     int64_t tokens = 0;                       // completion tokens generated
     double seconds = 0;                       // wall time of the call
     int64_t expired = 0;                      // leases that missed their deadline (handed out again)
-    int64_t late_refused = 0;                 // results of those that came in during the call (refused)
   };
   // n samples for each prompt with the weights of `version` or newer (a worker swaps new weights in only
   // between groups of prompts, and only the asynchronous loop syncs while a batch is generated), the
@@ -108,6 +109,8 @@ class RolloutPool {
   double LeaseSeconds(size_t prompts) const;
   // Whether worker w has a call past its lease's deadline still open (it gets no lease until that ends).
   bool Overdue(size_t w) const;
+  // Counts and reports a result of worker w for an expired lease, which is not used.
+  void RefuseLate(size_t w);
   // Brings worker w to `version` after it answered with another one (with a group publisher: a sync of
   // the group). Several chunks may find the same stale worker at once: one of them pushes, the others find
   // the version there (asked by Health) and push nothing.

@@ -145,11 +145,7 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version, int64_t max_gr
         ++b.filtered;
       } else {
         b.prompts.push_back(p);
-        for (size_t i = k; i < end; ++i) {
-          const int64_t v = scored.samples[i].policy_version();
-          if (b.oldest_version < 0 || v < b.oldest_version) b.oldest_version = v;
-          b.samples.push_back(std::move(scored.samples[i]));
-        }
+        for (size_t i = k; i < end; ++i) b.samples.push_back(std::move(scored.samples[i]));
       }
       k = end;
     }
@@ -163,34 +159,33 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version, int64_t max_gr
 absl::StatusOr<int64_t> Coordinator::DropStale(StepBatch& batch, int64_t min_version) {
   std::lock_guard<std::mutex> lock(mu_);
   const size_t g = static_cast<size_t>(options_.group_size);
-  StepBatch kept = std::move(batch);
-  batch.prompts.clear();
-  batch.samples.clear();
-  batch.oldest_version = -1;
+  // The kept groups, in order; the batch's other figures (generation, scoring) stay: that work was done.
+  std::vector<int64_t> prompts;
+  std::vector<Sample> samples;
   int64_t dropped = 0;
-  for (size_t j = 0; j < kept.prompts.size(); ++j) {
-    const auto first = kept.samples.begin() + static_cast<std::ptrdiff_t>(j * g);
-    const bool stale = std::any_of(first, first + static_cast<std::ptrdiff_t>(g),
-                                   [&](const Sample& s) { return s.policy_version() < min_version; });
-    if (stale) {
-      RETURN_IF_ERROR(ledger_.Release(kept.prompts[j], "stale"));
+  for (size_t j = 0; j < batch.prompts.size(); ++j) {
+    const auto first = batch.samples.begin() + static_cast<std::ptrdiff_t>(j * g), end = first + static_cast<std::ptrdiff_t>(g);
+    if (std::any_of(first, end, [&](const Sample& s) { return s.policy_version() < min_version; })) {
+      RETURN_IF_ERROR(ledger_.Release(batch.prompts[j], "stale"));
       ++dropped;
       continue;
     }
-    batch.prompts.push_back(kept.prompts[j]);
-    for (auto it = first; it != first + static_cast<std::ptrdiff_t>(g); ++it) {
-      if (batch.oldest_version < 0 || it->policy_version() < batch.oldest_version) batch.oldest_version = it->policy_version();
-      batch.samples.push_back(std::move(*it));
-    }
+    prompts.push_back(batch.prompts[j]);
+    samples.insert(samples.end(), std::make_move_iterator(first), std::make_move_iterator(end));
   }
-  // The batch's other figures (generation, scoring) stay: that work was done.
-  batch.epoch = kept.epoch;
-  batch.generated_samples = kept.generated_samples, batch.generated_tokens = kept.generated_tokens;
-  batch.filtered = kept.filtered, batch.dropped = kept.dropped;
-  batch.generate_seconds = kept.generate_seconds, batch.score_seconds = kept.score_seconds;
-  batch.reward_sum = kept.reward_sum, batch.rewarded = kept.rewarded;
+  batch.prompts = std::move(prompts);
+  batch.samples = std::move(samples);
   RETURN_IF_ERROR(ledger_.Check());
   return dropped;
+}
+
+void StepBatch::Append(StepBatch&& more) {
+  prompts.insert(prompts.end(), more.prompts.begin(), more.prompts.end());
+  samples.insert(samples.end(), std::make_move_iterator(more.samples.begin()), std::make_move_iterator(more.samples.end()));
+  generated_samples += more.generated_samples, generated_tokens += more.generated_tokens;
+  filtered += more.filtered, dropped += more.dropped;
+  generate_seconds += more.generate_seconds, score_seconds += more.score_seconds;
+  reward_sum += more.reward_sum, rewarded += more.rewarded;
 }
 
 absl::Status Coordinator::Release(const StepBatch& batch) {

@@ -44,13 +44,14 @@ struct StepBatch {
   std::vector<int64_t> prompts;  // dataset positions of the accepted groups, in batch order
   std::vector<Sample> samples;   // their samples, group after group (group_size each), scored
   int64_t epoch = 0;
-  int64_t oldest_version = -1;  // the oldest policy version of its samples (-1: no samples)
   // Rollout statistics of everything generated for this batch (accepted, filtered and dropped groups).
   int64_t generated_samples = 0, generated_tokens = 0, filtered = 0, dropped = 0;
   double generate_seconds = 0, score_seconds = 0;
   double reward_sum = 0;  // over the scored samples of every group (for the mean reward of the rollouts)
   int64_t rewarded = 0;
   bool empty() const { return prompts.empty(); }
+  // Adds the groups and figures of `more` (of the same epoch) after this batch's.
+  void Append(StepBatch&& more);
 };
 
 class Coordinator {

@@ -343,7 +343,16 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
                                        {0, 1, 2, 3, 4, 8});
   auto& stale_total = reg.Counter("rlhf_stale_groups_total", "groups too many versions behind the learner, generated again");
   int64_t released_seen = coord.Totals().released;
-  int64_t expired_seen = 0, late_seen = 0;  // of this process's pool, since it started (evaluations too)
+  // Leases that expired and late results refused since the last call (in batches or evaluations; the pool
+  // counts from this process's start) go to the ledger; returns the two counts.
+  int64_t expired_seen = 0, late_seen = 0;
+  auto count_lease_events = [&]() {
+    const int64_t expired = pool.leases_expired() - expired_seen, late = pool.late_results_refused() - late_seen;
+    coord.Count("lease_expired", expired);
+    coord.Count("late_refused", late);
+    expired_seen += expired, late_seen += late;
+    return std::make_pair(expired, late);
+  };
   const int64_t k = o.max_staleness;
   if (k > 0) pool.SetRefreshBehind(false);  // only this loop pushes weights, between learner steps
   RETURN_IF_ERROR(TrimSampleLog(o.sample_log_path, step));
@@ -369,12 +378,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
         spdlog::warn("{}: {} group(s) more than {} version(s) behind policy {}: generated again", stage, stale, k, step);
         ASSIGN_OR_RETURN(auto more, coord.NextBatch(step, o.coordinator.rollout_batch_size - static_cast<int64_t>(batch.prompts.size())));
         if (more.empty()) break;
-        for (auto& p : more.prompts) batch.prompts.push_back(p);
-        for (auto& smp : more.samples) batch.samples.push_back(std::move(smp));
-        batch.generate_seconds += more.generate_seconds, batch.score_seconds += more.score_seconds;
-        batch.generated_samples += more.generated_samples, batch.generated_tokens += more.generated_tokens;
-        batch.filtered += more.filtered, batch.dropped += more.dropped;
-        batch.reward_sum += more.reward_sum, batch.rewarded += more.rewarded;
+        batch.Append(std::move(more));
       }
       if (static_cast<int64_t>(batch.prompts.size()) >= learner_ranks) break;
       // An epoch's remainder too small to give every rank a group: recorded as filtered, not trained.
@@ -475,12 +479,9 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
     acc("scored_samples") += static_cast<double>(batch.generated_samples);
     acc("learn_seconds") += learn_seconds;
     acc("learned_samples") += static_cast<double>(batch.samples.size());
-    // Leases that expired and late results refused (in this step's batches or evaluations) go to the ledger.
-    coord.Count("lease_expired", pool.leases_expired() - expired_seen);
-    coord.Count("late_refused", pool.late_results_refused() - late_seen);
-    m["rollout/leases_expired"] = static_cast<double>(pool.leases_expired() - expired_seen);
-    m["rollout/late_refused"] = static_cast<double>(pool.late_results_refused() - late_seen);
-    expired_seen = pool.leases_expired(), late_seen = pool.late_results_refused();
+    const auto [expired, late] = count_lease_events();
+    m["rollout/leases_expired"] = static_cast<double>(expired);
+    m["rollout/late_refused"] = static_cast<double>(late);
     const auto t = coord.Totals();
     m["rollout/reward_mean"] = batch.rewarded > 0 ? batch.reward_sum / static_cast<double>(batch.rewarded) : 0.0;
     m["rollout/tokens_per_second"] = static_cast<double>(batch.generated_tokens) / std::max(batch.generate_seconds, 1e-9);
@@ -535,8 +536,7 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
   ASSIGN_OR_RETURN(auto model, learner.Finish());
   spdlog::info("{}: the learner saved {}", stage, model);
   ASSIGN_OR_RETURN(auto eval_after, EvaluateToFile(pool, scorer, eval_prompts, o.eval, step, o.seed, eval_file("eval_after")));
-  coord.Count("lease_expired", pool.leases_expired() - expired_seen);
-  coord.Count("late_refused", pool.late_results_refused() - late_seen);
+  count_lease_events();
   RETURN_IF_ERROR(coord.Check());
   const auto t = coord.Totals();
   const bool finished = coord.Done();

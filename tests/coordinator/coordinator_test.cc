@@ -223,7 +223,7 @@ TEST_F(CoordinatorTest, GroupsTooFarBehindTheLearnerAreHandedBackAndCountedStale
   auto b = c.NextBatch(0);
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_EQ(b->prompts.size(), 3u);
-  EXPECT_EQ(b->oldest_version, 0);
+  for (const auto& smp : b->samples) EXPECT_EQ(smp.policy_version(), 0);
   const std::vector<int64_t> first = b->prompts;
   auto kept = *b;
   auto none = c.DropStale(kept, /*min_version=*/0);
