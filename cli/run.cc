@@ -103,6 +103,12 @@ const char* RoleName(Role r) {
   return "?";
 }
 
+// The store key of process `index` of `role` under `kind` ("" = its published address: cluster/rollout/1;
+// "info": cluster/info/rollout/1; "left", "restarts").
+std::string KeyOf(Role role, int64_t index, const std::string& kind = "") {
+  return absl::StrCat("cluster/", kind.empty() ? "" : kind + "/", RoleName(role), "/", index);
+}
+
 struct Placement {
   Role role = Role::kLearner;
   int index = 0;
@@ -111,10 +117,8 @@ struct Placement {
   int rank = 0;  // in the mpirun job (the role's index under RLHF_ROLE)
   std::string name() const { return absl::StrCat(RoleName(role), " ", index); }
   std::string path() const { return absl::StrCat(RoleName(role), "/", index); }  // e.g. rollout/1
-  // The store key of this process under `kind` ("" = its published address: cluster/rollout/1).
-  std::string key(const std::string& kind = "") const {
-    return absl::StrCat("cluster/", kind.empty() ? "" : kind + "/", path());
-  }
+  // The store key of this process under `kind` (KeyOf).
+  std::string key(const std::string& kind = "") const { return KeyOf(role, index, kind); }
 };
 
 const char* Env(const char* name) {
@@ -395,11 +399,12 @@ absl::Status Supervise(const Context& ctx) {
       if (host_store) {
         // The run is over: the serving roles stop; the store stays up until they have left.
         (void)store->Set("cluster/done", std::to_string(code));
-        std::vector<std::string> serving;
-        for (int i = 0; i < c.rollout_workers; ++i) serving.push_back(absl::StrCat("rollout/", i));
-        for (int i = 0; i < c.scorers; ++i) serving.push_back(absl::StrCat("scorer/", i));
-        for (const auto& path : serving) {
-          if (!WaitForKey(*store, "cluster/left/" + path, 30)) spdlog::warn("rlhf run: {} did not report leaving", path);
+        for (const auto& [role, n] : {std::pair{Role::kRollout, c.rollout_workers}, std::pair{Role::kScorer, c.scorers}}) {
+          for (int64_t i = 0; i < n; ++i) {
+            if (!WaitForKey(*store, KeyOf(role, i, "left"), 30)) {
+              spdlog::warn("rlhf run: {} {} did not report leaving", RoleName(role), i);
+            }
+          }
         }
       }
       std::_Exit(code);
@@ -437,20 +442,20 @@ absl::Status Supervise(const Context& ctx) {
 // supervisor before the start).
 absl::Status RecordRestarts(const ClusterConfig& c, comm::Store& store, const std::string& run_dir) {
   nlohmann::json restarts = nlohmann::json::object();
-  auto count = [&](const std::string& role, int64_t n) -> absl::Status {
+  auto count = [&](Role role, int64_t n) -> absl::Status {
     for (int64_t i = 0; i < n; ++i) {
-      const std::string key = absl::StrCat("cluster/restarts/", role, "/", i);
+      const std::string key = KeyOf(role, i, "restarts");
       ASSIGN_OR_RETURN(bool has, store.Has(key));
       if (!has) continue;
       ASSIGN_OR_RETURN(auto v, store.Get(key));
       int64_t k = 0;
-      if (absl::SimpleAtoi(v, &k)) restarts[absl::StrCat(role, " ", i)] = k;
+      if (absl::SimpleAtoi(v, &k)) restarts[absl::StrCat(RoleName(role), " ", i)] = k;
     }
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(count("learner", c.learners));
-  RETURN_IF_ERROR(count("rollout", c.rollout_workers));
-  RETURN_IF_ERROR(count("scorer", c.scorers));
+  RETURN_IF_ERROR(count(Role::kLearner, c.learners));
+  RETURN_IF_ERROR(count(Role::kRollout, c.rollout_workers));
+  RETURN_IF_ERROR(count(Role::kScorer, c.scorers));
   const std::string path = (std::filesystem::path(run_dir) / "summary.json").string();
   auto text = ReadFile(path);
   if (!text.ok()) return absl::OkStatus();  // no online stage wrote one
@@ -530,25 +535,24 @@ absl::Status RunRole(const Context& ctx) {
     // Learner 0's own entry is the step loop's "coordinator+learner".
     options.other_processes.push_back(nlohmann::json({{"role", "coordinator+learner"}, {"index", 0}, {"rank", me.rank}}).dump());
     for (int i = 1; i < c.learners; ++i) {
-      ASSIGN_OR_RETURN(auto info, store->Get(absl::StrCat("cluster/info/learner/", i)));
+      ASSIGN_OR_RETURN(auto info, store->Get(KeyOf(Role::kLearner, i, "info")));
       options.other_processes.push_back(info);
     }
-    // The address book: every serving role's address, as it published it.
-    std::vector<std::string> overrides, rollout;
-    for (int i = 0; i < c.rollout_workers; ++i) {
-      ASSIGN_OR_RETURN(auto a, store->Get(absl::StrCat("cluster/rollout/", i)));
-      rollout.push_back(a);
-      ASSIGN_OR_RETURN(auto info, store->Get(absl::StrCat("cluster/info/rollout/", i)));
-      options.other_processes.push_back(info);
-    }
+    // The address book: every serving role's address, as it published it (and what it says of itself).
+    auto addresses = [&](Role role, int64_t n) -> absl::StatusOr<std::vector<std::string>> {
+      std::vector<std::string> out;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSIGN_OR_RETURN(auto a, store->Get(KeyOf(role, i)));
+        out.push_back(a);
+        ASSIGN_OR_RETURN(auto info, store->Get(KeyOf(role, i, "info")));
+        options.other_processes.push_back(info);
+      }
+      return out;
+    };
+    std::vector<std::string> overrides;
+    ASSIGN_OR_RETURN(const auto rollout, addresses(Role::kRollout, c.rollout_workers));
     if (!rollout.empty()) overrides.push_back("roles.rollout_addresses=[" + absl::StrJoin(rollout, ", ") + "]");
-    std::vector<std::string> scorers;
-    for (int i = 0; i < c.scorers; ++i) {
-      ASSIGN_OR_RETURN(auto a, store->Get(absl::StrCat("cluster/scorer/", i)));
-      scorers.push_back(a);
-      ASSIGN_OR_RETURN(auto info, store->Get(absl::StrCat("cluster/info/scorer/", i)));
-      options.other_processes.push_back(info);
-    }
+    ASSIGN_OR_RETURN(const auto scorers, addresses(Role::kScorer, c.scorers));
     if (!scorers.empty()) {
       overrides.push_back("roles.scorer_address=");
       overrides.push_back("roles.scorer_addresses=[" + absl::StrJoin(scorers, ", ") + "]");

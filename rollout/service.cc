@@ -32,9 +32,6 @@ torch::ScalarType TorchType(DType d) {
     default: return torch::kFloat32;
   }
 }
-}  // namespace
-
-namespace {
 
 // What a rollout worker exports (its process's /metrics): requests and their latency, tokens generated,
 // prompts waiting for the model, and the KV cache in use.

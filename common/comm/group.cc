@@ -13,6 +13,7 @@
 #endif
 
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -121,34 +122,31 @@ class TcpStore : public Store {
   }
   absl::StatusOr<std::string> Get(const std::string& key) override {
     std::string out;
-    auto st = GuardExceptions("store get", [&]() -> absl::Status {
-      try {
-        auto v = store_->get(key);
-        out.assign(v.begin(), v.end());
-      } catch (const std::exception& e) {
-        return CollectiveError("store get", e);
-      }
-      return absl::OkStatus();
-    });
-    RETURN_IF_ERROR(st);
+    RETURN_IF_ERROR(Call("store get", [&] {
+      auto v = store_->get(key);
+      out.assign(v.begin(), v.end());
+    }));
     return out;
   }
   absl::StatusOr<bool> Has(const std::string& key) override {
     bool has = false;
-    auto st = GuardExceptions("store check", [&]() -> absl::Status {
-      try {
-        has = store_->check({key});
-      } catch (const std::exception& e) {
-        return CollectiveError("store check", e);
-      }
-      return absl::OkStatus();
-    });
-    RETURN_IF_ERROR(st);
+    RETURN_IF_ERROR(Call("store check", [&] { has = store_->check({key}); }));
     return has;
   }
   c10::intrusive_ptr<c10d::Store> raw() const { return store_; }
 
  private:
+  // `fn` on the store: a failure (the store gone, a timeout) as CollectiveError says it.
+  static absl::Status Call(const char* what, const std::function<void()>& fn) {
+    return GuardExceptions(what, [&]() -> absl::Status {
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        return CollectiveError(what, e);
+      }
+      return absl::OkStatus();
+    });
+  }
   c10::intrusive_ptr<c10d::TCPStore> store_;
   std::string host_;
 };
