@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
     RpcConfig rpc;
     rpc.deadline_seconds = 600;
     auto server = RpcServer::Start(rpc, {"127.0.0.1:0", "scorer", nullptr}, {&svc}).value();
-    auto stub = ::rlhf::Scorer::NewStub(MakeChannel(rpc, "127.0.0.1:" + std::to_string(server->port())));
+    auto stub = ::rlhf::Scorer::NewStub(MakeChannel(rpc, "127.0.0.1:" + std::to_string(server->port())).value());
     ScoreRequest req;
     req.set_want_ref_logprobs(!rm);
     for (const auto& s : samples) *req.add_samples() = s;

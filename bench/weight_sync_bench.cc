@@ -217,7 +217,7 @@ Figures Sender(const Plan& p, model::TransformerImpl& learner, const std::string
     for (int r = 1; r <= p.workers; ++r) {
       auto port = store->Get("bench/grpc/" + std::to_string(r));
       Die(port.status(), "store");
-      stubs.push_back(Rollout::NewStub(MakeChannel(rpc, "127.0.0.1:" + *port)));
+      stubs.push_back(Rollout::NewStub(MakeChannel(rpc, "127.0.0.1:" + *port).value()));
     }
     int64_t version = 0;
     f.grpc = bench::BestOf(p.repeats, [&] {

@@ -40,6 +40,7 @@
 #include "cli/serve.h"
 #include "common/comm/group.h"
 #include "common/file.h"
+#include "common/net.h"
 #include "common/metrics.h"
 #include "common/runtime.h"
 #include "trainer/pipeline/pipeline.h"
@@ -199,7 +200,7 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& whe
 std::string AdvertiseHost(const ClusterConfig& c, const std::string& store_host) {
   if (!c.advertise_host.empty()) return c.advertise_host;
   if (const char* ip = Env("POD_IP")) return ip;
-  return comm::IsLoopbackHost(store_host) ? "127.0.0.1" : comm::HostName();
+  return IsLoopbackHost(store_host) ? "127.0.0.1" : comm::HostName();
 }
 
 // ---- the supervisor -------------------------------------------------------------------------------------------

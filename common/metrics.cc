@@ -166,9 +166,12 @@ class MetricsHttpServer {
       std::string path = line.substr(4, line.find(' ', 4) - 4);
       if (path == "/metrics" || path.rfind("/metrics?", 0) == 0) {
         body = body_();
+      } else if (path == "/healthz") {  // for probes that cannot speak gRPC with TLS and a token
+        type = "text/plain; charset=utf-8";
+        body = "ok\n";
       } else {
         status = "404 Not Found";
-        body = "metrics are at /metrics\n";
+        body = "metrics are at /metrics, liveness at /healthz\n";
       }
     }
     std::string head = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,

@@ -1,14 +1,22 @@
 #include "common/rpc.h"
 
 #include <grpcpp/create_channel.h>
-
-#include <algorithm>
-#include <unistd.h>
+#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
+#include <grpcpp/support/client_interceptor.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <tuple>
+
+#include "absl/strings/ascii.h"
+#include "common/file.h"
 #include "common/metrics.h"
+#include "common/net.h"
 #include "common/version.h"
 #include "rlhf/health.grpc.pb.h"
 
@@ -26,6 +34,25 @@ const config::Section<RpcConfig>& RpcConfig::Spec() {
            config::AtLeast(1));
     s->Add("keepalive_timeout_seconds", &RpcConfig::keepalive_timeout_seconds,
            "a keepalive ping unanswered this long closes the connection, seconds", config::AtLeast(0.1));
+    s->Add("tls_cert_file", &RpcConfig::tls_cert_file,
+           "PEM certificate (chain) this process presents: every server's, and clients' under tls_mutual; setting it "
+           "(or tls_ca_file) turns TLS on for every server and channel; \"\" = no TLS");
+    s->Add("tls_key_file", &RpcConfig::tls_key_file, "PEM private key of tls_cert_file");
+    s->Add("tls_ca_file", &RpcConfig::tls_ca_file,
+           "PEM CA bundle clients verify servers' certificates with (and servers clients' under tls_mutual); "
+           "\"\" = the system's roots");
+    s->Add("tls_mutual", &RpcConfig::tls_mutual,
+           "mutual TLS: servers require a client certificate signed by tls_ca_file, clients present tls_cert_file");
+    s->Add("tls_server_name", &RpcConfig::tls_server_name,
+           "name clients expect in servers' certificates when it differs from the host they dial (e.g. a certificate "
+           "for rlhf.internal reached by IP); \"\" = the host dialled");
+    s->Add("token_file", &RpcConfig::token_file,
+           "file holding the bearer token: every call carries it, every server checks it before any handler runs "
+           "(UNAUTHENTICATED otherwise); without TLS only loopback servers may check one; \"\" = no token. The "
+           "token itself never appears in the config, a log line or a process list");
+    s->Add("insecure", &RpcConfig::insecure,
+           "allow servers on, and channels to, non-loopback hosts without TLS and a token (anyone who reaches them "
+           "can push weights and run code rewards); the log says so");
     return s;
   }();
   return *s;
@@ -84,12 +111,165 @@ void ApplyLimits(const RpcConfig& c, grpc::ChannelArguments* args) {
   args->SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
 }
 
-// Where TLS / token auth will plug in: every server and channel takes its credentials from here.
-std::shared_ptr<grpc::ServerCredentials> ServerCredentialsFor(const RpcConfig&) {
-  return grpc::InsecureServerCredentials();
+// The security material of a config, read from its files.
+struct Material {
+  std::string cert, key, ca;  // PEM
+  std::string token;          // "" = none
+};
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const std::string& key) {
+  auto pem = ReadFile(path);
+  if (!pem.ok()) return absl::Status(pem.status().code(), absl::StrCat(key, ": ", pem.status().message()));
+  if (pem->find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(key, " '", path, "' is not a PEM file (no -----BEGIN line)"));
+  }
+  return pem;
 }
-std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(const RpcConfig&) {
-  return grpc::InsecureChannelCredentials();
+
+absl::StatusOr<Material> LoadMaterial(const RpcConfig& c) {
+  Material m;
+  for (auto [path, key, pem] : {std::make_tuple(&c.tls_cert_file, "rpc.tls_cert_file", &m.cert),
+                                 std::make_tuple(&c.tls_key_file, "rpc.tls_key_file", &m.key),
+                                 std::make_tuple(&c.tls_ca_file, "rpc.tls_ca_file", &m.ca)}) {
+    if (path->empty()) continue;
+    ASSIGN_OR_RETURN(*pem, ReadPem(*path, key));
+  }
+  if (m.cert.empty() != m.key.empty()) {
+    return absl::InvalidArgumentError("rpc.tls_cert_file and rpc.tls_key_file go together: set both or neither");
+  }
+  if (c.tls_mutual && (m.ca.empty() || m.cert.empty())) {
+    return absl::InvalidArgumentError(
+        "rpc.tls_mutual needs rpc.tls_ca_file (to verify peers) and rpc.tls_cert_file / rpc.tls_key_file (to be verified)");
+  }
+  if (!c.token_file.empty()) {
+    auto t = ReadFile(c.token_file);
+    if (!t.ok()) return absl::Status(t.status().code(), absl::StrCat("rpc.token_file: ", t.status().message()));
+    m.token = std::string(absl::StripAsciiWhitespace(*t));
+    // Never quote the file's content in an error: it is the secret.
+    if (m.token.empty()) return absl::InvalidArgumentError(absl::StrCat("rpc.token_file '", c.token_file, "' is empty"));
+    for (unsigned char ch : m.token) {
+      if (ch < 0x21 || ch > 0x7e) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rpc.token_file '", c.token_file, "': the token must be printable ASCII without spaces (e.g. `openssl rand -hex 32`)"));
+      }
+    }
+    struct stat st {};
+    static std::atomic<bool> warned{false};
+    if (stat(c.token_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0 && !warned.exchange(true)) {
+      spdlog::warn("rpc.token_file '{}' can be read by other users of this machine (chmod 600 it)", c.token_file);
+    }
+  }
+  return m;
+}
+
+bool SameSecret(const std::string& a, const std::string& b) {  // in time independent of where they differ
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+constexpr char kAuthorization[] = "authorization";
+
+// Checks the bearer token of every call before any handler runs (the server's auth filter calls it).
+class TokenProcessor final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit TokenProcessor(const std::string& token)
+      : expected_("Bearer " + token),
+        refused_(Metrics::Process().Counter("rlhf_rpc_unauthenticated_total",
+                                            "gRPC calls refused before any handler ran: no or a wrong bearer token")) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& metadata, grpc::AuthContext*, OutputMetadata* consumed,
+                       OutputMetadata*) override {
+    auto it = metadata.find(kAuthorization);
+    if (it == metadata.end() || !SameSecret(std::string(it->second.data(), it->second.size()), expected_)) {
+      refused_.Increment();
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          it == metadata.end() ? "no bearer token (set rpc.token_file)" : "wrong bearer token");
+    }
+    consumed->insert({kAuthorization, std::string(it->second.data(), it->second.size())});
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string expected_;
+  prometheus::Counter& refused_;
+};
+
+// Adds the bearer token to every call of a channel.
+class TokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit TokenInterceptor(const std::string* header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
+    if (m->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      m->GetSendInitialMetadata()->insert({kAuthorization, *header_});
+    }
+    m->Proceed();
+  }
+
+ private:
+  const std::string* header_;
+};
+
+class TokenInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(const std::string& token) : header_("Bearer " + token) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new TokenInterceptor(&header_);
+  }
+
+ private:
+  const std::string header_;
+};
+
+// A non-loopback `host` needs TLS plus a token or mutual TLS, unless rpc.insecure.
+absl::Status CheckExposure(const RpcConfig& c, const Material& m, const std::string& address, bool server) {
+  const std::string host = HostOfAddress(address);
+  if (IsLoopbackHost(host)) return absl::OkStatus();
+  const bool guarded = c.tls() && (!m.token.empty() || c.tls_mutual);
+  if (guarded) return absl::OkStatus();
+  if (!c.tls() && !m.token.empty()) {  // the token would cross the network in clear, unchecked
+    return absl::FailedPreconditionError(absl::StrCat(
+        server ? "serving on " : "a channel to ", address,
+        ": a bearer token without TLS is only used on loopback (it would travel in clear); set rpc.tls_cert_file, "
+        "rpc.tls_key_file and rpc.tls_ca_file, or use a 127.0.0.1 address"));
+  }
+  if (!c.insecure) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        server ? "serving on " : "a channel to ", address, " (not loopback) without ",
+        c.tls() ? "a token (rpc.token_file) or mutual TLS" : "TLS and a token",
+        ": anyone who reaches it could push weights or run code. Set rpc.tls_cert_file, rpc.tls_key_file, "
+        "rpc.tls_ca_file and rpc.token_file, bind 127.0.0.1, or say rpc.insecure: true"));
+  }
+  if (server) {
+    spdlog::warn("rpc.insecure: serving {} without {}: anyone who reaches it can push weights and run code rewards",
+                 address, c.tls() ? "a token" : "TLS and a token");
+  }
+  return absl::OkStatus();
+}
+
+// Every server takes its credentials from here.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(const RpcConfig& c, const Material& m,
+                                                                              const std::string& address) {
+  RETURN_IF_ERROR(CheckExposure(c, m, address, true));
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (c.tls()) {
+    if (m.cert.empty()) {
+      return absl::InvalidArgumentError("a TLS server needs rpc.tls_cert_file and rpc.tls_key_file");
+    }
+    grpc::SslServerCredentialsOptions o(c.tls_mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                     : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    o.pem_root_certs = m.ca;
+    o.pem_key_cert_pairs.push_back({m.key, m.cert});
+    creds = grpc::SslServerCredentials(o);
+  } else if (!m.token.empty()) {
+    // Plaintext on loopback; local credentials (only loopback peers) are what lets the token be checked.
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
+  } else {
+    return grpc::InsecureServerCredentials();
+  }
+  if (!m.token.empty()) creds->SetAuthMetadataProcessor(std::make_shared<TokenProcessor>(m.token));
+  return creds;
 }
 }  // namespace
 
@@ -101,7 +281,9 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(const RpcConfig& con
   grpc::ServerBuilder builder;
   int port = 0;
   if (!options.address.empty()) {
-    builder.AddListeningPort(options.address, ServerCredentialsFor(config), &port);
+    ASSIGN_OR_RETURN(const Material m, LoadMaterial(config));
+    ASSIGN_OR_RETURN(auto creds, ServerCredentialsFor(config, m, options.address));
+    builder.AddListeningPort(options.address, creds, &port);
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
@@ -141,14 +323,30 @@ void RpcServer::Shutdown(std::chrono::milliseconds grace) {
   server_->Wait();
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const RpcConfig& config, const std::string& target) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const RpcConfig& config, const std::string& target) {
+  ASSIGN_OR_RETURN(const Material m, LoadMaterial(config));
+  RETURN_IF_ERROR(CheckExposure(config, m, target, false));
   grpc::ChannelArguments args;
   ApplyLimits(config, &args);
   // A peer that comes back (a restarted worker) is reached within a second, not after gRPC's default
   // reconnect backoff of up to two minutes.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(target, ChannelCredentialsFor(config), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (config.tls()) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = m.ca;
+    if (config.tls_mutual) {
+      o.pem_private_key = m.key;
+      o.pem_cert_chain = m.cert;
+    }
+    creds = grpc::SslCredentials(o);
+    if (!config.tls_server_name.empty()) args.SetSslTargetNameOverride(config.tls_server_name);
+  }
+  if (m.token.empty()) return grpc::CreateCustomChannel(target, creds, args);
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<TokenInterceptorFactory>(m.token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, creds, args, std::move(interceptors));
 }
 
 absl::StatusOr<HealthInfo> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const RpcConfig& config,

@@ -1,5 +1,16 @@
-// The one place that builds gRPC servers and client channels, so that limits, deadlines, keepalive and
-// (later) TLS and bearer-token auth are set in one spot for every role.
+// The one place that builds gRPC servers and client channels, so that limits, deadlines, keepalive, TLS
+// and bearer-token auth are set in one spot for every role.
+//
+// Security (rpc.* keys, material read from files, never from the config itself):
+//   - TLS is on when rpc.tls_cert_file or rpc.tls_ca_file is set: servers present tls_cert_file/tls_key_file,
+//     clients verify them against tls_ca_file (the system's roots when empty); with rpc.tls_mutual servers
+//     also require a client certificate signed by tls_ca_file, and clients present their own certificate.
+//   - rpc.token_file: every call carries "authorization: Bearer <token>" and every server checks it in an
+//     AuthMetadataProcessor before any handler runs (UNAUTHENTICATED otherwise, counted in
+//     rlhf_rpc_unauthenticated_total). Without TLS the token is checked on loopback servers only.
+//   - A server on, or a channel to, a host that is not loopback needs TLS and a token (or mutual TLS),
+//     unless rpc.insecure says otherwise (then the log says so).
+//   - In-process channels (the embedded single-process mode) carry no credentials: same address space.
 //
 // Every server gets the rlhf.Health service (role, serving flag, build version, policy version).
 // Thread-safety: RpcServer is safe to use from any thread; Shutdown() is idempotent.
@@ -27,6 +38,14 @@ struct RpcConfig {
   double deadline_seconds = 60.0;        // default deadline of a client call
   double keepalive_seconds = 30.0;       // interval of keepalive pings on idle connections
   double keepalive_timeout_seconds = 10.0;  // a ping unanswered this long closes the connection
+  std::string tls_cert_file;  // PEM certificate (chain) this process presents; "" = no TLS unless tls_ca_file
+  std::string tls_key_file;   // PEM private key of tls_cert_file
+  std::string tls_ca_file;    // PEM CA bundle that verifies peers' certificates; "" = the system's roots
+  bool tls_mutual = false;    // servers require a client certificate signed by tls_ca_file
+  std::string tls_server_name;  // name expected in servers' certificates when it differs from the host dialled
+  std::string token_file;     // file holding the bearer token every call carries and every server checks
+  bool insecure = false;      // allow plaintext / unauthenticated servers and channels beyond loopback
+  bool tls() const { return !tls_cert_file.empty() || !tls_ca_file.empty(); }
   static const config::Section<RpcConfig>& Spec();
 };
 
@@ -48,7 +67,9 @@ class RpcServer {
   };
 
   // Builds and starts a server with `services` (not owned; they must outlive the server) plus Health.
-  // UNAVAILABLE when the address cannot be bound.
+  // UNAVAILABLE when the address cannot be bound; FAILED_PRECONDITION when the address is beyond loopback
+  // without TLS and a token (or mutual TLS) and rpc.insecure is not set; file errors for the TLS or token
+  // material.
   static absl::StatusOr<std::unique_ptr<RpcServer>> Start(const RpcConfig& config, const Options& options,
                                                           const std::vector<grpc::Service*>& services);
   ~RpcServer();
@@ -71,8 +92,10 @@ class RpcServer {
   std::atomic<bool> shut_{false};
 };
 
-// A channel to `target` ("host:port") with the config's limits and keepalive.
-std::shared_ptr<grpc::Channel> MakeChannel(const RpcConfig& config, const std::string& target);
+// A channel to `target` ("host:port") with the config's limits, keepalive, credentials and token.
+// INVALID_ARGUMENT / NOT_FOUND when the TLS or token files cannot be read; FAILED_PRECONDITION when the
+// target is beyond loopback without TLS and rpc.insecure is not set.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const RpcConfig& config, const std::string& target);
 
 // Calls rlhf.Health/Check on `channel`.
 struct HealthInfo {

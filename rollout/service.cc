@@ -447,7 +447,7 @@ const config::Section<RolloutServerConfig>& RolloutServerConfig::Spec() {
     using S = RolloutServerConfig;
     auto* s = new config::Section<S>("rollout");
     s->Add("model", &S::model, "model folder to serve (serve rollout; rlhf train serves its policy)");
-    s->Add("address", &S::address, "host:port of the gRPC server (serve rollout)");
+    s->Add("address", &S::address, "host:port of the gRPC server (rlhf serve rollout); loopback by default: another host needs TLS and a token (rpc.*) or rpc.insecure");
     s->Add("slots", &S::slots, "sequences decoded together", config::AtLeast(1));
     s->Add("capacity", &S::capacity, "KV cache length per sequence (prompt + completion)", config::AtLeast(2));
     s->Add("max_new_tokens", &S::max_new_tokens, "the most new tokens a request may ask for", config::AtLeast(1));

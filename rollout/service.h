@@ -130,7 +130,7 @@ class RolloutService final : public Rollout::Service {
 // The keys of a rollout worker (`rlhf serve rollout`, and the embedded worker of `rlhf train`).
 struct RolloutServerConfig {
   std::string model;                      // model folder to serve (serve rollout; train serves its policy)
-  std::string address = "0.0.0.0:50051";  // host:port to listen on (serve rollout)
+  std::string address = "127.0.0.1:50051";  // host:port to listen on (serve rollout; loopback unless told)
   int64_t slots = 16;                     // sequences decoded together
   int64_t capacity = 1024;                // KV cache length per sequence (prompt + completion)
   int64_t max_new_tokens = 1024;          // the most a request may ask for

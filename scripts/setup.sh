@@ -18,6 +18,8 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   # independent references used by the tests
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-jinja2
+  # test certificates (TLS, mutual TLS) and the sandbox tests' namespace tools
+  openssl util-linux
   # promtool checks the metrics we expose and the Prometheus config in deploy/
   prometheus
 )

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/net.h"
 
 namespace rlhf::comm {
 
@@ -66,10 +67,6 @@ absl::StatusOr<int> EnvInt(const char* name) {
 
 bool UnderMpirun() { return Env("OMPI_COMM_WORLD_SIZE") || Env("PMI_SIZE") || Env("PMIX_RANK"); }
 
-
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
-}
 
 std::string Hostname() {
   char buf[256] = {0};
@@ -403,7 +400,7 @@ absl::StatusOr<c10::intrusive_ptr<c10d::ProcessGroup>> MakeProcessGroup(const c1
 }  // namespace
 
 std::string DefaultInterface(const std::string& store_host) {
-  return IsLoopback(store_host) ? "127.0.0.1" : Hostname();
+  return IsLoopbackHost(store_host) ? "127.0.0.1" : Hostname();
 }
 std::string HostName() { return Hostname(); }
 std::string DefaultBackend() {
@@ -413,8 +410,6 @@ std::string DefaultBackend() {
   return "gloo";
 #endif
 }
-bool IsLoopbackHost(const std::string& host) { return IsLoopback(host); }
-
 absl::StatusOr<std::shared_ptr<Store>> Store::Host(const std::string& bind_host, int port, double timeout_seconds) {
   return OpenStore(bind_host, port, true, timeout_seconds);
 }
@@ -510,7 +505,7 @@ absl::StatusOr<std::shared_ptr<Group>> Group::Create(const DistConfig& config) {
   std::string backend = config.backend;
   if (backend == "auto") backend = DefaultBackend();
   std::string bind = config.interface_addr;
-  if (backend == "gloo" && bind.empty() && IsLoopback(addr)) bind = "127.0.0.1";
+  if (backend == "gloo" && bind.empty() && IsLoopbackHost(addr)) bind = "127.0.0.1";
   ASSIGN_OR_RETURN(auto pg, MakeProcessGroup(static_cast<TcpStore&>(*store).raw(), "rlhf/dp", w.rank, w.size,
                                              backend, timeout, bind));
   spdlog::info("rank {}/{} joined the {} group (bootstrap {}, rendezvous {}:{})", w.rank, w.size, backend, w.method,

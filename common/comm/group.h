@@ -75,8 +75,6 @@ std::string DefaultInterface(const std::string& store_host);
 std::string DefaultBackend();
 // This host's name when it resolves, else loopback.
 std::string HostName();
-// True for localhost, 127.x.x.x and ::1.
-bool IsLoopbackHost(const std::string& host);
 
 // A collective in flight.
 class Work {

@@ -77,7 +77,10 @@ absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, co
     r->rollout_.push_back(r->rollout_server_->InProcessChannel());
     spdlog::info("embedded rollout worker: {} slots, capacity {}", rc.slots, rc.capacity);
   } else {
-    for (const auto& a : roles.rollout_addresses) r->rollout_.push_back(MakeChannel(r->rpc_, a));
+    for (const auto& a : roles.rollout_addresses) {
+      ASSIGN_OR_RETURN(auto channel, MakeChannel(r->rpc_, a));
+      r->rollout_.push_back(std::move(channel));
+    }
   }
   if (roles.scorers().empty()) {
     ASSIGN_OR_RETURN(auto scorer, scoring::Scorer::Create(reward ? *reward : scoring::RewardConfig::Spec().Read(config)));
@@ -89,7 +92,10 @@ absl::StatusOr<std::unique_ptr<Roles>> Roles::Start(const RolesConfig& roles, co
     r->scorer_.push_back(r->scorer_server_->InProcessChannel());
     spdlog::info("embedded scorer: {}", sources);
   } else {
-    for (const auto& a : roles.scorers()) r->scorer_.push_back(MakeChannel(r->rpc_, a));
+    for (const auto& a : roles.scorers()) {
+      ASSIGN_OR_RETURN(auto channel, MakeChannel(r->rpc_, a));
+      r->scorer_.push_back(std::move(channel));
+    }
   }
   return r;
 }

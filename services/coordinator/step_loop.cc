@@ -284,7 +284,8 @@ absl::StatusOr<std::string> RunStepLoop(const StepLoopOptions& o, Roles& roles, 
       }
     }
     if (o.learner_label != "embedded") {
-      all.push_back(ProcessEntry("learner", 0, o.learner_label, MakeChannel(rpc, o.learner_label), rpc));
+      ASSIGN_OR_RETURN(auto channel, MakeChannel(rpc, o.learner_label));
+      all.push_back(ProcessEntry("learner", 0, o.learner_label, channel, rpc));
     }
     // What the launcher knows (ranks, learner ranks above 0): merged into the entry of the same role and
     // index, added where there is none.

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/metrics.h"
+#include "common/net.h"
 
 namespace rlhf::coordinator {
 
@@ -71,7 +72,7 @@ std::string AdvertisedStoreHost(const WeightsConfig& config, const std::vector<s
   for (const auto& a : addresses) {
     const auto colon = a.rfind(':');
     const std::string host = colon == std::string::npos ? a : a.substr(0, colon);
-    if (!host.empty() && !comm::IsLoopbackHost(host)) return comm::HostName();
+    if (!host.empty() && !IsLoopbackHost(host)) return comm::HostName();
   }
   return "127.0.0.1";
 }

@@ -14,7 +14,7 @@ const config::Section<ScorerServiceConfig>& ScorerServiceConfig::Spec() {
   static const auto* s = [] {
     using S = ScorerServiceConfig;
     auto* s = new config::Section<S>("scorer");
-    s->Add("address", &S::address, "host:port of the gRPC server");
+    s->Add("address", &S::address, "host:port of the gRPC server (rlhf serve scorer); loopback by default: another host needs TLS and a token (rpc.*) or rpc.insecure");
     s->Add("max_batch_tokens", &S::max_batch_tokens, "tokens of the samples merged into one scoring batch",
            config::AtLeast(1));
     s->Add("max_wait_ms", &S::max_wait_ms, "how long the first request of a batch waits for others", config::AtLeast(0));

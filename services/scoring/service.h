@@ -24,7 +24,7 @@
 namespace rlhf::scoring {
 
 struct ScorerServiceConfig {
-  std::string address = "0.0.0.0:50052";  // host:port of the gRPC server
+  std::string address = "127.0.0.1:50052";  // host:port of the gRPC server (loopback unless told)
   int64_t max_batch_tokens = 16384;       // tokens of the samples merged into one scoring batch
   double max_wait_ms = 5;                 // how long the first request of a batch waits for company
   int64_t max_queue_samples = 1024;       // queued samples beyond which requests get RESOURCE_EXHAUSTED

@@ -77,6 +77,11 @@ TEST(Metrics, ServedOverHttpInPrometheusFormat) {
   EXPECT_NE(body.find("rlhf_test_requests_total{role=\"test\"} 3"), std::string::npos) << body;
   EXPECT_NE(body.find("rlhf_test_policy_version 7"), std::string::npos) << body;
   EXPECT_NE(body.find("rlhf_test_step_duration_seconds_bucket{le=\"1\"} 1"), std::string::npos) << body;
+  // Probes that cannot speak gRPC with TLS and a token ask /healthz; nothing secret in it.
+  const std::string health = HttpGet(*port, "/healthz");
+  EXPECT_NE(health.find("200 OK"), std::string::npos) << health;
+  EXPECT_NE(health.find("\r\n\r\nok\n"), std::string::npos) << health;
+  EXPECT_NE(HttpGet(*port, "/other").find("404"), std::string::npos);
   EXPECT_EQ(m.Serve("127.0.0.1:0").status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(m.Text().find("rlhf_test_policy_version"), std::string::npos);
 }

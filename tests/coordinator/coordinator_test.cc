@@ -195,7 +195,7 @@ TEST_F(CoordinatorTest, AFailedWorkerAndAStaleVersionAreRecovered) {
   // Worker 0 is a port nobody listens on: its chunk moves to worker 1. Worker 1 holds version 0 and the
   // step needs version 1: it is sent the weights once and the chunk is tried again.
   int pushes = 0;
-  auto dead = MakeChannel(Rpc(), "127.0.0.1:1");
+  auto dead = MakeChannel(Rpc(), "127.0.0.1:1").value();
   RolloutPool pool({dead, rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, Publisher(&pushes));
   ScorerClient scorer(scorer_server_->InProcessChannel(), Rpc(), {3, 0.01});
   auto o = Options(6, 2);
@@ -282,7 +282,7 @@ TEST_F(CoordinatorTest, TwoCallsFindingTheSameStaleWorkerPushItsWeightsOnce) {
     }
     return publish(stub, version);
   };
-  RolloutPool pool({MakeChannel(Rpc(), "127.0.0.1:1"), rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, held);
+  RolloutPool pool({MakeChannel(Rpc(), "127.0.0.1:1").value(), rollout_server_->InProcessChannel()}, Rpc(), {4, 0.01}, held);
   pool.SetLeases({/*prompts=*/3, /*seconds=*/0});
   RolloutPool::Result results[2];
   std::thread other([&] { results[1] = pool.Generate(Prompts(3), Params(), 2, 1); });
@@ -380,7 +380,7 @@ TEST_F(CoordinatorTest, AnExpiredLeaseGoesToAnotherWorkerAndItsLateResultIsRefus
 TEST_F(CoordinatorTest, AnUnreachableScorerStopsTheStepAndKeepsThePrompts) {
   int pushes = 0;
   RolloutPool pool({rollout_server_->InProcessChannel()}, Rpc(), {2, 0.01}, Publisher(&pushes));
-  ScorerClient scorer(MakeChannel(Rpc(), "127.0.0.1:1"), Rpc(), {2, 0.01});
+  ScorerClient scorer(MakeChannel(Rpc(), "127.0.0.1:1").value(), Rpc(), {2, 0.01});
   auto o = Options(4, 2);
   Coordinator c(o, Prompts(8), 1, &pool, &scorer);
   auto b = c.NextBatch(0);
@@ -429,7 +429,7 @@ TEST_F(CoordinatorTest, ScorerReplicasShareTheCallsAndADeadOneIsPassedOver) {
   {
     // The first replica is dead: every call moves to the live one, and nothing is lost.
     const int before = b.calls.load();
-    ScorerClient scorer({MakeChannel(Rpc(), "127.0.0.1:1"), (*sb)->InProcessChannel()}, Rpc(), {3, 0.01}, 4);
+    ScorerClient scorer({MakeChannel(Rpc(), "127.0.0.1:1").value(), (*sb)->InProcessChannel()}, Rpc(), {3, 0.01}, 4);
     Coordinator c(Options(8, 2), Prompts(8), 1, &pool, &scorer);
     auto batch = c.NextBatch(0);
     ASSERT_TRUE(batch.ok()) << batch.status();

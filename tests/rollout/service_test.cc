@@ -81,7 +81,7 @@ TEST(RolloutService, StreamsSamplesWithTheirLogProbs) {
   RolloutService svc(m.get(), nullptr, {}, {{4, 64, true}});
   auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "rollout", [&] { return svc.version(); }}, {&svc});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = Rollout::NewStub(MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())));
+  auto stub = Rollout::NewStub(MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())).value());
   grpc::Status st;
   auto samples = Collect(stub.get(), Request(3, 2, 6), &st);
   ASSERT_TRUE(st.ok()) << st.error_message();
@@ -133,7 +133,7 @@ TEST(RolloutService, WeightsSwapBetweenGroupsWhileAStreamRuns) {
   RolloutService svc(served.get(), nullptr, {}, {{2, 64, true}});  // 2 slots: groups of 2 prompts
   auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "rollout", nullptr}, {&svc});
   ASSERT_TRUE(server.ok());
-  auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port()));
+  auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())).value();
   auto stub = Rollout::NewStub(channel);
   auto pusher = Rollout::NewStub(channel);
   // The push happens at a point of the stream the test chooses, not when the client happens to read: right

@@ -192,7 +192,7 @@ TEST(ScorerService, SixteenConcurrentClientsGetTheirOwnResults) {
   ScorerService svc(std::move(*scorer), sc);
   auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "scorer", nullptr}, {&svc});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port()));
+  auto channel = MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())).value();
   // The expected reply of each request, from the scorer used directly.
   auto direct = Scorer::Create(AllSources());
   ASSERT_TRUE(direct.ok());
@@ -241,7 +241,7 @@ TEST(ScorerService, OverloadAnswersResourceExhaustedAndDeadlinesAreHonoured) {
   ScorerService svc(std::move(*scorer), sc);
   auto server = RpcServer::Start(Rpc(), {"127.0.0.1:0", "scorer", nullptr}, {&svc});
   ASSERT_TRUE(server.ok());
-  auto stub = ::rlhf::Scorer::NewStub(MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())));
+  auto stub = ::rlhf::Scorer::NewStub(MakeChannel(Rpc(), "127.0.0.1:" + std::to_string((*server)->port())).value());
   auto call = [&](int n, double deadline_s) {
     ScoreRequest req;
     for (int i = 0; i < n; ++i) *req.add_samples() = MakeSample(i, 1, "x", "");

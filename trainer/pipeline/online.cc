@@ -148,7 +148,8 @@ absl::Status RunOnlineStage(Pipeline& p, OnlineStage& s) {
       return absl::InvalidArgumentError("roles.learner_address: the coordinator is one process (the learner has the ranks)");
     }
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
-    coordinator::LearnerClient learner(MakeChannel(rpc, roles_cfg.learner_address), rpc, roles_cfg.retry());
+    ASSIGN_OR_RETURN(auto channel, MakeChannel(rpc, roles_cfg.learner_address));
+    coordinator::LearnerClient learner(channel, rpc, roles_cfg.retry());
     return Coordinate(p, s, learner, roles_cfg.learner_address);
   }
   // Embedded: the learner in this process, behind an in-process channel.
