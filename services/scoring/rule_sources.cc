@@ -146,6 +146,10 @@ absl::StatusOr<std::unique_ptr<RewardSource>> MakeCodeSource(const SourceContext
     spdlog::error("reward.code_weight: the code reward is refused on this machine: {}; every sample gets this "
                   "error instead of a code reward, the other sources keep serving",
                   std::string(refusal.message()));
+  } else {
+    spdlog::info("code reward sandbox: own namespaces and read-only root, uid 65534 without capabilities, system-call "
+                 "filter, rlimits; cgroup caps: {}",
+                 probe->cgroups.empty() ? "none here (rlimits only)" : probe->cgroups);
   }
   return std::make_unique<CodeSource>(c.config, limits, refusal);
 }

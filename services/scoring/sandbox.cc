@@ -1,15 +1,22 @@
 #include "services/scoring/sandbox.h"
 
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -17,8 +24,11 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/file.h"
 
 namespace rlhf::scoring {
@@ -28,8 +38,90 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr uid_t kNobody = 65534;
+constexpr char kScratchInside[] = "/sandbox";  // where the scratch directory is inside the sandbox
+
+// The system-call filter (seccomp BPF): calls a solution has no use for fail with EPERM (so that programs
+// report an error rather than die): tracing and reading other processes, mounts and namespaces, kernel
+// keys, BPF, perf, io_uring, modules, clocks, reboot; sockets other than Unix ones; clone with namespace
+// flags (clone3, whose flags the filter cannot read, fails with ENOSYS so that libc falls back to clone).
+// Another architecture's system calls (and x86's x32 ABI) kill the process.
+const sock_fprog* SeccompFilter() {
+  static const std::vector<sock_filter>* program = [] {
+    auto* f = new std::vector<sock_filter>;
+    auto add = [&](sock_filter x) { f->push_back(x); };
+    const uint32_t kErrno = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
+#if defined(__x86_64__)
+    const uint32_t arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+    const uint32_t arch = AUDIT_ARCH_AARCH64;
+#else
+#error "the sandbox's system-call filter knows x86_64 and aarch64"
+#endif
+    add(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+    add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 1, 0));
+    add(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+    add(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+#if defined(__x86_64__)
+    add(BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1));  // the x32 ABI
+    add(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+#endif
+    const long denied[] = {
+      SYS_ptrace, SYS_process_vm_readv, SYS_process_vm_writev, SYS_mount, SYS_umount2, SYS_pivot_root,
+      SYS_chroot, SYS_unshare, SYS_setns, SYS_keyctl, SYS_add_key, SYS_request_key, SYS_bpf, SYS_perf_event_open,
+      SYS_userfaultfd, SYS_kexec_load, SYS_init_module, SYS_finit_module, SYS_delete_module, SYS_reboot,
+      SYS_swapon, SYS_swapoff, SYS_acct, SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime, SYS_adjtimex,
+      SYS_open_by_handle_at, SYS_name_to_handle_at, SYS_quotactl, SYS_syslog, SYS_vhangup, SYS_fanotify_init,
+#ifdef SYS_kexec_file_load
+      SYS_kexec_file_load,
+#endif
+#ifdef SYS_io_uring_setup
+      SYS_io_uring_setup, SYS_io_uring_enter, SYS_io_uring_register,
+#endif
+#ifdef SYS_fsopen
+      SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_fspick, SYS_move_mount, SYS_open_tree,
+#endif
+#if defined(__x86_64__)
+      SYS_iopl, SYS_ioperm,
+#endif
+    };
+    for (long nr : denied) {
+      add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, 1));
+      add(BPF_STMT(BPF_RET | BPF_K, kErrno));
+    }
+#ifdef SYS_clone3
+    add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1));
+    add(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)));
+#endif
+    // clone(flags, ...): no new namespaces (the flags are the first argument on both architectures).
+    const uint32_t ns = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                        CLONE_NEWCGROUP;
+    add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 4));
+    add(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0])));
+    add(BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, ns, 0, 1));
+    add(BPF_STMT(BPF_RET | BPF_K, kErrno));
+    add(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    // socket(domain, ...): Unix sockets only.
+    add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socket, 0, 3));
+    add(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0])));
+    add(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 1, 0));
+    add(BPF_STMT(BPF_RET | BPF_K, kErrno));
+    add(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    return f;
+  }();
+  static const sock_fprog prog{static_cast<unsigned short>(program->size()), const_cast<sock_filter*>(program->data())};
+  return &prog;
+}
 
 std::atomic<UnshareFn> g_unshare{nullptr};  // null: the system call
+
+// One thing the sandbox's root holds, prepared before fork: a read-only bind of a host folder or file it
+// needs (the programs and libraries under /usr, a few device nodes), a symbolic link (/bin -> usr/bin), an
+// empty folder (a mount point or /proc), or the scratch directory (read-write).
+struct RootEntry {
+  enum Kind { kBindDir, kBindFile, kSymlink, kDir, kScratch, kProc } kind;
+  std::string source;  // host path (binds), link target (symlinks)
+  std::string target;  // path under the new root
+};
 
 // What the child needs, prepared before fork: after fork in a multi-threaded process only async-signal-safe
 // calls are made (no allocation), so the child cannot deadlock on a lock another thread held.
@@ -45,6 +137,11 @@ struct ChildPlan {
   int sync_fd = -1;
   UnshareFn unshare_fn = ::unshare;
   SandboxLimits limits;
+  // The sandbox's own root: an empty directory where a tmpfs is mounted and filled with `mounts`.
+  const char* root = nullptr;
+  const RootEntry* entries = nullptr;
+  size_t n_entries = 0;
+  const sock_fprog* seccomp = nullptr;
 };
 
 // Reports a setup failure through the pipe and exits.
@@ -67,55 +164,97 @@ bool WriteProc(const char* path, const char* text) {
   return ok;
 }
 
-// Remounts every mount point of the new mount namespace read-only, except `keep`. Mount points come from
-// /proc/self/mountinfo (5th field), read into a stack buffer.
-void RemountAllReadOnly(int err_fd, const char* keep) {
-  static char buf[1 << 18];
-  int fd = open("/proc/self/mountinfo", O_RDONLY);
-  if (fd < 0) Fail(err_fd, "open /proc/self/mountinfo");
-  size_t len = 0;
-  ssize_t n;
-  while (len < sizeof(buf) - 1 && (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) len += static_cast<size_t>(n);
-  close(fd);
-  buf[len] = 0;
-  char* line = buf;
-  while (line < buf + len) {
-    char* end = strchr(line, '\n');
-    if (end) *end = 0;
-    // Fields: id parent major:minor root mount-point ...
-    char* field = line;
-    for (int i = 0; i < 4 && field; ++i) {
-      field = strchr(field, ' ');
-      if (field) ++field;
-    }
-    if (field) {
-      char* sp = strchr(field, ' ');
-      if (sp) *sp = 0;
-      if (strcmp(field, keep) != 0) {
-        // Keep the flags the parent namespace locked (nosuid, nodev, noexec): try the combinations.
-        static const unsigned long kExtra[] = {0, MS_NOSUID | MS_NODEV, MS_NOSUID | MS_NODEV | MS_NOEXEC, MS_NOSUID,
-                                               MS_NODEV, MS_NOSUID | MS_NOEXEC, MS_NODEV | MS_NOEXEC, MS_NOEXEC};
-        bool done = false;
-        for (unsigned long extra : kExtra) {
-          if (mount(nullptr, field, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | extra, nullptr) == 0) {
-            done = true;
-            break;
-          }
+// Makes the mount at `path` read-only, keeping the flags the parent namespace locked (nosuid, nodev,
+// noexec): the kernel refuses a remount that would drop one, so the combinations are tried.
+bool RemountReadOnly(const char* path, unsigned long more = 0) {
+  static const unsigned long kExtra[] = {0, MS_NOSUID | MS_NODEV, MS_NOSUID | MS_NODEV | MS_NOEXEC, MS_NOSUID,
+                                         MS_NODEV, MS_NOSUID | MS_NOEXEC, MS_NODEV | MS_NOEXEC, MS_NOEXEC};
+  for (unsigned long extra : kExtra) {
+    if (mount(nullptr, path, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | more | extra, nullptr) == 0) return true;
+  }
+  return false;
+}
+
+// Builds the sandbox's root under p.root (a fresh tmpfs, then the entries) and makes it the root: no host file
+// is reachable but the read-only folders the command needs. Runs as root of the first user namespace.
+void BuildRoot(const ChildPlan& p) {
+  const int e = p.err_fd;
+  if (mount("tmpfs", p.root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755") != 0) Fail(e, "mount the root tmpfs");
+  for (size_t i = 0; i < p.n_entries; ++i) {
+    const RootEntry& r = p.entries[i];
+    const char* t = r.target.c_str();
+    switch (r.kind) {
+      case RootEntry::kSymlink:
+        if (symlink(r.source.c_str(), t) != 0) Fail(e, "symlink in the sandbox root");
+        break;
+      case RootEntry::kDir:
+      case RootEntry::kProc:
+        if (mkdir(t, 0755) != 0) Fail(e, "mkdir in the sandbox root");
+        // A procfs of the new pid namespace: only the sandbox's processes. Where the kernel refuses it (a
+        // container whose /proc is partly masked) /proc stays empty: no host process is visible either way.
+        if (r.kind == RootEntry::kProc) (void)mount("proc", t, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+        break;
+      case RootEntry::kBindDir:
+      case RootEntry::kScratch:
+        if (mkdir(t, 0755) != 0) Fail(e, "mkdir in the sandbox root");
+        if (mount(r.source.c_str(), t, nullptr, MS_BIND | MS_REC, nullptr) != 0) Fail(e, "bind a folder into the sandbox");
+        if (r.kind == RootEntry::kBindDir && !RemountReadOnly(t)) Fail(e, "make a bound folder read-only");
+        if (r.kind == RootEntry::kScratch &&
+            mount(nullptr, t, nullptr, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, nullptr) != 0) {
+          Fail(e, "remount the scratch directory nosuid");
         }
-        if (!done && errno != ENOENT && errno != EINVAL) Fail(err_fd, "remount read-only");
+        break;
+      case RootEntry::kBindFile: {
+        int fd = open(t, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) Fail(e, "create a mount point in the sandbox root");
+        close(fd);
+        if (mount(r.source.c_str(), t, nullptr, MS_BIND, nullptr) != 0) Fail(e, "bind a file into the sandbox");
+        if (!RemountReadOnly(t)) Fail(e, "make a bound file read-only");
+        break;
       }
     }
-    if (!end) break;
-    line = end + 1;
   }
+  if (chdir(p.root) != 0) Fail(e, "chdir to the sandbox root");
+  // pivot_root(".", "."): the old root ends up on top of the new one, then is detached.
+  if (syscall(SYS_pivot_root, ".", ".") != 0) Fail(e, "pivot_root");
+  if (umount2(".", MNT_DETACH) != 0) Fail(e, "detach the host's root");
+  if (chdir("/") != 0) Fail(e, "chdir /");
+  if (!RemountReadOnly("/")) Fail(e, "make the sandbox root read-only");
+}
+
+// Maps uid and gid 65534 of a new, nested user namespace to this process's ids (root of the first one): the
+// command runs as an unprivileged user that owns the scratch directory and nothing else, and its capabilities
+// are gone at exec. `proc` is a descriptor of a procfs where this process is visible.
+void BecomeNobody(const ChildPlan& p, int proc) {
+  const int e = p.err_fd;
+  // The set*id calls so far made this process non-dumpable, which gives its /proc files to the host's root:
+  // dumpable again, it may write its own id maps.
+  if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0) Fail(e, "set dumpable");
+  if (p.unshare_fn(CLONE_NEWUSER) != 0) Fail(e, "unshare(nested user namespace)");
+  auto write_at = [&](const char* path, const char* text) {
+    int fd = openat(proc, path, O_WRONLY | O_CLOEXEC);
+    const ssize_t len = static_cast<ssize_t>(strlen(text));
+    const bool ok = fd >= 0 && write(fd, text, static_cast<size_t>(len)) == len;
+    if (fd >= 0) close(fd);
+    if (!ok) Fail(e, path);
+  };
+  write_at("self/setgroups", "deny");
+  write_at("self/uid_map", "65534 0 1\n");
+  write_at("self/gid_map", "65534 0 1\n");
+  if (setresgid(kNobody, kNobody, kNobody) != 0 || setresuid(kNobody, kNobody, kNobody) != 0) {
+    Fail(e, "become the unprivileged sandbox user");
+  }
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) Fail(e, "set non-dumpable");
 }
 
 // The namespace owner: new user (root inside = nobody outside), net, mount, pid, ipc and uts namespaces;
-// read-only mounts but the scratch directory; then the command as pid 1 of the new pid namespace.
+// then pid 1 of the new pid namespace builds the sandbox's own root, drops to an unprivileged user, takes
+// the limits and the system-call filter, and runs the command.
 [[noreturn]] void Child(const ChildPlan& p) {
   const int e = p.err_fd;
   if (p.unshare_fn(CLONE_NEWUSER) != 0) Fail(e, "unshare(user namespace)");
-  // Only a process of the parent namespace may map root inside to "nobody" outside: ask the parent.
+  // Only a process of the parent namespace may map root inside to "nobody" outside: ask the parent (it also
+  // puts this process into the sandbox's cgroups, where it can).
   char c = 0;
   if (send(p.sync_fd, "r", 1, MSG_NOSIGNAL) != 1 || read(p.sync_fd, &c, 1) != 1 || c != 'g') {
     errno = EPERM;
@@ -126,8 +265,6 @@ void RemountAllReadOnly(int err_fd, const char* keep) {
     Fail(e, "unshare(net, mount, pid namespaces)");
   }
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) Fail(e, "make mounts private");
-  if (mount(p.scratch, p.scratch, nullptr, MS_BIND, nullptr) != 0) Fail(e, "bind the scratch directory");
-  RemountAllReadOnly(e, p.scratch);
   pid_t init = fork();
   if (init < 0) Fail(e, "fork");
   if (init > 0) {  // pass the status of the namespace's init on
@@ -141,6 +278,11 @@ void RemountAllReadOnly(int err_fd, const char* keep) {
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 125);
   }
   // pid 1 of the new namespace: when it ends, every process it started ends too.
+  const int proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);  // the host's procfs, for the id maps
+  if (proc < 0) Fail(e, "open /proc");
+  BuildRoot(p);
+  BecomeNobody(p, proc);
+  close(proc);
   auto limit = [&](int res, rlim_t v) {
     struct rlimit r {
       v, v
@@ -153,32 +295,151 @@ void RemountAllReadOnly(int err_fd, const char* keep) {
   limit(RLIMIT_NPROC, static_cast<rlim_t>(p.limits.max_processes));
   limit(RLIMIT_NOFILE, 64);
   limit(RLIMIT_CORE, 0);
-  if (chdir(p.scratch) != 0) Fail(e, "chdir scratch");
-  int out = open(p.output, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (chdir(kScratchInside) != 0) Fail(e, "chdir scratch");
+  int out = open(p.output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (out < 0) Fail(e, "open the output file");
   dup2(out, 1);
   dup2(out, 2);
-  close(out);
   int devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) dup2(devnull, 0);
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(e, "no_new_privs");
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, p.seccomp) != 0) Fail(e, "install the system-call filter");
   execle("/bin/sh", "sh", "-c", p.command, static_cast<char*>(nullptr), const_cast<char* const*>(p.env));
   Fail(e, "exec /bin/sh");
 }
 
 }  // namespace
 
+namespace {
+
+// What the sandbox's root holds: the programs and libraries (read-only), the loader's cache, four device
+// nodes, a fresh /proc, the scratch directory at /sandbox (and /tmp pointing there). Nothing else of the host.
+std::vector<RootEntry> RootEntries(const std::string& root, const std::string& scratch) {
+  std::vector<RootEntry> v;
+  struct stat st {};
+  auto add_path = [&](const std::string& path) {
+    if (lstat(path.c_str(), &st) != 0) return;
+    if (S_ISLNK(st.st_mode)) {
+      std::error_code ec;
+      const auto target = fs::read_symlink(path, ec);
+      if (!ec) v.push_back({RootEntry::kSymlink, target.string(), root + path});
+    } else if (S_ISDIR(st.st_mode)) {
+      v.push_back({RootEntry::kBindDir, path, root + path});
+    } else {
+      v.push_back({RootEntry::kBindFile, path, root + path});
+    }
+  };
+  for (const char* dir : {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"}) add_path(dir);
+  v.push_back({RootEntry::kDir, "", root + "/etc"});
+  for (const char* path : {"/etc/ld.so.cache", "/etc/alternatives"}) add_path(path);
+  v.push_back({RootEntry::kDir, "", root + "/dev"});
+  for (const char* dev : {"/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"}) add_path(dev);
+  v.push_back({RootEntry::kProc, "", root + "/proc"});
+  v.push_back({RootEntry::kScratch, scratch, root + kScratchInside});
+  v.push_back({RootEntry::kSymlink, kScratchInside, root + "/tmp"});
+  return v;
+}
+
+// The sandbox's memory and process caps as cgroups, where this process may make them: a child of its own
+// cgroup in each cgroup v1 hierarchy of the memory and pids controllers, or in the v2 hierarchy when it
+// delegates them. Best effort: where none can be made the rlimits alone hold the command.
+class Cgroups {
+ public:
+  Cgroups(const SandboxLimits& limits, const std::string& name) {
+    const std::string mountinfo = ReadFile("/proc/self/mountinfo").value_or("");
+    const std::string self = ReadFile("/proc/self/cgroup").value_or("");
+    for (absl::string_view line : absl::StrSplit(mountinfo, '\n')) {
+      // id parent major:minor root mount-point options [optional...] - fstype source super-options
+      std::vector<std::string> f = absl::StrSplit(line, ' ');
+      auto dash = std::find(f.begin(), f.end(), "-");
+      if (f.size() < 5 || dash == f.end() || dash + 3 >= f.end() + 1) continue;
+      const std::string fstype = *(dash + 1), super = dash + 3 < f.end() ? *(dash + 3) : "";
+      std::vector<std::pair<std::string, std::string>> files;  // controller file -> value
+      std::string hierarchy;                                   // its line in /proc/self/cgroup: "N:<this>:path"
+      if (fstype == "cgroup") {
+        std::vector<std::string> opts = absl::StrSplit(super, ',');
+        for (const std::string c : {"memory", "pids"}) {
+          if (std::find(opts.begin(), opts.end(), c) == opts.end()) continue;
+          hierarchy = c;
+          if (c == "memory") files.push_back({"memory.limit_in_bytes", std::to_string(limits.memory_mb << 20)});
+          if (c == "pids") files.push_back({"pids.max", std::to_string(limits.max_processes + 2)});
+        }
+        if (files.size() != 1) continue;  // a hierarchy of both, or of neither: leave it alone
+      } else if (fstype == "cgroup2") {
+        files = {{"memory.max", std::to_string(limits.memory_mb << 20)},
+                 {"pids.max", std::to_string(limits.max_processes + 2)}};
+      } else {
+        continue;
+      }
+      std::string path;  // of this process in that hierarchy, relative to the hierarchy's root
+      for (absl::string_view l : absl::StrSplit(self, '\n')) {
+        std::vector<std::string> g = absl::StrSplit(l, absl::MaxSplits(':', 2));
+        if (g.size() != 3) continue;
+        std::vector<std::string> names = absl::StrSplit(g[1], ',');
+        const bool match = fstype == "cgroup2" ? g[0] == "0" && g[1].empty()
+                                               : std::find(names.begin(), names.end(), hierarchy) != names.end();
+        if (match) path = g[2];
+      }
+      const std::string& root = f[3];
+      if (root != "/" && path.rfind(root, 0) == 0) path = path.substr(root.size());
+      const std::string dir = f[4] + (path == "/" ? "" : path) + "/" + name;
+      if (mkdir(dir.c_str(), 0700) != 0) continue;
+      bool capped = false;
+      for (const auto& [file, value] : files) {
+        if (WriteFileAtomic(dir + "/" + file, value).ok() || WriteProc((dir + "/" + file).c_str(), value.c_str())) {
+          capped = true;
+          controllers_.push_back(file.substr(0, file.find('.')));
+        }
+      }
+      if (capped) {
+        dirs_.push_back(dir);
+      } else {
+        rmdir(dir.c_str());
+      }
+    }
+  }
+  ~Cgroups() {
+    // The processes are gone or going (the pid namespace dies with its init): wait for the kernel briefly.
+    for (const auto& dir : dirs_) {
+      for (int i = 0; i < 200 && rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+  // Moves `pid` (and so everything it starts) into every cgroup; false if one refused it.
+  bool Add(pid_t pid) const {
+    bool ok = true;
+    for (const auto& dir : dirs_) ok = WriteProc((dir + "/cgroup.procs").c_str(), std::to_string(pid).c_str()) && ok;
+    return ok;
+  }
+  std::string controllers() const { return absl::StrJoin(controllers_, ","); }
+
+ private:
+  std::vector<std::string> dirs_;
+  std::vector<std::string> controllers_;
+};
+
+}  // namespace
+
 absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std::map<std::string, std::string>& files,
                                            const SandboxLimits& limits) {
+  // base/work: the scratch directory (the command's, read-write, at /sandbox inside); base/root: the empty
+  // mount point of the sandbox's own root. The base folder is searchable so that the namespace's root (the
+  // outside "nobody") reaches both.
   char tmpl[] = "/tmp/rlhf-sandbox-XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return FileError(errno, "create the scratch directory", tmpl);
-  const std::string scratch = tmpl;
+  const std::string base = tmpl, scratch = base + "/work", root = base + "/root";
   struct Cleanup {
     std::string dir;
     ~Cleanup() {
       std::error_code ec;
       fs::remove_all(dir, ec);
     }
-  } cleanup{scratch};
+  } cleanup{base};
+  chmod(base.c_str(), 0711);
+  for (const auto& dir : {scratch, root}) {
+    if (mkdir(dir.c_str(), 0755) != 0) return FileError(errno, "create", dir);
+  }
   for (const auto& [name, content] : files) {
     if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
       return absl::InvalidArgumentError(absl::StrCat("sandbox file name '", name, "' must be a plain name"));
@@ -195,7 +456,9 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
 
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return absl::UnavailableError("pipe");
-  const std::string output = scratch + "/.output", home = "HOME=" + scratch;
+  const std::string output = absl::StrCat(kScratchInside, "/.output"), home = absl::StrCat("HOME=", kScratchInside),
+                    tmpdir = absl::StrCat("TMPDIR=", kScratchInside);
+  const std::vector<RootEntry> entries = RootEntries(root, scratch);
   // The id-map handshake: sock[0] stays with the parent, sock[1] goes to the child.
   int sock[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock) != 0) {
@@ -203,7 +466,7 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
     close(pipefd[1]);
     return absl::UnavailableError(absl::StrCat("socketpair: ", std::strerror(errno)));
   }
-  const char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", home.c_str(), "LANG=C.UTF-8", nullptr};
+  const char* env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", home.c_str(), tmpdir.c_str(), "LANG=C.UTF-8", nullptr};
   ChildPlan plan;
   plan.err_fd = pipefd[1];
   plan.scratch = scratch.c_str();
@@ -213,6 +476,11 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
   plan.sync_fd = sock[1];
   if (UnshareFn fn = g_unshare.load()) plan.unshare_fn = fn;
   plan.limits = limits;
+  plan.root = root.c_str();
+  plan.entries = entries.data();
+  plan.n_entries = entries.size();
+  plan.seccomp = SeccompFilter();
+  const Cgroups cgroups(limits, base.substr(base.rfind('/') + 1));
   pid_t pid = fork();
   if (pid < 0) {
     const int e = errno;
@@ -234,15 +502,16 @@ absl::StatusOr<SandboxResult> RunSandboxed(const std::string& command, const std
     char c = 0;
     bool mapped = false;
     if (read(sock[0], &c, 1) == 1) {
-      const std::string base = "/proc/" + std::to_string(pid);
+      const std::string proc = "/proc/" + std::to_string(pid);
       const std::string map = absl::StrCat("0 ", kNobody, " 1\n");
-      mapped = WriteProc((base + "/setgroups").c_str(), "deny") && WriteProc((base + "/uid_map").c_str(), map.c_str()) &&
-               WriteProc((base + "/gid_map").c_str(), map.c_str());
+      mapped = WriteProc((proc + "/setgroups").c_str(), "deny") && WriteProc((proc + "/uid_map").c_str(), map.c_str()) &&
+               WriteProc((proc + "/gid_map").c_str(), map.c_str()) && cgroups.Add(pid);
     }
     (void)!send(sock[0], mapped ? "g" : "x", 1, MSG_NOSIGNAL);
     close(sock[0]);
   }
   SandboxResult r;
+  r.cgroups = cgroups.controllers();
   int status = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(limits.wall_seconds);
   while (true) {

@@ -1,13 +1,22 @@
 // Runs an untrusted command (e.g. a test of generated code) so that it fails closed:
-//   - new user, network, mount and pid namespaces: no network but a downed loopback, every mount read-only
-//     except a fresh scratch directory, the command's processes die with it;
-//   - it runs as the unprivileged "nobody" (uid / gid 65534 outside the namespace);
-//   - rlimits on CPU seconds, address space, file size, open files and processes;
+//   - new user, network, mount, pid, ipc and uts namespaces: no network but a downed loopback, and the
+//     command's processes die with it;
+//   - its own root (a read-only tmpfs): /usr and the libraries read-only, /etc/ld.so.cache, /dev/null, zero,
+//     random and urandom, a fresh /proc of its pid namespace (no host process visible; left empty where the
+//     kernel refuses to mount one), the scratch directory at /sandbox (also /tmp, HOME and TMPDIR). No other
+//     host file is reachable;
+//   - it runs as uid / gid 65534 of a nested user namespace (unprivileged inside; "nobody" outside), with
+//     no capabilities and no_new_privs;
+//   - a seccomp filter: tracing, mounts, namespaces, kernel keys, BPF, perf, io_uring, modules, clocks and
+//     non-Unix sockets fail with EPERM;
+//   - rlimits on CPU seconds, address space, file size, open files and processes, and where this process may
+//     make cgroups (v1 memory / pids hierarchies, or v2 with those controllers delegated) a memory and a
+//     process cap of its own;
 //   - a wall-clock timeout after which the whole process tree is killed;
 //   - the scratch directory is removed afterwards.
-// If the isolation cannot be set up (namespaces not permitted, no uid to map), RunSandboxed refuses with
-// FAILED_PRECONDITION and runs nothing: never an unconfined run. The refusal never harms the caller's
-// process (no SIGPIPE from the child's early exit, no leaked descriptors or scratch directories).
+// If the isolation cannot be set up (user namespaces refused, as on many Kubernetes nodes; no uid to map),
+// RunSandboxed refuses with FAILED_PRECONDITION and runs nothing: never an unconfined run. The refusal never
+// harms the caller's process (no SIGPIPE from the child's early exit, no leaked descriptors or folders).
 // Thread-safety: concurrent calls are fine (each uses its own scratch directory and child processes).
 #pragma once
 
@@ -32,6 +41,7 @@ struct SandboxResult {
   int signal = 0;          // the signal that ended it, if any
   bool timed_out = false;  // killed at the wall-clock limit
   std::string output;      // the tail of stdout + stderr
+  std::string cgroups;     // the cgroup controllers that capped it ("memory,pids"); "" where none could be made
 };
 
 // Writes `files` (name -> content) into a new scratch directory and runs `/bin/sh -c command` there.

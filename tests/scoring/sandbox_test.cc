@@ -15,6 +15,7 @@
 #include "common/metrics.h"
 #include "services/scoring/sandbox.h"
 #include "services/scoring/scorer.h"
+#include "tests/test_util.h"
 
 namespace rlhf::scoring {
 namespace {
@@ -34,7 +35,7 @@ TEST(Sandbox, RunsTheCommandInItsScratchDirectory) {
   RUN_OR_SKIP(r, "cat input.txt; echo made > out.txt && cat out.txt; id -u; exit 3", {{"input.txt", "hello\n"}}, lim);
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_FALSE(r.timed_out);
-  EXPECT_NE(r.output.find("hello\nmade\n0\n"), std::string::npos) << r.output;  // root inside = nobody outside
+  EXPECT_NE(r.output.find("hello\nmade\n65534\n"), std::string::npos) << r.output;  // an unprivileged user inside
 }
 
 TEST(Sandbox, CannotWriteOutsideItsScratchDirectory) {
@@ -111,6 +112,85 @@ TEST(Sandbox, MemoryAndCpuAreLimited) {
   EXPECT_EQ(r.output.find("rc=0"), std::string::npos) << r.output;  // the allocation failed
   EXPECT_FALSE(r.timed_out);  // the CPU limit ended the loop before the wall clock
   EXPECT_NE(r.exit_code, 0);
+}
+
+// The escapes tried by hand before the sandbox had its own root, user and filter: each must fail.
+TEST(Sandbox, SeesNoHostProcessAndNoHostFile) {
+  const std::string secret = "/tmp/rlhf-sandbox-secret-" + std::to_string(getpid());
+  std::ofstream(secret) << "SECRET-CONTENT\n";
+  SandboxLimits lim;
+  RUN_OR_SKIP(r,
+              "echo procs=$(ls /proc | grep -c '^[0-9]'); test -e /proc/" + std::to_string(getpid()) +
+                  " && echo HOST-PID-VISIBLE; cat " + secret + " /etc/passwd /etc/hostname " RLHF_SOURCE_DIR
+                  "/README.md 2>&1; echo root: $(ls /); echo pwd=$(pwd) tmp=$(readlink /tmp)",
+              {}, lim);
+  std::filesystem::remove(secret);
+  EXPECT_EQ(r.output.find("HOST-PID-VISIBLE"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("SECRET-CONTENT"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("root:x:0"), std::string::npos) << r.output;
+  // Its own processes only (the shell, ls, grep): a handful, where the host has many.
+  const auto at = r.output.find("procs=");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  EXPECT_LE(std::stoi(r.output.substr(at + 6)), 5) << r.output;
+  EXPECT_NE(r.output.find("root: bin dev etc lib"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pwd=/sandbox tmp=/sandbox"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(" home "), std::string::npos) << r.output;
+}
+
+TEST(Sandbox, RunsAsAnUnprivilegedUserWithoutCapabilities) {
+  SandboxLimits lim;
+  RUN_OR_SKIP(r, "id -u; id -g; grep -E '^Cap(Eff|Prm)' /proc/self/status; unshare -r true 2>&1 || echo unshare-refused",
+              {}, lim);
+  EXPECT_NE(r.output.find("65534\n65534\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("CapPrm:\t0000000000000000\nCapEff:\t0000000000000000"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("unshare-refused"), std::string::npos) << r.output;
+}
+
+TEST(Sandbox, SystemCallsASolutionHasNoUseForAreRefused) {
+  // Each call through libc's syscall(): ptrace(PTRACE_TRACEME), unshare(CLONE_NEWUSER), mount, keyctl, bpf;
+  // socket(AF_INET) refused, socket(AF_UNIX) allowed; a thread and a child process still work.
+  const std::string py = R"PY(
+import ctypes, os, socket, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    print(name, r, os.strerror(ctypes.get_errno()) if r < 0 else "ok")
+call("ptrace", 101, 0, 0, 0, 0)
+call("unshare", 272, 0x10000000)
+call("mount", 165, b"none", b"/sandbox", b"tmpfs", 0, 0)
+call("keyctl", 250, 0, 0, 0, 0)
+call("bpf", 321, 0, 0, 0)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM); print("inet ok")
+except OSError as e:
+    print("inet", e.strerror)
+socket.socketpair(); print("unix ok")
+t = threading.Thread(target=lambda: print("thread ok")); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+)PY";
+  SandboxLimits lim;
+  lim.wall_seconds = 20;
+  RUN_OR_SKIP(r, "/usr/bin/python3 check.py", {{"check.py", py}}, lim);
+  for (const char* call : {"ptrace", "unshare", "mount", "keyctl", "bpf"}) {
+    EXPECT_NE(r.output.find(std::string(call) + " -1 Operation not permitted"), std::string::npos) << call << "\n" << r.output;
+  }
+  EXPECT_NE(r.output.find("inet Operation not permitted"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("unix ok\nthread ok\nchild 7"), std::string::npos) << r.output;
+}
+
+TEST(Sandbox, CgroupsCapMemoryAndProcessesWhereThisMachineAllowsThem) {
+  SandboxLimits lim;
+  RUN_OR_SKIP(r, "grep -E 'memory|pids' /proc/self/cgroup", {}, lim);
+  if (r.cgroups.empty()) GTEST_SKIP() << "no cgroup can be made here: the rlimits alone hold the command";
+  EXPECT_NE(r.cgroups.find("memory"), std::string::npos) << r.cgroups;
+  EXPECT_NE(r.cgroups.find("pids"), std::string::npos) << r.cgroups;
+  EXPECT_NE(r.output.find("rlhf-sandbox-"), std::string::npos) << "the command runs inside them:\n" << r.output;
+  // Removed afterwards.
+  auto left = testing::RunCommand("find /sys/fs/cgroup -maxdepth 6 -name 'rlhf-sandbox-*' 2>/dev/null");
+  EXPECT_EQ(left.out, "") << left.out;
 }
 
 // The refusal path, on every machine: a seam makes the namespace setup fail as it does where the kernel
@@ -198,7 +278,7 @@ TEST(CodeReward, PassingAndFailingSolutionsInTheSandbox) {
   std::vector<Sample> v = {
       sample("Here:\n```python\na, b = map(int, input().split())\nassert a + b == 7\n```\nDone."),
       sample("```python\na, b = map(int, input().split())\nassert a * b == 7\n```"),
-      sample("```python\nopen('/tmp/x-escape', 'w')\n```"),
+      sample("```python\nopen('/usr/x-escape', 'w')\n```"),
       sample("```python\nwhile True: pass\n```")};
   auto out = (*scorer)->Score(v, false);
   ASSERT_TRUE(out.ok());

@@ -20,6 +20,6 @@ for t in Sandbox.RefusesCleanlyWhereUserNamespacesAreRefused Sandbox.RefusesClea
          CodeReward.RefusedWhereIsolationIsMissingWhileTheScorerServesOn Sandbox.RefusesUnsafeFileNames; do
   grep -q "^\[       OK \] $t " "$out" || { echo "$t did not pass"; exit 1; }
 done
-# The seven tests that need isolation: each skipped, with the reason.
-[ "$skipped" = 7 ] && [ "$refusals" -ge 7 ] || { echo "expected 7 skipped tests with the reason, got $skipped / $refusals"; exit 1; }
+# The eleven tests that need isolation: each skipped, with the reason.
+[ "$skipped" = 11 ] && [ "$refusals" -ge 11 ] || { echo "expected 11 skipped tests with the reason, got $skipped / $refusals"; exit 1; }
 echo "without user namespaces: the refusal tests passed, $skipped tests skipped with the reason, none died"
