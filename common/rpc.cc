@@ -74,6 +74,13 @@ void SetDeadline(grpc::ClientContext* ctx, const RpcConfig& config, double secon
                     std::chrono::microseconds(static_cast<int64_t>(d * 1e6)));
 }
 
+double SecondsLeft(const grpc::ServerContext& ctx) {
+  const auto deadline = ctx.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return 0;
+  const double left = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+  return left > 0.001 ? left : 0.001;
+}
+
 class HealthServiceImpl final : public Health::Service {
  public:
   HealthServiceImpl(std::string role, std::function<int64_t()> version)

@@ -19,6 +19,7 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/server.h>
+#include <grpcpp/server_context.h>
 #include <grpcpp/support/status.h>
 
 #include <atomic>
@@ -55,6 +56,10 @@ grpc::Status ToGrpc(const absl::Status& s);
 
 // Sets the config's default deadline (or `seconds` when > 0) on a client context.
 void SetDeadline(grpc::ClientContext* ctx, const RpcConfig& config, double seconds = 0);
+
+// Seconds left before the caller of a server call gives up (at least 0.001); 0 when it set no deadline.
+// A handler that waits on something (a group to form) waits no longer than this.
+double SecondsLeft(const grpc::ServerContext& ctx);
 
 class HealthServiceImpl;
 

@@ -381,15 +381,16 @@ grpc::Status RolloutService::UpdateWeights(grpc::ServerContext*, grpc::ServerRea
   return grpc::Status::OK;
 }
 
-grpc::Status RolloutService::JoinWeightGroup(grpc::ServerContext*, const WeightGroupSpec* spec,
+grpc::Status RolloutService::JoinWeightGroup(grpc::ServerContext* ctx, const WeightGroupSpec* spec,
                                              WeightGroupReply* reply) {
+  if (auto ok = CheckWeightGroupSpec(*spec); !ok.ok()) return ToGrpc(ok);
   if (spec->rank() < 1 || spec->rank() >= spec->size()) {
     return ToGrpc(absl::InvalidArgumentError("a rollout worker is rank 1..size-1 of a weight group (0 is the learner)"));
   }
   std::lock_guard<std::mutex> lock(weight_mu_);
   weight_group_.reset();  // the previous generation is over, whatever this one becomes
   comm::NamedTensors named(params_.begin(), params_.end());
-  auto g = rollout::JoinWeightGroup(*spec, named);
+  auto g = rollout::JoinWeightGroup(*spec, named, SecondsLeft(*ctx));
   if (!g.ok()) return ToGrpc(g.status());
   weight_group_ = std::move(*g);
   store_host_ = spec->store_host();

@@ -1,5 +1,8 @@
 #include "rollout/weight_client.h"
 
+#include <algorithm>
+#include <cctype>
+
 namespace rlhf::rollout {
 
 bool ModelChunks(model::TransformerImpl& model, int64_t version, int64_t chunk_bytes, const ChunkWriter& write) {
@@ -49,17 +52,40 @@ absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::Trans
   return PushChunks(stub, version, [&](const ChunkWriter& w) { return ModelChunks(model, version, chunk_bytes, w); }, rpc);
 }
 
+absl::Status CheckWeightGroupSpec(const WeightGroupSpec& spec) {
+  auto bad = [](const std::string& what) { return absl::InvalidArgumentError("weight group: " + what); };
+  auto host_like = [](const std::string& h) {
+    if (h.size() > 253) return false;
+    for (unsigned char c : h) {
+      if (!std::isalnum(c) && c != '.' && c != '-' && c != ':' && c != '_' && c != '[' && c != ']') return false;
+    }
+    return true;
+  };
+  if (spec.store_host().empty() || !host_like(spec.store_host())) return bad("store_host must be a host name or address");
+  if (spec.store_port() <= 0 || spec.store_port() > 65535) return bad("store_port must be in [1, 65535]");
+  if (spec.generation() < 0) return bad("generation must be >= 0");
+  if (spec.size() < 2 || spec.size() > 65536) return bad("size must be in [2, 65536]");
+  if (spec.rank() < 0 || spec.rank() >= spec.size()) return bad("rank must be in [0, size)");
+  if (!(spec.timeout_seconds() >= 0 && spec.timeout_seconds() <= 3600)) return bad("timeout_seconds must be in [0, 3600]");
+  if (spec.bucket_bytes() != 0 && (spec.bucket_bytes() < 4096 || spec.bucket_bytes() > (int64_t{1} << 32))) {
+    return bad("bucket_bytes must be 0 (default) or in [4 KiB, 4 GiB]");
+  }
+  if (!spec.backend().empty() && spec.backend() != "gloo" && spec.backend() != "nccl") return bad("backend must be gloo or nccl");
+  if (!host_like(spec.interface_addr())) return bad("interface_addr must be an address");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<comm::WeightGroup>> JoinWeightGroup(const WeightGroupSpec& spec,
-                                                                   const comm::NamedTensors& named) {
+                                                                   const comm::NamedTensors& named,
+                                                                   double max_wait_seconds) {
+  RETURN_IF_ERROR(CheckWeightGroupSpec(spec));
   comm::WeightGroupOptions o;
   o.group.backend = spec.backend().empty() ? "gloo" : spec.backend();
   o.group.timeout_seconds = spec.timeout_seconds() > 0 ? spec.timeout_seconds() : 60;
+  if (max_wait_seconds > 0) o.group.timeout_seconds = std::min(o.group.timeout_seconds, max_wait_seconds);
   o.group.interface_addr = spec.interface_addr().empty() ? comm::DefaultInterface(spec.store_host()) : spec.interface_addr();
   o.bucket_bytes = spec.bucket_bytes() > 0 ? spec.bucket_bytes() : (64 << 20);
   o.checksum = spec.checksum();
-  if (spec.store_host().empty() || spec.store_port() <= 0 || spec.store_port() > 65535) {
-    return absl::InvalidArgumentError("a weight group needs the store's host and port");
-  }
   ASSIGN_OR_RETURN(auto store, comm::Store::Connect(spec.store_host(), spec.store_port(), o.group.timeout_seconds));
   return comm::WeightGroup::Join(*store, spec.generation(), spec.rank(), spec.size(), o, named);
 }

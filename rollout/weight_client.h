@@ -29,11 +29,17 @@ absl::StatusOr<UpdateWeightsReply> PushChunks(Rollout::Stub* stub, int64_t versi
 absl::StatusOr<UpdateWeightsReply> PushWeights(Rollout::Stub* stub, model::TransformerImpl& model, int64_t version,
                                                int64_t chunk_bytes, const RpcConfig& rpc);
 
+// INVALID_ARGUMENT unless every field of `spec` is in range (a host-like store_host, a port, rank < size,
+// timeout_seconds <= 3600, a known backend, ...): checked before anything waits on it.
+absl::Status CheckWeightGroupSpec(const WeightGroupSpec& spec);
+
 // Joins the weight group a spec describes (connects to its store; rank 0 sends), with `named` as this
-// member's tensors. Errors: the store unreachable (UNAVAILABLE), the formation past its timeout, a model
-// that does not match the others' (FAILED_PRECONDITION).
+// member's tensors, waiting at most the spec's timeout and, when `max_wait_seconds` > 0, at most that (the
+// caller's deadline). Errors: a bad spec (INVALID_ARGUMENT), the store unreachable (UNAVAILABLE), the
+// formation past its timeout, a model that does not match the others' (FAILED_PRECONDITION).
 absl::StatusOr<std::unique_ptr<comm::WeightGroup>> JoinWeightGroup(const WeightGroupSpec& spec,
-                                                                   const comm::NamedTensors& named);
+                                                                   const comm::NamedTensors& named,
+                                                                   double max_wait_seconds = 0);
 
 // The proto dtype of a torch dtype (F32, BF16 or F16).
 DType ProtoDType(torch::ScalarType t);

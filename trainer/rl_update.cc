@@ -186,39 +186,67 @@ absl::StatusOr<std::map<std::string, double>> RefuseMismatchedGroups(comm::Group
 torch::Tensor Unshift(const torch::Tensor& x) { return torch::cat({torch::zeros({x.size(0), 1}, x.options()), x}, 1); }
 }  // namespace
 
-absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector<Sample>& samples, uint64_t seed) {
-  const RlConfig& c = config_;
-  auto& group = learner_->group();
+absl::Status CheckSamples(const std::vector<Sample>& samples, int64_t group_size, int64_t vocab, int64_t context) {
   const int64_t n = static_cast<int64_t>(samples.size());
   if (n == 0) return absl::InvalidArgumentError("a rollout batch needs at least one sample on every rank");
-  if (n % c.group_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(n, " samples are not whole groups of ", c.group_size));
+  if (group_size < 1 || n % group_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(n, " samples are not whole groups of ", group_size));
   }
-  const int64_t vocab = policy_->config().vocab_size;
-  const int64_t context = policy_->config().max_position_embeddings;
-  double temperature = samples[0].temperature() > 0 ? samples[0].temperature() : 1.0;
-  bool have_ref = true;
-  std::vector<TokenSeq> seqs(static_cast<size_t>(n));
+  const double temperature = samples[0].temperature() > 0 ? samples[0].temperature() : 1.0;
+  auto good_logprobs = [](const auto& v, int64_t len) {
+    if (v.size() == 0) return true;
+    if (v.size() != len) return false;
+    for (float x : v) {
+      if (!std::isfinite(x) || x > 1e-3f) return false;
+    }
+    return true;
+  };
   for (int64_t i = 0; i < n; ++i) {
     const Sample& s = samples[static_cast<size_t>(i)];
     auto bad = [&](const std::string& what) {
       return absl::InvalidArgumentError(absl::StrCat("sample ", i, " (prompt ", s.prompt_id(), "): ", what));
     };
     if (!s.has_reward()) return bad("has no reward: score the samples first");
+    if (!std::isfinite(s.reward())) return bad("has a reward that is not a finite number");
     if (s.completion_ids_size() == 0) return bad("has an empty completion");
-    if (c.group_size > 1 && i % c.group_size != 0 && s.prompt_id() != samples[static_cast<size_t>(i - 1)].prompt_id()) {
-      return bad(absl::StrCat("groups of ", c.group_size, " samples of one prompt must be consecutive"));
+    if (group_size > 1 && i % group_size != 0 && s.prompt_id() != samples[static_cast<size_t>(i - 1)].prompt_id()) {
+      return bad(absl::StrCat("groups of ", group_size, " samples of one prompt must be consecutive"));
     }
+    if (!std::isfinite(s.temperature())) return bad("has a temperature that is not a finite number");
     if ((s.temperature() > 0 ? s.temperature() : 1.0) != temperature) return bad("samples of one batch need one temperature");
     if (s.prompt_ids_size() + s.completion_ids_size() > context) return bad("is longer than the model's context");
+    for (const auto* ids : {&s.prompt_ids(), &s.completion_ids()}) {
+      for (int32_t id : *ids) {
+        if (id < 0 || id >= vocab) return bad(absl::StrCat("token id ", id, " is outside the vocabulary"));
+      }
+    }
+    if (!good_logprobs(s.logprobs(), s.completion_ids_size()) || !good_logprobs(s.ref_logprobs(), s.completion_ids_size())) {
+      return bad("log-probs must be finite, <= 0 and one per completion token");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RlUpdate::Check(const std::vector<Sample>& samples) const {
+  return CheckSamples(samples, config_.group_size, policy_->config().vocab_size,
+                      policy_->config().max_position_embeddings);
+}
+
+absl::StatusOr<std::map<std::string, double>> RlUpdate::Update(const std::vector<Sample>& samples, uint64_t seed) {
+  const RlConfig& c = config_;
+  auto& group = learner_->group();
+  RETURN_IF_ERROR(Check(samples));
+  const int64_t n = static_cast<int64_t>(samples.size());
+  const double temperature = samples[0].temperature() > 0 ? samples[0].temperature() : 1.0;
+  bool have_ref = true;
+  std::vector<TokenSeq> seqs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const Sample& s = samples[static_cast<size_t>(i)];
     if (s.ref_logprobs_size() != s.completion_ids_size()) have_ref = false;
     auto& q = seqs[static_cast<size_t>(i)];
     const bool masked = c.mask_truncated && s.finish_reason() == FINISH_REASON_LENGTH;
     for (int32_t id : s.prompt_ids()) q.ids.push_back(id), q.target.push_back(0);
     for (int32_t id : s.completion_ids()) q.ids.push_back(id), q.target.push_back(masked ? 0 : 1);
-    for (int32_t id : q.ids) {
-      if (id < 0 || id >= vocab) return bad(absl::StrCat("token id ", id, " is outside the vocabulary"));
-    }
   }
   std::vector<const TokenSeq*> ptrs;
   for (const auto& q : seqs) ptrs.push_back(&q);

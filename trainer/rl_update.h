@@ -91,6 +91,13 @@ class KlController {
   double value_, target_, horizon_;
 };
 
+// Checks a batch before any update uses it (no collective, no model): whole consecutive groups of
+// `group_size`, every sample scored with a finite reward, a non-empty completion, one temperature, ids in
+// [0, vocab), prompt + completion within `context`, log-probs (when given) finite, <= 0 and one per
+// completion token. INVALID_ARGUMENT naming the first bad sample. The learner service calls it on the
+// whole batch before its ranks start a step, so a bad request is refused without failing the learner.
+absl::Status CheckSamples(const std::vector<Sample>& samples, int64_t group_size, int64_t vocab, int64_t context);
+
 class RlUpdate {
  public:
   // policy (and critic, when not empty) are registered with `learner`; reference may be empty when every
@@ -103,6 +110,8 @@ class RlUpdate {
   // the optimizer steps. INVALID_ARGUMENT for samples without a reward, incomplete groups, or ids that do
   // not fit the model.
   absl::StatusOr<std::map<std::string, double>> Update(const std::vector<Sample>& samples, uint64_t seed);
+  // CheckSamples with this update's group size and model.
+  absl::Status Check(const std::vector<Sample>& samples) const;
 
   KlController& kl_controller() { return kl_; }
   const RlConfig& config() const { return config_; }

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <limits>
+
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -349,6 +353,22 @@ TEST(RlUpdate, RejectsUnscoredSamplesAndBrokenGroups) {
   samples[0].set_completion_ids(0, 999);
   r = update.Update(samples, 0);
   EXPECT_NE(r.status().message().find("outside the vocabulary"), std::string::npos) << r.status();
+  // What a fuzzed request holds: each refused by the check the learner service runs before its ranks start.
+  auto refused = [&](const std::function<void(std::vector<Sample>&)>& spoil, const std::string& why) {
+    auto v = ScoredSamples(2, 2, 50, 1);
+    ASSERT_TRUE(update.Check(v).ok());
+    spoil(v);
+    auto st = update.Check(v);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << why;
+    EXPECT_NE(st.message().find(why), std::string::npos) << st;
+  };
+  refused([](auto& v) { v[0].set_reward(std::nanf("")); }, "finite");
+  refused([](auto& v) { v[1].set_temperature(std::numeric_limits<float>::infinity()); }, "temperature");
+  refused([](auto& v) { v[0].add_logprobs(0.5f); }, "log-probs");
+  refused([](auto& v) { v[0].set_logprobs(0, std::nanf("")); }, "log-probs");
+  refused([](auto& v) { v[2].add_prompt_ids(-3); }, "outside the vocabulary");
+  refused([](auto& v) { v.pop_back(); }, "whole groups");
+  refused([](auto& v) { for (int i = 0; i < 5000; ++i) v[3].add_prompt_ids(1); }, "context");
 }
 
 TEST(RlUpdate, GroupsWhoseBehaviourLogProbsAreFarFromTheLearnersAreNotTrained) {

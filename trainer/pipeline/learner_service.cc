@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 
 #include "absl/base/thread_annotations.h"
@@ -74,6 +76,10 @@ class LearnerServer final : public rlhf::Learner::Service {
           "a batch must hold whole groups of ", g, " samples, at least one group per learner rank (", group_.size(),
           "); got ", req->samples_size(), " samples")));
     }
+    // A batch the update cannot use is refused here, before the ranks start: the learner serves on.
+    if (hooks_.check) {
+      if (auto ok = hooks_.check({req->samples().begin(), req->samples().end()}); !ok.ok()) return ToGrpc(ok);
+    }
     MaybeSlowTrain();
     auto m = Run(std::string(1, kTrain) + req->SerializeAsString());
     if (!m.ok()) return ToGrpc(m.status());
@@ -93,7 +99,8 @@ class LearnerServer final : public rlhf::Learner::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status JoinWeightGroup(grpc::ServerContext*, const WeightGroupSpec* spec, WeightGroupReply* reply) override {
+  grpc::Status JoinWeightGroup(grpc::ServerContext* ctx, const WeightGroupSpec* spec, WeightGroupReply* reply) override {
+    if (auto ok = rollout::CheckWeightGroupSpec(*spec); !ok.ok()) return ToGrpc(ok);
     if (spec->rank() != 0) {
       return ToGrpc(absl::InvalidArgumentError("the learner is rank 0 of a weight group (its sender)"));
     }
@@ -101,7 +108,7 @@ class LearnerServer final : public rlhf::Learner::Service {
     // Not under mu_: forming the group waits for every worker, and the keep-alives must go on meanwhile.
     absl::MutexLock lock(&weights_mu_);
     weight_group_.reset();
-    auto g = rollout::JoinWeightGroup(*spec, hooks_.parameters());
+    auto g = rollout::JoinWeightGroup(*spec, hooks_.parameters(), SecondsLeft(*ctx));
     if (!g.ok()) return ToGrpc(g.status());
     weight_group_ = std::move(*g);
     reply->set_generation(weight_group_->generation());
@@ -146,6 +153,9 @@ class LearnerServer final : public rlhf::Learner::Service {
     if (req->step() != version_.load()) {
       return ToGrpc(absl::FailedPreconditionError(absl::StrCat("the learner is at version ", version_.load(),
                                                                "; the checkpoint is for step ", req->step())));
+    }
+    if (!req->extra_json().empty() && !nlohmann::json::parse(req->extra_json(), nullptr, false).is_object()) {
+      return ToGrpc(absl::InvalidArgumentError("a checkpoint's extra_json must be a JSON object (the coordinator's state)"));
     }
     auto m = Run(std::string(1, kCheckpoint) + req->SerializeAsString());
     if (!m.ok()) return ToGrpc(m.status());

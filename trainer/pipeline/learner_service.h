@@ -35,6 +35,8 @@ struct LearnerHooks {
   int64_t group_size = 1;
   int64_t version = 0;     // policy steps taken (from the checkpoint when resumed)
   std::string extra_json;  // the coordinator's state of that checkpoint, "" when none
+  // Refuses a batch before any rank starts on it (rank 0, on the whole batch); may be empty.
+  std::function<absl::Status(const std::vector<Sample>&)> check;
   // One update on this rank's shard of a batch (every rank).
   std::function<absl::StatusOr<std::map<std::string, double>>(const std::vector<Sample>&, uint64_t seed)> step;
   // A checkpoint at `step` holding the coordinator's `extra_json` (every rank).

@@ -51,6 +51,7 @@ absl::StatusOr<LearnerHooks> MakeLearnerHooks(Pipeline& p, OnlineStage& s, bool 
     p.resume.reset();
   }
   auto logged = std::make_shared<int64_t>(h.version);
+  h.check = s.trainer.check;
   h.step = [&p, &s, log_steps, logged](const std::vector<Sample>& mine,
                                         uint64_t seed) -> absl::StatusOr<std::map<std::string, double>> {
     ASSIGN_OR_RETURN(auto m, s.trainer.step(mine, seed));

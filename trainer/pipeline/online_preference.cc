@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "trainer/rl_update.h"
 #include "trainer/algo/preference.h"
 #include "trainer/pipeline/stage.h"
 
@@ -62,7 +63,11 @@ absl::Status RunOnlinePreference(Pipeline& p, int64_t index, const std::string& 
   };
   const int64_t g = rc.group_size, micro = rc.micro_batch_size;
   OnlineStage s{stage, index, sc, g, dpo, &ds, total, start, &tools, policy.get(), &learner};
+  s.trainer.check = [&](const std::vector<Sample>& batch) {
+    return CheckSamples(batch, g, policy->config().vocab_size, policy->config().max_position_embeddings);
+  };
   s.trainer.step = [&](const std::vector<Sample>& mine, uint64_t) -> absl::StatusOr<std::map<std::string, double>> {
+    RETURN_IF_ERROR(s.trainer.check(mine));
     std::vector<MicroBatch> mbs;
     double kept = 0, groups = static_cast<double>(mine.size()) / static_cast<double>(g), reward_sum = 0;
     for (const auto& s : mine) reward_sum += s.reward();

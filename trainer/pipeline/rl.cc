@@ -105,6 +105,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
   };
   if (online) {
     OnlineStage s{stage, index, sc, g, false, &*ds, total, start, &tools, policy.get(), &learner};
+    s.trainer.check = [&](const std::vector<Sample>& batch) { return update.Check(batch); };
     s.trainer.step = [&](const std::vector<Sample>& mine, uint64_t seed) { return update.Update(mine, seed); };
     s.trainer.save = [&](nlohmann::json& extra) { extra["kl_coef"] = update.kl_controller().value(); };
     s.trainer.restore = [&](const nlohmann::json& extra) { update.kl_controller().Restore(extra.value("kl_coef", rc.kl_coef)); };

@@ -125,6 +125,8 @@ absl::StatusOr<OnlinePrompts> LoadOnlinePrompts(const RlStageConfig& sc, const d
 // What an online stage's learner does with each batch: the step on this rank's groups, and the stage's own
 // state that a checkpoint keeps (the KL coefficient of PPO / GRPO).
 struct OnlineTrainer {
+  // Refuses a whole batch that `step` could not use (trainer::CheckSamples), before any rank starts on it.
+  std::function<absl::Status(const std::vector<Sample>&)> check;
   std::function<absl::StatusOr<std::map<std::string, double>>(const std::vector<Sample>&, uint64_t)> step;
   std::function<void(nlohmann::json&)> save = [](nlohmann::json&) {};
   std::function<void(const nlohmann::json&)> restore = [](const nlohmann::json&) {};
