@@ -10,7 +10,8 @@ role's own, each method), N messages in all per service, drawn from five kinds:
   oversized   a message just over the servers' rpc.max_message_bytes (given as env FUZZ_MAX_BYTES)
 plus 1% of calls without the token. Every call must end with a gRPC status within its deadline (no hang, no
 dropped connection; a JoinWeightGroup may wait for its group until its 3 s deadline), every server must stay up (its pid alive, Health answering) and its resident memory
-must stay flat (VmRSS after the first 10% of calls against the end, printed). Streaming-request methods
+must stay flat (VmRSS after 10% and 55% of the calls and at the end, printed; at most 25% + 32 MiB more at
+the end than after 10%). Streaming-request methods
 (UpdateWeights) get 1 to 4 such messages. Learner/Finish is left out (a well-formed Finish ends the stage, as
 it should). Prints one line per service and, last, one JSON line of the figures."""
 import json
@@ -193,7 +194,7 @@ for role, address, pid in servers:
         methods = [m for m in METHODS["health"] + METHODS[role] if m[0] == svc]
         codes, kinds = {}, {}
         start = time.time()
-        rss0 = None
+        rss0 = rss_mid = None
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = []
             for i in range(N):
@@ -211,14 +212,16 @@ for role, address, pid in servers:
                     figures["failures"].append(f"{role} {svc}/{method}: {kind} -> {code} {details[:120]}")
                 if i == N // 10:
                     rss0 = rss_kib(pid)
+                if i == N * 55 // 100:
+                    rss_mid = rss_kib(pid)
         rss1 = rss_kib(pid)
         alive = os.path.exists(f"/proc/{pid}") and healthy(channel)
         took = time.time() - start
         key = f"{role}:{svc}"
         figures["services"][key] = {"calls": N, "codes": codes, "kinds": kinds, "rss_kib_after_10pct": rss0,
-                                    "rss_kib_end": rss1, "alive": alive, "seconds": round(took, 1)}
+                                    "rss_kib_after_55pct": rss_mid, "rss_kib_end": rss1, "alive": alive, "seconds": round(took, 1)}
         print(f"{key:22s} {N} calls in {took:6.1f} s  codes {json.dumps(codes, sort_keys=True)}  "
-              f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB  {'alive' if alive else 'DEAD'}", flush=True)
+              f"RSS {rss0 / 1024:.1f} -> {rss_mid / 1024:.1f} -> {rss1 / 1024:.1f} MiB  {'alive' if alive else 'DEAD'}", flush=True)
         if not alive:
             figures["failures"].append(f"{key}: the server died or stopped answering")
         if rss1 > rss0 * 1.25 + 32 * 1024:

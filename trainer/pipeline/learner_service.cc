@@ -93,6 +93,9 @@ class LearnerServer final : public rlhf::Learner::Service {
     absl::MutexLock lock(&mu_);
     if (auto closed = Closed(); !closed.ok()) return ToGrpc(closed);
     const int64_t chunk = req->chunk_bytes() > 0 ? req->chunk_bytes() : (4 << 20);
+    if (chunk < 4096) {  // a stream of tiny chunks would hold the learner for as long as it takes
+      return ToGrpc(absl::InvalidArgumentError("chunk_bytes must be 0 (4 MiB) or at least 4096"));
+    }
     if (!hooks_.weights(version_.load(), chunk, [&](const WeightChunk& c) { return writer->Write(c); })) {
       return ToGrpc(absl::UnavailableError("the weight stream to the coordinator broke"));
     }
