@@ -67,8 +67,8 @@ absl::Status CheckWeightGroupSpec(const WeightGroupSpec& spec) {
   if (spec.size() < 2 || spec.size() > 65536) return bad("size must be in [2, 65536]");
   if (spec.rank() < 0 || spec.rank() >= spec.size()) return bad("rank must be in [0, size)");
   if (!(spec.timeout_seconds() >= 0 && spec.timeout_seconds() <= 3600)) return bad("timeout_seconds must be in [0, 3600]");
-  if (spec.bucket_bytes() != 0 && (spec.bucket_bytes() < 4096 || spec.bucket_bytes() > (int64_t{1} << 32))) {
-    return bad("bucket_bytes must be 0 (default) or in [4 KiB, 4 GiB]");
+  if (spec.bucket_bytes() != 0 && (spec.bucket_bytes() < 1024 || spec.bucket_bytes() > (int64_t{1} << 32))) {
+    return bad("bucket_bytes must be 0 (default) or in [1 KiB, 4 GiB], as weights.bucket_bytes");
   }
   if (!spec.backend().empty() && spec.backend() != "gloo" && spec.backend() != "nccl") return bad("backend must be gloo or nccl");
   if (!host_like(spec.interface_addr())) return bad("interface_addr must be an address");

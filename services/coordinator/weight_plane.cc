@@ -53,8 +53,8 @@ const config::Section<WeightsConfig>& WeightsConfig::Spec() {
            config::AtLeast(1024));
     s->Add("checksum", &W::checksum, "collective: a checksum per bucket, verified before the new weights swap in");
     s->Add("timeout_seconds", &W::timeout_seconds,
-           "collective: forming the weight group and each sync end within this (a hung worker fails the sync)",
-           config::AtLeast(1));
+           "collective: forming the weight group and each sync end within this (a hung worker fails the sync); at most an hour",
+           config::InRange(1, 3600));
     s->Add("store_host", &W::store_host,
            "collective: the rendezvous store's address as the learner and workers reach it; \"\" = loopback when "
            "every role is on loopback, else this host's name");
