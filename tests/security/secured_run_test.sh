@@ -3,7 +3,8 @@
 # server and channel (rlhf serve rollout, scorer and learner; rlhf train coordinating):
 #   - a python3-grpcio client with no token, a wrong token and the right token gets UNAUTHENTICATED,
 #     UNAUTHENTICATED and OK from every service of every server, and a plaintext client is refused;
-#   - the run completes over TLS with a ledger that adds up;
+#   - the run completes over TLS with a ledger that adds up, as separate processes and under one mpirun
+#     (rlhf run: roles by rank, addresses from the store);
 #   - the token appears in no log, no run folder (config dumps) and no process's command line;
 #   - `serve` with no address listens on loopback only; a non-loopback address without TLS is refused.
 # Bounded: every process has a timeout and is killed on exit.
@@ -57,6 +58,19 @@ assert s["steps"] == 3 and s["duplicates"] == 0 and s["missing"] == 0, s
 assert s["roles"]["rollout"] == "remote" and s["roles"]["scorer"] == "remote", s["roles"]
 assert s["roles"]["learner"].startswith("127.0.0.1:"), s["roles"]
 print(f"secured run: {s['steps']} steps, {s['prompts_trained']} prompts trained, weights by {s['roles']['weights']}")
+PY
+
+echo "== the same under one mpirun (rlhf run: a learner, two rollout workers, a scorer), TLS and the token"
+OMP_WAIT_POLICY=passive timeout -k 10 300 mpirun --allow-run-as-root --oversubscribe -x OMP_WAIT_POLICY -np 4 \
+  "$rlhf" run --config "$root/examples/grpo_arithmetic.yaml" "${few[@]}" --stages grpo \
+  --set cluster.learners=1 --set cluster.rollout_workers=2 --set cluster.scorers=1 "${sec[@]}" \
+  --run-dir "$d/cluster" > "$d/cluster.log" 2>&1 || { tail -n 40 "$d/cluster.log"; exit 1; }
+"$py" - "$d/cluster/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["steps"] == 3 and s["duplicates"] == 0 and s["missing"] == 0, s
+assert s["roles"]["rollout"] == "remote" and s["roles"]["scorer"] == "remote", s["roles"]
+print(f"rlhf run over TLS: {s['steps']} steps, roles {s['roles']['rollout']} rollout x2, weights by {s['roles']['weights']}")
 PY
 
 echo "== the token is nowhere but its file"
