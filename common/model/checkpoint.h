@@ -16,8 +16,9 @@ namespace rlhf::model {
 extern const char* const kTokenizerFiles[];
 
 struct LoadOptions {
-  // Compute dtype of the loaded model (f32 or bf16). Default: f32 for f32/f16 files; for bf16 files,
-  // ComputeDtypeFor(bf16), i.e. bf16 only where this machine multiplies bf16 faster than f32.
+  // Compute dtype of the loaded model (f32 or bf16). Default: the checkpoint's (config.json torch_dtype):
+  // bf16 for bf16 files, f32 for f32 / f16 files. Never a measurement: the same command gives the same
+  // logits on every run (LogBf16Advice only says in the log what this machine would run faster).
   std::optional<torch::ScalarType> dtype;
   // Load the backbone under another head (e.g. a value head initialised for a critic from a policy);
   // parameters of the new head that the files lack are initialised with normal(0, 0.02) from `init_seed`.
@@ -48,10 +49,9 @@ struct SaveOptions {
 // exists and is not empty (unless overwrite); UNAVAILABLE / DATA_LOSS on I/O errors.
 absl::Status SaveModel(TransformerImpl& model, const std::string& dir, const SaveOptions& options = {});
 
-// The dtype to compute in for weights stored as `weights`: bf16 weights compute in bf16 only when a bf16
-// matrix product is measured faster than an f32 one on this machine (measured once per process, ~10 ms);
-// else in f32 (e.g. CPUs without AMX, where OpenBLAS's f32 GEMM beats oneDNN's bf16 one).
-torch::ScalarType ComputeDtypeFor(torch::ScalarType weights);
+// Advice only, once per process: measures a 512^3 matrix product in f32 and bf16 (~10 ms) and logs which
+// this machine runs faster, with the key that picks it. The compute dtype never depends on it.
+void LogBf16Advice();
 
 // "float32" / "bfloat16" / "float16" <-> torch dtypes.
 absl::StatusOr<torch::ScalarType> ParseTorchDtype(const std::string& name);
