@@ -85,7 +85,9 @@ Command GenerateCommand() {
       return absl::InvalidArgumentError("give --model DIR --prompts F.jsonl --out samples.jsonl");
     }
     ASSIGN_OR_RETURN(auto load, model::LoadOptionsForDtype(cfg.dtype));
-    ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
+    // The light parts first: a prompt that cannot fit is refused before the weights are loaded.
+    ASSIGN_OR_RETURN(const auto hf, model::LoadHfConfig(cfg.model));
+    const int64_t context = hf.max_position_embeddings;
     ASSIGN_OR_RETURN(auto mt, text::ModelText::Load(cfg.model));
     if (cfg.chat_template) RETURN_IF_ERROR(mt.chat_status);
     // Prompts.
@@ -126,6 +128,10 @@ Command GenerateCommand() {
       } else {
         return bad("needs 'prompt' (text or messages) or 'prompt_ids'");
       }
+      if (static_cast<int64_t>(p.ids.size()) >= context - 1) {
+        return bad(absl::StrCat("the prompt has ", p.ids.size(), " tokens; the model's context is ", context,
+                                " (max_position_embeddings), and a completion needs at least one more: shorten it"));
+      }
       p.prompt_id = j.contains("id") ? j["id"].dump() : data::HashText(nlohmann::json(p.ids).dump());
       prompts.push_back(std::move(p));
       lines.push_back(std::move(j));
@@ -136,7 +142,10 @@ Command GenerateCommand() {
     for (const auto& p : prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.ids.size()));
     rollout::GeneratorOptions go;
     go.slots = cfg.slots;
-    go.capacity = cfg.capacity > 0 ? cfg.capacity : longest + cfg.max_new_tokens;
+    // Never beyond the model's context: a completion that reaches it ends there (finish_reason "length"),
+    // with prompt + completion <= context (the cache holds one token fewer: the last one is never fed back).
+    go.capacity = cfg.capacity > 0 ? cfg.capacity : std::min(longest + cfg.max_new_tokens, context - 1);
+    ASSIGN_OR_RETURN(auto net, model::LoadModel(cfg.model, load));
     rollout::SamplingParams sp;
     sp.temperature = cfg.temperature;
     sp.top_k = cfg.top_k;
