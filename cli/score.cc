@@ -1,5 +1,6 @@
 // rlhf score: the scorer offline (samples JSONL in, scored samples JSONL out); `rlhf serve scorer` (serve.cc)
 // is the same scorer behind gRPC rlhf.Scorer.
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -14,6 +15,8 @@
 #include "common/sample_json.h"
 #include "services/scoring/scorer.h"
 #include "services/scoring/service.h"
+#include "services/scoring/sources.h"
+#include "services/scoring/verifiers.h"
 
 namespace rlhf::cli {
 
@@ -22,6 +25,7 @@ struct ScoreFilesConfig {
   std::string samples;  // input JSONL of samples
   std::string out;      // output JSONL of scored samples
   bool ref_logprobs = true;  // add reference log-probs when a reference model is configured
+  bool explain = false;      // print, per sample, what exact_match extracted and why it matched or not
   static const config::Section<ScoreFilesConfig>& Spec() {
     static const auto* s = [] {
       using S = ScoreFilesConfig;
@@ -29,6 +33,9 @@ struct ScoreFilesConfig {
       s->Add("samples", &S::samples, "input JSONL of samples (the shared sample form)");
       s->Add("out", &S::out, "output JSONL: the samples with reward, reward_parts (and ref_logprobs)");
       s->Add("ref_logprobs", &S::ref_logprobs, "add reference log-probs when reward.reference_model is set");
+      s->Add("explain", &S::explain,
+             "print one line per sample: the reward.extract mode, the rule that found the answer, the answer and "
+             "the truth as compared, and why they matched or not");
       return s;
     }();
     return *s;
@@ -45,7 +52,9 @@ Command ScoreCommand() {
     ScoreFilesConfig::Spec().Register(s);
     scoring::RewardConfig::Spec().Register(s);
   };
-  c.flags = {{"samples", "score.samples", "input samples JSONL"}, {"out", "score.out", "output JSONL"}};
+  c.flags = {{"samples", "score.samples", "input samples JSONL"},
+             {"out", "score.out", "output JSONL"},
+             {"explain", "score.explain", "say what exact_match extracted from each sample and why it matched", true}};
   c.body = [](const Context& ctx) -> absl::Status {
     auto cfg = ScoreFilesConfig::Spec().Read(ctx.config);
     if (cfg.samples.empty() || cfg.out.empty()) return absl::InvalidArgumentError("give --samples F.jsonl --out G.jsonl");
@@ -61,6 +70,21 @@ Command ScoreCommand() {
         spdlog::warn("sample {} (prompt {}): {}", i, samples[i].prompt_id(), std::string(outcomes[i].status.message()));
       } else {
         total += samples[i].reward();
+      }
+    }
+    if (cfg.explain) {
+      const auto rc = scoring::RewardConfig::Spec().Read(ctx.config);
+      for (size_t i = 0; i < samples.size(); ++i) {
+        const auto it = samples[i].extra().find(rc.answer_field);
+        if (it == samples[i].extra().end()) {
+          std::printf("sample %zu: no '%s' field: nothing to compare\n", i, rc.answer_field.c_str());
+          continue;
+        }
+        const auto e = scoring::ExplainMatch(samples[i].completion(), scoring::ExtraText(it->second), rc.extract);
+        const nlohmann::json answer = e.extracted ? e.answer : "", truth = e.truth;
+        std::printf("sample %zu: %s [%s] %s%s%s vs truth %s: %s\n", i, e.matched ? "MATCH" : "no match", e.mode.c_str(),
+                    e.rule.empty() ? "" : e.rule.c_str(), e.rule.empty() ? "" : " ",
+                    e.extracted ? answer.dump().c_str() : "(no answer)", truth.dump().c_str(), e.why.c_str());
       }
     }
     RETURN_IF_ERROR(WriteFileAtomic(cfg.out, [&](FileSink& o) -> absl::Status {

@@ -106,6 +106,8 @@ class CodeSource : public RewardSource {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RewardSource>> MakeExactMatchSource(const SourceContext& c) {
+  spdlog::info("exact_match: the '{}' field against the completion, verifier mode {} (reward.extract)",
+               c.config.answer_field, ExtractModeName(c.config.extract));
   return std::make_unique<ExactMatchSource>(c.config);
 }
 

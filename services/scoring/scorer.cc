@@ -21,8 +21,11 @@ const config::Section<RewardConfig>& RewardConfig::Spec() {
     auto* s = new config::Section<R>("reward");
     s->Add("exact_match_weight", &R::exact_match_weight, "weight of the exact-match reward (1 right, 0 wrong); 0 = off");
     s->Add("answer_field", &R::answer_field, "pass-through sample field holding the ground-truth answer");
-    s->AddChoice("extract", &R::extract, {{"strict", ExtractMode::kStrict}, {"flexible", ExtractMode::kFlexible}},
-                 "answer extraction: strict (boxed, 'answer is', ####) | flexible (else the last number)");
+    s->AddChoice("extract", &R::extract, ExtractModes(),
+                 "how exact_match finds and compares the answer (services/scoring/verifiers.h): flexible (a marked "
+                 "answer, else as many last numbers as the truth holds, else the last number) | strict (boxed, "
+                 "'answer is', #### only) | whole (the whole completion) | number (exactly one number) | numbers "
+                 "(every number, in order) | last_number");
     s->Add("format_weight", &R::format_weight, "weight of the format reward (1 when the regex matches); 0 = off");
     s->Add("format_pattern", &R::format_pattern, "ECMAScript regex the whole completion text must match");
     s->Add("length_weight", &R::length_weight, "weight of the length penalty; 0 = off");

@@ -54,7 +54,7 @@ enum class ProcessSourceKind { kChecker, kModel };
 struct RewardConfig {
   double exact_match_weight = 0;        // weight of the exact-match reward; 0 = off
   std::string answer_field = "answer";  // pass-through field holding the ground truth
-  ExtractMode extract = ExtractMode::kFlexible;  // strict (boxed / "answer is" / ####) | flexible (else the last number)
+  ExtractMode extract = ExtractMode::kFlexible;  // how exact_match finds the answer (verifiers.h: flexible, strict, whole, ...)
   double format_weight = 0;             // weight of the format reward; 0 = off
   std::string format_pattern;           // ECMAScript regex the whole completion must match
   double length_weight = 0;             // weight of the length penalty; 0 = off

@@ -10,6 +10,9 @@
 #include <cstdlib>
 #include <regex>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
 namespace rlhf::scoring {
 
 namespace {
@@ -87,9 +90,16 @@ std::optional<std::string> AfterLast(const std::string& lower, std::string_view 
 
 }  // namespace
 
-std::optional<std::string> ExtractAnswer(std::string_view response_in, ExtractMode mode) {
-  const std::string response = Nfkc(response_in);
-  if (auto b = LastBoxed(response)) return Trim(*b);
+namespace {
+
+const std::regex& NumberRegex() {
+  static const std::regex num(R"([-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?([eE][-+]?\d+)?(/\d+)?|[-+]?\.\d+)");
+  return num;
+}
+
+// The marked answer (boxed, "answer is" / "answer:", ####) of an NFKC-normalised response, and which rule.
+std::optional<std::pair<std::string, std::string>> Marked(const std::string& response) {
+  if (auto b = LastBoxed(response)) return std::make_pair(Trim(*b), std::string("boxed"));
   const std::string lower = Lower(response);
   std::optional<std::string> best;
   size_t best_pos = std::string::npos;
@@ -105,19 +115,32 @@ std::optional<std::string> ExtractAnswer(std::string_view response_in, ExtractMo
     std::string t = *best;
     static const std::regex lead(R"(^\$?\s*([-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?(/\d+)?)(\s|\.|$|%))");
     if (std::regex_search(t, m, lead) && m[1].length() > 0 && std::any_of(m[1].first, m[1].second, ::isdigit)) {
-      return m[1].str() + (m[6].str() == "%" ? "%" : "");
+      return std::make_pair(m[1].str() + (m[6].str() == "%" ? "%" : ""), std::string("answer is"));
     }
-    return best;
+    return std::make_pair(*best, std::string("answer is"));
   }
-  if (auto a = AfterLast(lower, response, "####")) return a;
+  if (auto a = AfterLast(lower, response, "####")) return std::make_pair(*a, std::string("####"));
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::vector<std::string> NumbersIn(std::string_view text_in) {
+  const std::string text = Nfkc(text_in);
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), NumberRegex()); it != std::sregex_iterator(); ++it) {
+    out.push_back(it->str());
+  }
+  return out;
+}
+
+std::optional<std::string> ExtractAnswer(std::string_view response_in, ExtractMode mode) {
+  const std::string response = Nfkc(response_in);
+  if (auto m = Marked(response)) return m->first;
   if (mode == ExtractMode::kStrict) return std::nullopt;
   // Flexible: the last number.
-  static const std::regex num(R"([-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?([eE][-+]?\d+)?(/\d+)?|[-+]?\.\d+)");
-  std::optional<std::string> last;
-  for (auto it = std::sregex_iterator(response.begin(), response.end(), num); it != std::sregex_iterator(); ++it) {
-    last = it->str();
-  }
-  if (last) return last;
+  const auto numbers = NumbersIn(response);
+  if (!numbers.empty()) return numbers.back();
   std::string whole = Trim(response);
   if (whole.empty()) return std::nullopt;
   return whole;
@@ -163,9 +186,8 @@ std::string NormalizeAnswer(std::string_view answer) {
 }
 
 std::optional<double> ParseNumber(std::string_view normalized) {
-  std::string s(normalized);
-  s.erase(std::remove(s.begin(), s.end(), ' '), s.end());
-  if (s.empty()) return std::nullopt;
+  std::string s = Trim(normalized);
+  if (s.empty() || s.find(' ') != std::string::npos) return std::nullopt;  // "0 2 5 6" is four numbers, not 256
   static const std::regex full(R"(^[-+]?((\d{1,3}(,\d{3})+|\d+)(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/[-+]?\d+(\.\d+)?)?$)");
   if (!std::regex_match(s, full)) return std::nullopt;
   s.erase(std::remove(s.begin(), s.end(), ','), s.end());
@@ -180,19 +202,156 @@ std::optional<double> ParseNumber(std::string_view normalized) {
   return v;
 }
 
-bool AnswerMatches(std::string_view response, std::string_view truth, ExtractMode mode) {
-  auto extracted = ExtractAnswer(response, mode);
-  if (!extracted) return false;
-  std::string a = NormalizeAnswer(*extracted), t = NormalizeAnswer(truth);
-  // A truth given as \boxed{...} or "#### x" is unwrapped too.
-  if (auto tb = ExtractAnswer(truth, ExtractMode::kStrict)) t = NormalizeAnswer(*tb);
-  if (a == t) return true;
-  const bool pa = !a.empty() && a.back() == '%', pt = !t.empty() && t.back() == '%';
-  if (pa != pt) return false;  // "50%" is not "50" nor "0.5" unless both say percent
-  if (pa) a.pop_back(), t.pop_back();
-  auto x = ParseNumber(a), y = ParseNumber(t);
-  if (!x || !y) return a == t;
+const std::vector<std::pair<std::string, ExtractMode>>& ExtractModes() {
+  static const std::vector<std::pair<std::string, ExtractMode>> modes = {
+      {"flexible", ExtractMode::kFlexible}, {"strict", ExtractMode::kStrict},   {"whole", ExtractMode::kWhole},
+      {"number", ExtractMode::kNumber},     {"numbers", ExtractMode::kNumbers}, {"last_number", ExtractMode::kLastNumber}};
+  return modes;
+}
+
+const char* ExtractModeName(ExtractMode mode) {
+  for (const auto& [name, m] : ExtractModes()) {
+    if (m == mode) return name.c_str();
+  }
+  return "?";
+}
+
+namespace {
+
+// The numbers of a normalised text that holds nothing else (separated by spaces, commas or semicolons);
+// empty otherwise.
+std::vector<std::string> OnlyNumbers(const std::string& normalized) {
+  auto numbers = NumbersIn(normalized);
+  std::string rest = std::regex_replace(normalized, NumberRegex(), "");
+  for (char c : rest) {
+    if (c != ' ' && c != ',' && c != ';') return {};
+  }
+  return numbers;
+}
+
+bool SameNumber(const std::string& a, const std::string& b) {
+  auto x = ParseNumber(a), y = ParseNumber(b);
+  if (!x || !y) return false;
   return std::fabs(*x - *y) <= 1e-9 * std::max(1.0, std::max(std::fabs(*x), std::fabs(*y)));
+}
+
+// Compares two number sequences element by element into `e`.
+void CompareSequences(const std::vector<std::string>& a, const std::vector<std::string>& t, MatchExplanation& e) {
+  if (a.size() != t.size()) {
+    e.why = absl::StrCat("differ: ", a.size(), " numbers vs ", t.size());
+    return;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!SameNumber(a[i], t[i])) {
+      e.why = absl::StrCat("differ: ", a[i], " vs ", t[i], " at ", i + 1);
+      return;
+    }
+  }
+  e.matched = true;
+  e.why = absl::StrCat("equal as ", a.size(), " numbers");
+}
+
+// Compares a normalised answer with the normalised truth: text, one number by value, or number sequences.
+void Compare(std::string a, std::string t, MatchExplanation& e) {
+  if (a == t) {
+    e.matched = true;
+    e.why = "equal as text";
+    return;
+  }
+  const bool pa = !a.empty() && a.back() == '%', pt = !t.empty() && t.back() == '%';
+  if (pa != pt) {  // "50%" is not "50" nor "0.5" unless both say percent
+    e.why = "differ: one side is a percentage";
+    return;
+  }
+  if (pa) a.pop_back(), t.pop_back();
+  if (ParseNumber(a) && ParseNumber(t)) {
+    e.matched = SameNumber(a, t);
+    e.why = e.matched ? "equal as numbers" : absl::StrCat("differ: ", a, " vs ", t);
+    return;
+  }
+  const auto na = OnlyNumbers(a), nt = OnlyNumbers(t);
+  if (na.size() >= 2 && nt.size() >= 2) return CompareSequences(na, nt, e);
+  e.why = "differ as text";
+}
+
+}  // namespace
+
+MatchExplanation ExplainMatch(std::string_view response_in, std::string_view truth_in, ExtractMode mode) {
+  MatchExplanation e;
+  e.mode = ExtractModeName(mode);
+  const std::string response = Nfkc(response_in);
+  e.truth = NormalizeAnswer(truth_in);
+  // A truth given as \boxed{...} or "#### x" is unwrapped too.
+  if (auto tm = Marked(Nfkc(truth_in))) e.truth = NormalizeAnswer(tm->first);
+  const auto truth_numbers = OnlyNumbers(e.truth);
+  const auto numbers = NumbersIn(response);
+  auto take = [&](std::string answer, std::string rule) {
+    e.extracted = std::move(answer);
+    e.rule = std::move(rule);
+    e.answer = NormalizeAnswer(*e.extracted);
+  };
+  switch (mode) {
+    case ExtractMode::kStrict:
+    case ExtractMode::kFlexible:
+      if (auto m = Marked(response)) {
+        take(m->first, m->second);
+      } else if (mode == ExtractMode::kStrict) {
+        e.why = "no marked answer (boxed, 'answer is', ####)";
+        return e;
+      } else if (truth_numbers.size() >= 2) {
+        if (numbers.size() < truth_numbers.size()) {
+          take(Trim(response), "whole response");
+          e.why = absl::StrCat("differ: the response holds ", numbers.size(), " numbers, the truth ", truth_numbers.size());
+          return e;
+        }
+        const std::vector<std::string> last(numbers.end() - static_cast<std::ptrdiff_t>(truth_numbers.size()), numbers.end());
+        take(absl::StrJoin(last, " "), absl::StrCat("last ", last.size(), " numbers"));
+        CompareSequences(last, truth_numbers, e);
+        return e;
+      } else if (!numbers.empty()) {
+        take(numbers.back(), "last number");
+      } else {
+        take(Trim(response), "whole response");
+      }
+      break;
+    case ExtractMode::kWhole:
+      take(Trim(response), "whole response");
+      break;
+    case ExtractMode::kNumber:
+      take(Trim(response), "whole response");
+      if (!ParseNumber(e.answer) && !(e.answer.size() > 1 && e.answer.back() == '%' &&
+                                      ParseNumber(e.answer.substr(0, e.answer.size() - 1)))) {
+        e.why = "the response is not one number";
+        return e;
+      }
+      break;
+    case ExtractMode::kNumbers:
+      take(absl::StrJoin(numbers, " "), "every number");
+      if (truth_numbers.empty() && !ParseNumber(e.truth)) {
+        e.why = "the truth is not numbers";
+        return e;
+      }
+      CompareSequences(numbers, truth_numbers.empty() ? std::vector<std::string>{e.truth} : truth_numbers, e);
+      return e;
+    case ExtractMode::kLastNumber:
+      if (numbers.empty()) {
+        e.why = "no number in the response";
+        return e;
+      }
+      take(numbers.back(), "last number");
+      break;
+  }
+  if (e.extracted && Trim(*e.extracted).empty()) {
+    e.extracted.reset();
+    e.why = "no answer";
+    return e;
+  }
+  Compare(e.answer, e.truth, e);
+  return e;
+}
+
+bool AnswerMatches(std::string_view response, std::string_view truth, ExtractMode mode) {
+  return ExplainMatch(response, truth, mode).matched;
 }
 
 }  // namespace rlhf::scoring

@@ -62,3 +62,98 @@ TEST(Verifiers, ParseNumber) {
 
 }  // namespace
 }  // namespace rlhf::scoring
+
+namespace rlhf::scoring {
+namespace {
+
+// The conformance table: hard cases for every mode. Each row: mode, completion, truth, expected.
+struct Case {
+  ExtractMode mode;
+  const char* completion;
+  const char* truth;
+  bool match;
+};
+
+TEST(Verifiers, ConformanceTable) {
+  using M = ExtractMode;
+  const Case cases[] = {
+      // Several numbers (the cases that once scored wrong in flexible mode).
+      {M::kFlexible, " 0 2 5 6", "0 2 5 6", true},
+      {M::kFlexible, " 256", "0 2 5 6", false},
+      {M::kFlexible, " 9 9 3", "0 0 0 3", false},
+      {M::kFlexible, "sorted: 0 2 5 6", "0 2 5 6", true},
+      {M::kFlexible, "0 2 6 5", "0 2 5 6", false},
+      {M::kFlexible, "1, 2, 3", "1 2 3", true},
+      {M::kNumbers, " 0 2 5 6", "0 2 5 6", true},
+      {M::kNumbers, "10 0 2 5 6", "0 2 5 6", false},
+      {M::kNumbers, "it is 7", "7", true},
+      {M::kLastNumber, " 9 9 3", "3", true},
+      {M::kWhole, " 0 2 5 6", "0 2 5 6", true},
+      {M::kWhole, "0  2 5 6\n", "0 2 5 6", true},
+      {M::kWhole, "0,2,5,6", "0 2 5 6", true},
+      {M::kWhole, " 256", "0 2 5 6", false},
+      // Spaces and trailing text.
+      {M::kWhole, "  42  ", "42", true},
+      {M::kWhole, "42 apples", "42", false},
+      {M::kFlexible, "42 apples", "42", true},
+      {M::kNumber, "42 apples", "42", false},
+      {M::kNumber, " 42\n", "42", true},
+      {M::kStrict, "42", "42", false},
+      {M::kStrict, "The answer is 42.", "42", true},
+      {M::kStrict, "so \\boxed{42} wait", "42", true},
+      {M::kStrict, "#### 42", "42", true},
+      // Signs.
+      {M::kNumber, "+3", "3", true},
+      {M::kNumber, "-3", "3", false},
+      {M::kNumber, "-0", "0", true},
+      {M::kWhole, "\u2212" "5", "-5", true},
+      {M::kFlexible, "x = -5", "5", false},
+      // Leading zeros: one number compares by value; a sequence element by element.
+      {M::kNumber, "007", "7", true},
+      {M::kWhole, "0 0 0 3", "0 0 0 3", true},
+      {M::kWhole, "3", "0 0 0 3", false},
+      // Thousands separators.
+      {M::kNumber, "1,000", "1000", true},
+      {M::kNumber, "1,000,000", "1000000", true},
+      {M::kNumber, "1,00", "100", false},
+      {M::kWhole, "1 000", "1000", false},
+      // Decimals, fractions, percentages.
+      {M::kNumber, "0.50", ".5", true},
+      {M::kNumber, "1/2", "0.5", true},
+      {M::kNumber, "50%", "50%", true},
+      {M::kNumber, "50%", "0.5", false},
+      // Unicode digits: full-width digits are digits (NFKC); other scripts' digits are text.
+      {M::kNumber, "\uff14\uff12", "42", true},
+      {M::kWhole, "\u0664\u0662", "42", false},
+      // Text answers.
+      {M::kWhole, "New  York.", "new york", true},
+      {M::kWhole, "abc", "abd", false},
+      {M::kFlexible, "", "0", false},
+  };
+  for (const auto& c : cases) {
+    const auto e = ExplainMatch(c.completion, c.truth, c.mode);
+    EXPECT_EQ(e.matched, c.match) << ExtractModeName(c.mode) << " '" << c.completion << "' vs '" << c.truth
+                                   << "': rule " << e.rule << ", answer '" << e.answer << "', truth '" << e.truth
+                                   << "': " << e.why;
+  }
+}
+
+TEST(Verifiers, ExplanationsSayWhatWasExtractedAndWhy) {
+  auto e = ExplainMatch("sorted: 0 2 5 6", "0 2 5 6", ExtractMode::kFlexible);
+  EXPECT_EQ(e.rule, "last 4 numbers");
+  EXPECT_EQ(*e.extracted, "0 2 5 6");
+  EXPECT_EQ(e.why, "equal as 4 numbers");
+  e = ExplainMatch(" 9 9 3", "0 0 0 3", ExtractMode::kFlexible);
+  EXPECT_FALSE(e.matched);
+  EXPECT_EQ(e.why, "differ: the response holds 3 numbers, the truth 4");
+  e = ExplainMatch("The answer is 42 apples.", "41", ExtractMode::kStrict);
+  EXPECT_EQ(e.rule, "answer is");
+  EXPECT_EQ(e.why, "differ: 42 vs 41");
+  e = ExplainMatch("no idea", "7", ExtractMode::kStrict);
+  EXPECT_FALSE(e.extracted);
+  EXPECT_EQ(e.mode, "strict");
+  for (const auto& [name, mode] : ExtractModes()) EXPECT_EQ(ExtractModeName(mode), name);
+}
+
+}  // namespace
+}  // namespace rlhf::scoring
