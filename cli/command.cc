@@ -54,7 +54,12 @@ absl::Status Execute(const Command& cmd, const std::string& label, const std::st
   if (cmd.takes_run_config) trainer::RegisterTrainKeys(schema);
   ASSIGN_OR_RETURN(auto cfg, config::Config::Load(schema, file, overrides));
   Context ctx{label, cfg, RunConfig::Spec().Read(cfg), ""};
-  InitLogging(ctx.run.log_level);
+  const bool bare = cmd.quiet_tool && ctx.run.dir.empty();  // no run directory, logs at warn by default
+  InitLogging(cmd.quiet_tool && ctx.run.log_level == RunConfig{}.log_level ? "warn" : ctx.run.log_level);
+  if (bare) {
+    ConfigureRuntime(static_cast<int>(ctx.run.threads));
+    return GuardExceptions(label, [&] { return cmd.body(ctx); });
+  }
   std::string dir_name = label;
   std::replace(dir_name.begin(), dir_name.end(), ' ', '-');
   ctx.run_dir = ctx.run.dir.empty() ? DefaultRunDir(dir_name) : ctx.run.dir;

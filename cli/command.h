@@ -48,6 +48,9 @@ struct Command {
   // A role of a run (serve rollout, serve scorer): it takes the run's one config file, accepting every key
   // of `rlhf train` (a misspelt key is still refused by name) and reading only `own_sections`.
   bool takes_run_config = false;
+  // A quick tool whose output is its answer (tokenize): it logs at warn unless run.log_level says otherwise,
+  // and makes no run directory (no log file, no config.yaml) unless run.dir is given.
+  bool quiet_tool = false;
   // flag name (without --), config key, help
   struct Flag {
     std::string flag, key, help;

@@ -39,6 +39,7 @@ Command TokenizeCommand() {
   c.name = "tokenize";
   c.help = "encode text to token ids (a JSON array) with a model's tokenizer.json, or decode ids";
   c.add_sections = [](config::Schema& s) { TokenizeConfig::Spec().Register(s); };
+  c.quiet_tool = true;
   c.flags = {
       {"model", "tokenize.model", "model folder or tokenizer.json"},
       {"text", "tokenize.text", "text (or ids with --decode)"},
