@@ -98,6 +98,10 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
     return absl::InvalidArgumentError(absl::StrCat(task.stage, ".batch_size must be at least the number of ranks"));
   }
   int64_t total = per_epoch * c.epochs;
+  if (c.max_steps > total && p.rank0()) {
+    spdlog::warn("{}: max_steps {} is cut to {} steps by epochs {} ({} examples, batch {}): raise {}.epochs to train "
+                 "{} steps", task.stage, c.max_steps, total, c.epochs, task.n_train, c.batch_size, task.stage, c.max_steps);
+  }
   if (c.max_steps > 0) total = std::min(total, c.max_steps);
   learner.SetTotalSteps(total);
   int64_t step = 0;
@@ -296,6 +300,10 @@ absl::StatusOr<OnlinePrompts> LoadOnlinePrompts(const RlStageConfig& sc, const d
   const int64_t n = static_cast<int64_t>(ds.Indices(data::Split::kTrain).size());
   if (n == 0) return absl::InvalidArgumentError(absl::StrCat(dc.path, " has no training prompts"));
   int64_t total = (n * sc.epochs + sc.rollout_batch_size - 1) / sc.rollout_batch_size;
+  if (sc.steps > total) {
+    spdlog::warn("rl.steps {} is cut to about {} steps by rl.epochs {} ({} training prompts, {} per step): raise "
+                 "rl.epochs to train {} steps", sc.steps, total, sc.epochs, n, sc.rollout_batch_size, sc.steps);
+  }
   if (sc.steps > 0) total = std::min(total, sc.steps);
   return OnlinePrompts{std::move(ds), total};
 }
