@@ -31,7 +31,7 @@ OMP_WAIT_POLICY=passive mpirun --allow-run-as-root --oversubscribe -x OMP_WAIT_P
   --set cluster.learners=2 --set cluster.rollout_workers=2 --set cluster.scorers=1 --set run.threads=1 \
   --set sft.data.path="$work/data/sft.jsonl" --set rl.data.path="$work/data/prompts.jsonl" \
   --run-dir "$run" "$@" 2>&1 \
-  | { grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval at|online,|held-out accuracy|rlhf run:|coordinates|dropped|rejoins|error" || true; }
+  | { grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval of|online,|held-out accuracy|rlhf run:|coordinates|dropped|rejoins|error" || true; }
 echo "trained in $(( $(date +%s) - start )) s"
 
 echo "== 3. results ($run/summary.json, metrics.jsonl, processes.json)"

@@ -31,4 +31,4 @@ judge_sft=(--stages sft --set sft.data.path="$work/policy_data/judge.jsonl" --se
 echo "== 5. online DPO against the judge"
 "$rlhf" train --config "$cfg" --model "$sft" --stages online_dpo --set rl.data.path="$work/data/prompts.jsonl" \
   --set reward.judge_model="$work/runs/judge2/0-sft/model" --run-dir "$work/runs/online_dpo" 2>&1 |
-  grep --line-buffered -E "online_dpo step|eval at|held-out accuracy"
+  grep --line-buffered -E "online_dpo step|eval of|held-out accuracy"

@@ -23,7 +23,7 @@ cat "$work/data/pairs.jsonl" "$work/policy_data/pairs.jsonl" > "$work/rm_pairs.j
 echo "== 4. reward_model (the generated pairs and the policy's), then ppo from the SFT policy"
 "$rlhf" train --config "$cfg" --model "$sft" --stages "reward_model;ppo" \
   --set reward_model.data.path="$work/rm_pairs.jsonl" --set rl.data.path="$work/data/prompts.jsonl" \
-  --run-dir "$work/runs/ppo" 2>&1 | grep --line-buffered -E "reward_model step [0-9]+/[0-9]+: .*eval|ppo step|eval at|held-out accuracy"
+  --run-dir "$work/runs/ppo" 2>&1 | grep --line-buffered -E "reward_model step [0-9]+/[0-9]+: .*eval|ppo step|eval of|held-out accuracy"
 
 $py - "$work/runs/ppo" <<'PY'
 import json, sys

@@ -182,13 +182,14 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
 
 absl::StatusOr<nlohmann::json> EvaluateToFile(RolloutPool& pool, ScorerClient& scorer, const std::vector<Prompt>& prompts,
                                               const EvalConfig& config, int64_t version, uint64_t seed,
-                                              const std::string& path) {
+                                              const std::string& path, const std::string& what) {
   ASSIGN_OR_RETURN(auto r, Evaluate(pool, scorer, prompts, config, version, seed));
   RETURN_IF_ERROR(WriteFileAtomic(path, [&](FileSink& out) -> absl::Status {
     for (const auto& s : r.generations) RETURN_IF_ERROR(out.Write(SampleToJson(s) + "\n"));
     return absl::OkStatus();
   }));
-  spdlog::info("eval at policy version {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}", version,
+  spdlog::info("eval of {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}",
+               what.empty() ? absl::StrCat("policy version ", version) : what,
                r.correct, r.prompts, 100 * r.accuracy, 100 * r.accuracy_low, 100 * r.accuracy_high, r.mean_reward,
                r.k > 0 ? absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k) : std::string());
   return r.ToJson();

@@ -58,10 +58,10 @@ std::pair<double, double> WilsonInterval(int64_t successes, int64_t n, double z 
 absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, const std::vector<Prompt>& prompts,
                                     const EvalConfig& config, int64_t version, uint64_t seed);
 
-// Evaluate, with the generations written to `path` (JSONL, written whole) and one log line; returns the
-// figures as EvalResult::ToJson.
+// Evaluate, with the generations written to `path` (JSONL, written whole) and one log line naming `what`
+// was evaluated ("" = "policy version <version>"); returns the figures as EvalResult::ToJson.
 absl::StatusOr<nlohmann::json> EvaluateToFile(RolloutPool& pool, ScorerClient& scorer, const std::vector<Prompt>& prompts,
                                               const EvalConfig& config, int64_t version, uint64_t seed,
-                                              const std::string& path);
+                                              const std::string& path, const std::string& what = "");
 
 }  // namespace rlhf::coordinator

@@ -108,13 +108,13 @@ absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
     pool.SetLeases(roles_cfg.leases());
     coordinator::ScorerClient scorer(roles->scorer_channels(), roles->rpc(), roles_cfg.retry());
     ASSIGN_OR_RETURN(auto r, coordinator::EvaluateToFile(pool, scorer, prompts, ec, 0, p.seed,
-                                                         (fs::path(p.run_dir) / ("eval_" + name + ".jsonl")).string()));
+                                                         (fs::path(p.run_dir) / ("eval_" + name + ".jsonl")).string(),
+                                                         absl::StrCat(name, " (", p.policy, ")")));
     const std::string path = (fs::path(p.run_dir) / "evals.json").string();
     json all = ReadJsonObject(path);
     r["policy"] = p.policy;
     all[name] = r;
     RETURN_IF_ERROR(WriteFileAtomic(path, all.dump(2) + "\n"));
-    spdlog::info("eval of {} ({}): accuracy {:.1f}%", name, p.policy, 100 * r["accuracy"].get<double>());
   }
   return p.group->Barrier();
 }
