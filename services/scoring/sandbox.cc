@@ -24,6 +24,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -155,8 +156,10 @@ struct ChildPlan {
   _exit(125);
 }
 
-bool WriteProc(const char* path, const char* text) {
-  int fd = open(path, O_WRONLY);
+// Writes `text` to a kernel file (/proc, cgroupfs) in one write; `path` is relative to `dir` when it is not
+// absolute. Async-signal-safe.
+bool WriteProc(const char* path, const char* text, int dir = AT_FDCWD) {
+  int fd = openat(dir, path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
   const ssize_t len = static_cast<ssize_t>(strlen(text));
   const bool ok = write(fd, text, static_cast<size_t>(len)) == len;
@@ -231,16 +234,10 @@ void BecomeNobody(const ChildPlan& p, int proc) {
   // dumpable again, it may write its own id maps.
   if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0) Fail(e, "set dumpable");
   if (p.unshare_fn(CLONE_NEWUSER) != 0) Fail(e, "unshare(nested user namespace)");
-  auto write_at = [&](const char* path, const char* text) {
-    int fd = openat(proc, path, O_WRONLY | O_CLOEXEC);
-    const ssize_t len = static_cast<ssize_t>(strlen(text));
-    const bool ok = fd >= 0 && write(fd, text, static_cast<size_t>(len)) == len;
-    if (fd >= 0) close(fd);
-    if (!ok) Fail(e, path);
-  };
-  write_at("self/setgroups", "deny");
-  write_at("self/uid_map", "65534 0 1\n");
-  write_at("self/gid_map", "65534 0 1\n");
+  for (const auto& [path, text] : {std::make_pair("self/setgroups", "deny"), std::make_pair("self/uid_map", "65534 0 1\n"),
+                                    std::make_pair("self/gid_map", "65534 0 1\n")}) {
+    if (!WriteProc(path, text, proc)) Fail(e, path);
+  }
   if (setresgid(kNobody, kNobody, kNobody) != 0 || setresuid(kNobody, kNobody, kNobody) != 0) {
     Fail(e, "become the unprivileged sandbox user");
   }
@@ -351,9 +348,9 @@ class Cgroups {
     for (absl::string_view line : absl::StrSplit(mountinfo, '\n')) {
       // id parent major:minor root mount-point options [optional...] - fstype source super-options
       std::vector<std::string> f = absl::StrSplit(line, ' ');
-      auto dash = std::find(f.begin(), f.end(), "-");
-      if (f.size() < 5 || dash == f.end() || dash + 3 >= f.end() + 1) continue;
-      const std::string fstype = *(dash + 1), super = dash + 3 < f.end() ? *(dash + 3) : "";
+      const auto dash = std::find(f.begin(), f.end(), "-");
+      if (f.size() < 5 || f.end() - dash < 4) continue;  // the dash, then fstype, source and super-options
+      const std::string fstype = *(dash + 1), super = *(dash + 3);
       std::vector<std::pair<std::string, std::string>> files;  // controller file -> value
       std::string hierarchy;                                   // its line in /proc/self/cgroup: "N:<this>:path"
       if (fstype == "cgroup") {
@@ -386,7 +383,7 @@ class Cgroups {
       if (mkdir(dir.c_str(), 0700) != 0) continue;
       bool capped = false;
       for (const auto& [file, value] : files) {
-        if (WriteFileAtomic(dir + "/" + file, value).ok() || WriteProc((dir + "/" + file).c_str(), value.c_str())) {
+        if (WriteProc((dir + "/" + file).c_str(), value.c_str())) {
           capped = true;
           controllers_.push_back(file.substr(0, file.find('.')));
         }
