@@ -125,8 +125,10 @@ std::optional<std::pair<std::string, std::string>> Marked(const std::string& res
 
 }  // namespace
 
-std::vector<std::string> NumbersIn(std::string_view text_in) {
-  const std::string text = Nfkc(text_in);
+namespace {
+
+// The numbers of a text already in NFKC form (a normalised answer, an NFKC'd response).
+std::vector<std::string> NumbersInNfkc(const std::string& text) {
   std::vector<std::string> out;
   for (auto it = std::sregex_iterator(text.begin(), text.end(), NumberRegex()); it != std::sregex_iterator(); ++it) {
     out.push_back(it->str());
@@ -134,12 +136,16 @@ std::vector<std::string> NumbersIn(std::string_view text_in) {
   return out;
 }
 
+}  // namespace
+
+std::vector<std::string> NumbersIn(std::string_view text) { return NumbersInNfkc(Nfkc(text)); }
+
 std::optional<std::string> ExtractAnswer(std::string_view response_in, ExtractMode mode) {
   const std::string response = Nfkc(response_in);
   if (auto m = Marked(response)) return m->first;
   if (mode == ExtractMode::kStrict) return std::nullopt;
   // Flexible: the last number.
-  const auto numbers = NumbersIn(response);
+  const auto numbers = NumbersInNfkc(response);
   if (!numbers.empty()) return numbers.back();
   std::string whole = Trim(response);
   if (whole.empty()) return std::nullopt;
@@ -221,7 +227,7 @@ namespace {
 // The numbers of a normalised text that holds nothing else (separated by spaces, commas or semicolons);
 // empty otherwise.
 std::vector<std::string> OnlyNumbers(const std::string& normalized) {
-  auto numbers = NumbersIn(normalized);
+  auto numbers = NumbersInNfkc(normalized);
   std::string rest = std::regex_replace(normalized, NumberRegex(), "");
   for (char c : rest) {
     if (c != ' ' && c != ',' && c != ';') return {};
@@ -280,11 +286,11 @@ MatchExplanation ExplainMatch(std::string_view response_in, std::string_view tru
   MatchExplanation e;
   e.mode = ExtractModeName(mode);
   const std::string response = Nfkc(response_in);
-  e.truth = NormalizeAnswer(truth_in);
   // A truth given as \boxed{...} or "#### x" is unwrapped too.
-  if (auto tm = Marked(Nfkc(truth_in))) e.truth = NormalizeAnswer(tm->first);
+  const auto marked_truth = Marked(Nfkc(truth_in));
+  e.truth = marked_truth ? NormalizeAnswer(marked_truth->first) : NormalizeAnswer(truth_in);
   const auto truth_numbers = OnlyNumbers(e.truth);
-  const auto numbers = NumbersIn(response);
+  const auto numbers = NumbersInNfkc(response);
   auto take = [&](std::string answer, std::string rule) {
     e.extracted = std::move(answer);
     e.rule = std::move(rule);
