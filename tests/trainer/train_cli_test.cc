@@ -245,6 +245,70 @@ TEST_F(TrainCli, PipelineEvaluationsAndRlhfEvalAgree) {
   EXPECT_NE(r.out.find("eval.split"), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
+  // A task a tiny model learns in a few dozen steps (every answer is "7"): with sft.target_accuracy the stage
+  // ends as soon as the held-out greedy accuracy reaches it, long before max_steps, and that accuracy is the
+  // one `rlhf eval` measures on the saved model and the same held-out prompts.
+  {
+    std::ofstream sft(dir_ + "/sevens.jsonl"), prompts(dir_ + "/sevens_prompts.jsonl");
+    for (int a = 0; a < 20; ++a) {
+      for (int b = 0; b < 10; ++b) {
+        const std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
+        sft << nlohmann::json{{"prompt", p}, {"completion", "7"}}.dump() << "\n";
+        prompts << nlohmann::json{{"prompt", p}, {"answer", "7"}}.dump() << "\n";
+      }
+    }
+  }
+  const std::string base = " --model " + dir_ + "/m --stages sft --set run.log_level=info --set run.threads=1 "
+                           "--set sft.data.path=" + dir_ + "/sevens.jsonl --set sft.data.heldout_fraction=0.2 "
+                           "--set sft.batch_size=16 --set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 "
+                           "--set sft.epochs=20 --set sft.max_steps=200 --set sft.eval_every=5 --set sft.accuracy_prompts=32";
+  const std::string run = dir_ + "/runs/sft-target";
+  auto r = RunCommand("timeout 300 " + kRlhf + " train" + base + " --set sft.target_accuracy=0.9 --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("reached sft.target_accuracy 90.0%"), std::string::npos) << r.out;
+  std::vector<nlohmann::json> rows;
+  {
+    std::ifstream in(run + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_FALSE(rows.empty());
+  ASSERT_LT(rows.size(), 200u) << "the stage did not end early";
+  EXPECT_EQ(rows.size() % 5, 0u);
+  const double last = rows.back()["eval/accuracy"].get<double>();
+  EXPECT_GE(last, 0.9);
+  for (size_t i = 0; i + 1 < rows.size(); ++i) {
+    if (rows[i].contains("eval/accuracy")) EXPECT_LT(rows[i]["eval/accuracy"].get<double>(), 0.9) << "step " << i + 1;
+  }
+  ASSERT_TRUE(fs::exists(run + "/0-sft/model/config.json"));
+  r = RunCommand("timeout 120 " + kRlhf + " eval --model " + run + "/0-sft/model --data " + dir_ +
+                 "/sevens_prompts.jsonl --set eval.data.heldout_fraction=0.2 --set eval.max_prompts=32 "
+                 "--set eval.max_new_tokens=2 --set reward.exact_match_weight=1 --set run.log_level=warn "
+                 "--set run.threads=1 --run-dir " + run + "-eval");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(ReadFile(run + "-eval/eval.json"))["accuracy"].get<double>(), last);
+
+  // sft.patience: two evaluations without a new best end the stage; a run killed right after that last
+  // checkpoint and resumed trains nothing more.
+  const std::string pat = dir_ + "/runs/sft-patience";
+  const std::string args = base + " --set sft.optim.lr=1e-9 --set sft.patience=2 --set sft.eval_every=2";
+  r = RunCommand("RLHF_FAULT_KILL_AFTER_CHECKPOINT=6 timeout 120 " + kRlhf + " train" + args + " --run-dir " + pat);
+  ASSERT_NE(r.code, 0) << "the fault injection did not kill the run:\n" << r.out;
+  EXPECT_NE(r.out.find("ending at step 6 of "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sft.patience"), std::string::npos) << r.out;
+  r = RunCommand("timeout 120 " + kRlhf + " train" + args + " --resume --run-dir " + pat);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ended early at step 6"), std::string::npos) << r.out;
+  EXPECT_EQ(Losses(pat).size(), 6u);
+  EXPECT_TRUE(fs::exists(pat + "/0-sft/model/config.json"));
+
+  // A target without the accuracy it needs is refused with the keys named.
+  r = RunCommand("timeout 60 " + kRlhf + " train" + base + " --set sft.accuracy_prompts=0 --set sft.target_accuracy=0.5"
+                 " --run-dir " + dir_ + "/runs/sft-target-bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("sft.accuracy_prompts > 0"), std::string::npos) << r.out;
+}
+
 TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
   // Two online steps each through the embedded rollout worker and scorer. Online DPO starts at the
   // reference (the starting policy), so its first loss is -log sigmoid(0) = log 2.

@@ -45,6 +45,18 @@ const config::Section<SftConfig>& SftConfig::Spec() {
   static const auto* s = [] {
     auto* s = new config::Section<SftConfig>(OfflineSection<SftConfig>("sft"));
     s->Add("packing", &SftConfig::packing, "pack several examples per row (attention kept inside each)");
+    s->Add("accuracy_prompts", &SftConfig::accuracy_prompts,
+           "held-out prompts of the greedy accuracy measured every eval_every steps (the completion is the truth, "
+           "compared as reward.extract says); 0 = not measured",
+           config::AtLeast(0));
+    s->Add("target_accuracy", &SftConfig::target_accuracy,
+           "end the stage early once the held-out greedy accuracy reaches this (needs accuracy_prompts and eval_every); "
+           "0 = no target",
+           config::InRange(0, 1));
+    s->Add("patience", &SftConfig::patience,
+           "end the stage early once the held-out greedy accuracy has not improved for this many evaluations "
+           "(needs accuracy_prompts and eval_every); 0 = off",
+           config::AtLeast(0));
     return s;
   }();
   return *s;

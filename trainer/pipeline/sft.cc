@@ -2,9 +2,13 @@
 // tokens only, optionally with several examples packed per row; held-out loss and perplexity.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <numeric>
 
+#include "rollout/generator.h"
+#include "services/scoring/scorer.h"
+#include "services/scoring/verifiers.h"
 #include "trainer/pipeline/stage.h"
 
 namespace rlhf::trainer {
@@ -65,6 +69,70 @@ absl::Status RunSft(Pipeline& p, int64_t index, const std::string& stage) {
     if (s[1] == 0) return std::map<std::string, double>{};
     return std::map<std::string, double>{{"loss", s[0] / s[1]}, {"perplexity", std::exp(s[0] / s[1])}};
   };
+  // Held-out greedy accuracy (sft.accuracy_prompts): rank 0 generates with the policy being trained and
+  // compares each completion with the example's as the exact-match reward does; every rank gets its figure.
+  std::vector<rollout::PromptInput> acc_prompts;
+  std::vector<std::string> acc_truths;
+  int64_t acc_new_tokens = 1, acc_capacity = 2;
+  task.target_accuracy = cfg.target_accuracy;
+  task.patience = cfg.patience;
+  if (cfg.accuracy_prompts > 0) {
+    for (size_t i : held_idx) {
+      if (static_cast<int64_t>(acc_prompts.size()) >= cfg.accuracy_prompts) break;
+      const auto& ex = ds.examples()[i];
+      std::string truth;
+      if (ex.completion.is_string()) {
+        truth = ex.completion.get<std::string>();
+      } else if (ex.completion.is_array() && !ex.completion.empty() && ex.completion.back().contains("content") &&
+                 ex.completion.back()["content"].is_string()) {
+        truth = ex.completion.back()["content"].get<std::string>();
+      } else {
+        continue;
+      }
+      ASSIGN_OR_RETURN(auto ids, tools.EncodePrompt(ex.prompt));
+      const auto& seq = all[i];
+      const int64_t completion_tokens = static_cast<int64_t>(std::count(seq.target.begin(), seq.target.end(), 1));
+      acc_new_tokens = std::max(acc_new_tokens, completion_tokens + 1);
+      acc_capacity = std::max(acc_capacity, static_cast<int64_t>(ids.size()));
+      acc_prompts.push_back({ex.prompt_id, static_cast<int64_t>(acc_prompts.size()), std::move(ids)});
+      acc_truths.push_back(std::move(truth));
+    }
+    if (acc_prompts.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(stage, ".accuracy_prompts: the held-out split has no example with "
+                                                     "a text completion to compare with"));
+    }
+    if (p.rank0()) {
+      spdlog::info("{}: held-out greedy accuracy on {} prompts (up to {} new tokens, {} answers) every {} steps", stage,
+                   acc_prompts.size(), acc_new_tokens, scoring::ExtractModeName(PipelineReward(p).extract), cfg.eval_every);
+    }
+    const scoring::ExtractMode mode = PipelineReward(p).extract;
+    task.accuracy = [&, mode]() -> absl::StatusOr<double> {
+      double correct = 0;
+      if (p.rank0()) {
+        RETURN_IF_ERROR(GuardExceptions("sft accuracy", [&]() -> absl::Status {
+          torch::NoGradGuard ng;
+          policy->eval();
+          rollout::GeneratorOptions go;
+          go.slots = 64;
+          go.capacity = acc_capacity + acc_new_tokens;
+          rollout::Generator gen(policy.get(), &tools.tokenizer, tools.stop_ids, go);
+          rollout::SamplingParams greedy;
+          greedy.temperature = 0;
+          greedy.max_new_tokens = acc_new_tokens;
+          greedy.seed = p.seed;
+          auto out = gen.Generate(acc_prompts, 1, greedy);
+          policy->train();
+          if (!out.ok()) return out.status();
+          for (const auto& g : *out) {
+            correct += scoring::AnswerMatches(g.completion, acc_truths[static_cast<size_t>(g.prompt_index)], mode) ? 1 : 0;
+          }
+          return absl::OkStatus();
+        }));
+      }
+      ASSIGN_OR_RETURN(auto s, p.group->SumDoubles({correct}));
+      return s[0] / static_cast<double>(acc_prompts.size());
+    };
+  }
   RETURN_IF_ERROR(RunOffline(p, learner, task));
   const std::string out = (fs::path(StageDir(p, index, stage)) / "model").string();
   RETURN_IF_ERROR(SaveStageModel(p, *policy, out));

@@ -96,6 +96,11 @@ struct OfflineTask {
   std::function<absl::StatusOr<std::vector<MicroBatch>>(const std::vector<size_t>&)> micro;
   std::function<std::vector<size_t>(int64_t epoch)> order;
   std::function<absl::StatusOr<std::map<std::string, double>>()> evaluate;  // held-out metrics
+  // Held-out greedy accuracy, the same figure on every rank (collective), measured with `evaluate` and
+  // logged as eval/accuracy; empty = not measured. With it, the stage may stop early (sft.target_*):
+  std::function<absl::StatusOr<double>()> accuracy;
+  double target_accuracy = 0;  // stop once the accuracy reaches this; 0 = off
+  int64_t patience = 0;        // stop once it has not improved on its best for this many evaluations; 0 = off
   Objective* objective = nullptr;
 };
 // Optimizer steps over the epochs (or max_steps), with held-out evaluation, progress lines, the metrics log

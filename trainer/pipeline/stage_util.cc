@@ -20,6 +20,7 @@
 namespace rlhf::trainer {
 
 namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 std::string StageDir(const Pipeline& p, int64_t index, const std::string& stage) {
   return (fs::path(p.run_dir) / absl::StrCat(index, "-", stage)).string();
@@ -104,12 +105,27 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
   }
   if (c.max_steps > 0) total = std::min(total, c.max_steps);
   learner.SetTotalSteps(total);
+  if ((task.target_accuracy > 0 || task.patience > 0) && (!task.accuracy || c.eval_every == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(task.stage, ".target_accuracy / ", task.stage, ".patience need ",
+                                                   task.stage, ".accuracy_prompts > 0 and ", task.stage, ".eval_every > 0"));
+  }
   int64_t step = 0;
+  // The early stop's state: best accuracy, evaluations since it, and whether the stage has ended early.
+  nlohmann::json early = {{"best", -1.0}, {"since_best", 0}, {"stopped", false}};
   if (p.resume) {
     step = p.resume->step;
     RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
     if (p.rank0()) spdlog::info("{}: resumed at step {} from {}", task.stage, step, p.resume_dir);
+    const auto& e = p.resume->extra;
+    if (e.contains("early_stop") && e["early_stop"].is_object() && e["early_stop"].value("best", json()).is_number() &&
+        e["early_stop"].value("since_best", json()).is_number_integer() && e["early_stop"].value("stopped", json()).is_boolean()) {
+      early = e["early_stop"];
+    }
     p.resume.reset();
+  }
+  if (early["stopped"].get<bool>()) {
+    if (p.rank0()) spdlog::info("{}: ended early at step {} before the resume; nothing left to train", task.stage, step);
+    return absl::OkStatus();
   }
   if (p.rank0()) spdlog::info("{}: {} steps ({} per epoch, batch {} over {} ranks)", task.stage, total, per_epoch,
                               c.batch_size, p.group->size());
@@ -126,10 +142,33 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
     ASSIGN_OR_RETURN(auto r, learner.Step(micro, *task.objective));
     auto m = r.metrics;
     m["epoch"] = static_cast<double>(step) / static_cast<double>(per_epoch);
-    const bool last = step + 1 == total;
+    bool last = step + 1 == total;
     if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || last) {
       ASSIGN_OR_RETURN(auto ev, task.evaluate());
       for (const auto& [k, v] : ev) m["eval/" + k] = v;
+      if (task.accuracy) {
+        ASSIGN_OR_RETURN(const double acc, task.accuracy());
+        m["eval/accuracy"] = acc;
+        const double best = early["best"].get<double>();
+        if (acc > best) {
+          early["best"] = acc, early["since_best"] = 0;
+        } else {
+          early["since_best"] = early["since_best"].get<int64_t>() + 1;
+        }
+        std::string why;
+        if (task.target_accuracy > 0 && acc >= task.target_accuracy) {
+          why = absl::StrFormat("held-out accuracy %.1f%% reached %s.target_accuracy %.1f%%", 100 * acc, task.stage,
+                                100 * task.target_accuracy);
+        } else if (task.patience > 0 && early["since_best"].get<int64_t>() >= task.patience) {
+          why = absl::StrFormat("held-out accuracy %.1f%% has not improved on its best %.1f%% for %d evaluations (%s.patience)",
+                                100 * acc, 100 * early["best"].get<double>(), task.patience, task.stage);
+        }
+        if (!why.empty() && !last) {
+          if (p.rank0()) spdlog::info("{}: ending at step {} of {}: {}", task.stage, step + 1, total, why);
+          early["stopped"] = true;
+          last = true;
+        }
+      }
     }
     p.log.Write(task.stage_index, task.stage, step + 1, m);
     if (p.rank0() && ((step + 1) % p.train.log_every == 0 || last)) {
@@ -146,8 +185,10 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
       st.stage = task.stage;
       st.stage_index = task.stage_index;
       st.step = step + 1;
+      if (task.accuracy) st.extra["early_stop"] = early;
       RETURN_IF_ERROR(Checkpoint(p, learner, st));
     }
+    if (last) break;
   }
   return absl::OkStatus();
 }
