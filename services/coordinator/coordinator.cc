@@ -140,12 +140,16 @@ absl::StatusOr<StepBatch> Coordinator::NextBatch(int64_t version, int64_t max_gr
         spdlog::warn("prompt {} dropped: scorer: {}", p, std::string(err.message()));
         RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kDropped, absl::StrCat("scorer ", absl::StatusCodeToString(err.code()))));
         ++b.dropped;
-      } else if (options_.dynamic_sampling && equal) {
-        RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kFiltered, "equal rewards"));
-        ++b.filtered;
       } else {
-        b.prompts.push_back(p);
-        for (size_t i = k; i < end; ++i) b.samples.push_back(std::move(scored.samples[i]));
+        ++b.scored_groups;
+        b.equal_reward_groups += equal ? 1 : 0;
+        if (options_.dynamic_sampling && equal) {
+          RETURN_IF_ERROR(ledger_.Settle(p, PromptState::kFiltered, "equal rewards"));
+          ++b.filtered;
+        } else {
+          b.prompts.push_back(p);
+          for (size_t i = k; i < end; ++i) b.samples.push_back(std::move(scored.samples[i]));
+        }
       }
       k = end;
     }
@@ -184,6 +188,7 @@ void StepBatch::Append(StepBatch&& more) {
   samples.insert(samples.end(), std::make_move_iterator(more.samples.begin()), std::make_move_iterator(more.samples.end()));
   generated_samples += more.generated_samples, generated_tokens += more.generated_tokens;
   filtered += more.filtered, dropped += more.dropped;
+  scored_groups += more.scored_groups, equal_reward_groups += more.equal_reward_groups;
   generate_seconds += more.generate_seconds, score_seconds += more.score_seconds;
   reward_sum += more.reward_sum, rewarded += more.rewarded;
 }

@@ -46,6 +46,7 @@ struct StepBatch {
   int64_t epoch = 0;
   // Rollout statistics of everything generated for this batch (accepted, filtered and dropped groups).
   int64_t generated_samples = 0, generated_tokens = 0, filtered = 0, dropped = 0;
+  int64_t scored_groups = 0, equal_reward_groups = 0;  // groups scored whole; of them, all rewards equal
   double generate_seconds = 0, score_seconds = 0;
   double reward_sum = 0;  // over the scored samples of every group (for the mean reward of the rollouts)
   int64_t rewarded = 0;

@@ -1,6 +1,7 @@
 #include "services/coordinator/eval.h"
 
 #include <cmath>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -50,6 +51,8 @@ nlohmann::json EvalResult::ToJson() const {
   if (k > 0) {
     j["k"] = k;
     j["pass_at_k"] = pass_at_k;
+    j["sampled_mean_reward"] = sampled_mean_reward;
+    j["equal_reward_fraction"] = equal_reward_fraction;
   } else {
     j["pass_at_k"] = nullptr;
   }
@@ -164,17 +167,28 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
     sampled.set_temperature(static_cast<float>(config.temperature));
     sampled.set_top_p(static_cast<float>(config.top_p));
     ASSIGN_OR_RETURN(auto s, Answer(pool, scorer, prompts, sampled, static_cast<int32_t>(n), version));
-    double sum = 0;
+    double sum = 0, sampled_sum = 0;
+    int64_t scored = 0, equal = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
       int64_t c = 0;
+      bool same = true;
+      std::optional<float> first;
       for (size_t j = 0; j < s.samples[i].size(); ++j) {
-        if (s.scored[i][j] && judged(s.samples[i][j]) >= config.success_threshold) ++c;
+        if (!s.scored[i][j]) continue;
+        if (judged(s.samples[i][j]) >= config.success_threshold) ++c;
+        const float rew = s.samples[i][j].reward();
+        sampled_sum += rew, ++scored;
+        same = same && (!first || *first == rew);
+        if (!first) first = rew;
       }
+      equal += same ? 1 : 0;  // a prompt without scored samples gives the update nothing either
       sum += PassAtK(n, c, config.k);  // a prompt without samples has c = 0
       for (auto& x : s.samples[i]) r.generations.push_back(std::move(x));
     }
     r.k = config.k;
     r.pass_at_k = sum / static_cast<double>(prompts.size());
+    r.sampled_mean_reward = scored > 0 ? sampled_sum / static_cast<double>(scored) : 0.0;
+    r.equal_reward_fraction = static_cast<double>(equal) / static_cast<double>(prompts.size());
   }
   RETURN_IF_ERROR(part_missing);
   return r;

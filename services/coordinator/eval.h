@@ -40,6 +40,8 @@ struct EvalResult {
   int64_t errors = 0;               // prompts whose greedy answer could not be generated or scored (counted wrong)
   int64_t k = 0;                    // 0 when pass@k is off
   double pass_at_k = 0;             // mean over prompts of the unbiased pass@k estimate
+  double sampled_mean_reward = 0;   // of the sampled answers that were scored (pass@k on)
+  double equal_reward_fraction = 0; // prompts whose sampled answers all got the same reward (pass@k on)
   std::vector<Sample> generations;  // greedy answers, then the sampled ones, with rewards where scored
   nlohmann::json ToJson() const;    // every figure above except the generations
 };

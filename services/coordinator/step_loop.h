@@ -28,6 +28,7 @@
 #include "common/status.h"
 #include "services/coordinator/coordinator.h"
 #include "services/coordinator/eval.h"
+#include "services/coordinator/learnability.h"
 #include "services/coordinator/learner_client.h"
 #include "services/coordinator/roles.h"
 #include "services/coordinator/weight_plane.h"
@@ -47,6 +48,7 @@ struct StepLoopOptions {
   int64_t max_staleness = 0;      // k: versions a sample may lag the policy that trains it (0 = on-policy)
   std::string sample_log_path;    // samples.jsonl: per step, each trained sample's prompt and version ("" = none)
   EvalConfig eval;                // held-out evaluation before, every eval.every steps, and after
+  LearnabilityConfig learnability;  // the check before the first step and the equal-rewards alarm (rl.precheck_*)
   int64_t weight_chunk_bytes = 4 << 20;  // weight chunks from the learner to the rollout workers (grpc transport)
   WeightsConfig weights;                  // how the workers get the weights (weights.*)
   std::string weights_store_host;         // collective: the store host the learner and workers connect to

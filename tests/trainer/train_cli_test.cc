@@ -309,6 +309,73 @@ TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
   EXPECT_NE(r.out.find("sft.accuracy_prompts > 0"), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
+  // The random model never writes a right sum: before the first step the check finds pass@4 of 0 and says
+  // the run cannot learn; every step's groups then have equal rewards (all 0), and after
+  // rl.equal_reward_steps of them the run says so again. The check's generations are not the ledger's.
+  const std::string online = " --set rl.data.path=" + dir_ + "/prompts.jsonl --set rl.data.heldout_fraction=0.25"
+                             " --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4"
+                             " --set rl.micro_batch_size=4 --set reward.exact_match_weight=1 --set eval.max_new_tokens=4"
+                             " --set rl.precheck_prompts=8 --set rl.equal_reward_steps=2 --set run.log_level=info --set rl.samples=";
+  const std::string run = dir_ + "/runs/cannot-learn";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("grpo") + online + " --set rl.steps=3 --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("grpo CANNOT LEARN from this policy: pass@4 0.0% on 8 training prompts"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sft.target_accuracy"), std::string::npos) << "the line says what to do:\n" << r.out;
+  EXPECT_NE(r.out.find("grpo: NOT LEARNING: 2 steps in a row (to step 2)"), std::string::npos) << r.out;
+  auto summary = nlohmann::json::parse(ReadFile(run + "/summary.json"));
+  const auto& pre = summary["learnability"]["precheck"];
+  EXPECT_EQ(pre["verdict"], "cannot learn") << summary.dump();
+  EXPECT_EQ(pre["prompts"], 8);
+  EXPECT_EQ(pre["pass_at_k"], 0.0);
+  EXPECT_EQ(pre["equal_reward_fraction"], 1.0);
+  EXPECT_EQ(summary["learnability"]["equal_reward_alarms"], 1);
+  EXPECT_EQ(summary["duplicates"], 0);
+  EXPECT_EQ(summary["missing"], 0);
+  EXPECT_GT(summary["prompts_trained"].get<int>(), 8);
+  std::ifstream in(run + "/metrics.jsonl");
+  int steps = 0;
+  for (std::string line; std::getline(in, line); ++steps) {
+    EXPECT_EQ(nlohmann::json::parse(line)["rollout/equal_reward_fraction"], 1.0) << line;
+  }
+  EXPECT_EQ(steps, 3);
+  // rl.precheck_stop: the stage ends before its first step, with the same line.
+  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("grpo") + online +
+                 " --set rl.steps=3 --set rl.precheck_stop=true --run-dir " + run + "-stop");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("CANNOT LEARN"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rl.precheck_stop"), std::string::npos) << r.out;
+  EXPECT_EQ(ReadFile(run + "-stop/metrics.jsonl"), "") << "no step was taken";
+
+  // A policy that answers every prompt right (every answer is "7", learnt by a short SFT): the check finds
+  // pass@4 of 100% at a low sampling temperature and groups that are all equal (all 1): little to learn, and it
+  // says to use harder prompts.
+  {
+    std::ofstream sft(dir_ + "/sevens2.jsonl"), prompts(dir_ + "/sevens2_prompts.jsonl");
+    for (int a = 0; a < 20; ++a) {
+      for (int b = 0; b < 10; ++b) {
+        const std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
+        sft << nlohmann::json{{"prompt", p}, {"completion", "7"}}.dump() << "\n";
+        prompts << nlohmann::json{{"prompt", p}, {"answer", "7"}}.dump() << "\n";
+      }
+    }
+  }
+  const std::string solved = dir_ + "/runs/solved";
+  r = RunCommand("timeout 300 " + kRlhf + " train --model " + dir_ + "/m --stages 'sft;grpo' --set run.threads=1 "
+                 "--set run.log_level=info --set sft.data.path=" + dir_ + "/sevens2.jsonl --set sft.batch_size=16 "
+                 "--set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 --set sft.epochs=20 --set sft.max_steps=300 "
+                 "--set sft.eval_every=5 --set sft.accuracy_prompts=16 --set sft.target_accuracy=1 "
+                 "--set rl.data.path=" + dir_ + "/sevens2_prompts.jsonl --set rl.steps=1 --set rl.rollout_batch_size=4 "
+                 "--set rl.group_size=4 --set rl.max_new_tokens=3 --set rl.micro_batch_size=4 --set rl.temperature=0.05 "
+                 "--set reward.exact_match_weight=1 --set eval.max_new_tokens=3 --set eval.max_prompts=8 "
+                 "--set rl.precheck_prompts=8 --run-dir " + solved);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto s2 = nlohmann::json::parse(ReadFile(solved + "/summary.json"));
+  EXPECT_EQ(s2["learnability"]["precheck"]["verdict"], "little signal") << s2.dump();
+  EXPECT_EQ(s2["learnability"]["precheck"]["pass_at_k"], 1.0) << s2.dump();
+  EXPECT_NE(r.out.find("use harder prompts"), std::string::npos) << r.out;
+}
+
 TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
   // Two online steps each through the embedded rollout worker and scorer. Online DPO starts at the
   // reference (the starting policy), so its first loss is -log sigmoid(0) = log 2.

@@ -108,6 +108,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.max_staleness = sc.max_staleness;
   if (sc.sample_log) o.sample_log_path = (fs::path(p.run_dir) / "samples.jsonl").string();
   o.eval = coordinator::EvalConfig::Spec().Read(*p.config);
+  o.learnability = coordinator::LearnabilityConfig::Spec().Read(*p.config);
   o.weight_chunk_bytes = roles_cfg.weight_chunk_bytes;
   o.weights = coordinator::WeightsConfig::Spec().Read(*p.config);
   {

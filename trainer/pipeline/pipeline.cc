@@ -13,6 +13,7 @@
 #include "common/comm/group.h"
 #include "common/file.h"
 #include "services/coordinator/eval.h"
+#include "services/coordinator/learnability.h"
 #include "services/coordinator/roles.h"
 #include "services/scoring/scorer.h"
 #include "trainer/pipeline/stage.h"
@@ -155,6 +156,7 @@ void RegisterTrainKeys(config::Schema& schema) {
   DataSection("rl").Register(schema);
   RlSection().Register(schema);
   coordinator::EvalConfig::Spec().Register(schema);
+  coordinator::LearnabilityConfig::Spec().Register(schema);
   coordinator::EvalDataSection().Register(schema);
   OnlinePrefConfig::Dpo().Register(schema);
   OnlinePrefConfig::Rft().Register(schema);
