@@ -376,6 +376,55 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
   EXPECT_NE(r.out.find("use harder prompts"), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, SummaryHasTheSameFieldsInEveryPipeline) {
+  // An offline pipeline (sft, dpo with pipeline evaluations) and an online one (sft, grpo with SFT's own
+  // accuracy): the same fields, each stage's evaluation before and after named by stage, and the headline
+  // before/after of the last stage: after SFT -> after DPO (not the random starting model).
+  const std::string ev = " --set eval.data.path=" + dir_ + "/prompts.jsonl --set eval.split=all --set eval.max_new_tokens=4"
+                         " --set reward.exact_match_weight=1";
+  const std::string dpo = dir_ + "/runs/summary-dpo", grpo = dir_ + "/runs/summary-grpo";
+  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("'sft;dpo'") + " --set sft.max_steps=2 --set dpo.max_steps=2" +
+                      ev + " --run-dir " + dpo);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("'sft;grpo'") + " --set sft.max_steps=4 --set sft.eval_every=2"
+                 " --set sft.accuracy_prompts=4 --set rl.samples= --set rl.data.path=" + dir_ + "/prompts.jsonl"
+                 " --set rl.data.heldout_fraction=0.25 --set rl.steps=1 --set rl.max_new_tokens=4"
+                 " --set reward.exact_match_weight=1 --set eval.max_new_tokens=4 --run-dir " + grpo);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const auto& run : {dpo, grpo}) {
+    auto s = nlohmann::json::parse(ReadFile(run + "/summary.json"));
+    for (const char* k : {"stages", "eval_before", "eval_after", "evaluated_stage", "wall_seconds"}) {
+      EXPECT_TRUE(s.contains(k)) << run << ": " << k << "\n" << s.dump();
+    }
+    ASSERT_EQ(s["stages"].size(), 2u) << s.dump();
+    double walls = 0;
+    for (int i = 0; i < 2; ++i) {
+      const auto& st = s["stages"][i];
+      EXPECT_EQ(st["index"], i);
+      EXPECT_TRUE(st.contains("eval_after")) << st.dump();
+      EXPECT_TRUE(st["eval_after"].contains("accuracy")) << st.dump();
+      EXPECT_TRUE(st["eval_after"].contains("accuracy_ci95")) << st.dump();
+      walls += st["wall_seconds"].get<double>();
+    }
+    EXPECT_EQ(s["stages"][0]["stage"], "sft");
+    EXPECT_EQ(s["evaluated_stage"], s["stages"][1]["stage"]);
+    EXPECT_EQ(s["eval_before"], s["stages"][1]["eval_before"]);
+    EXPECT_EQ(s["eval_after"], s["stages"][1]["eval_after"]);
+    EXPECT_GE(s["wall_seconds"].get<double>(), walls);
+  }
+  auto d = nlohmann::json::parse(ReadFile(dpo + "/summary.json"));
+  ASSERT_EQ(d["pipeline_evals"].size(), 3u);
+  EXPECT_EQ(d["pipeline_evals"][1]["after"], "0-sft");
+  EXPECT_EQ(d["eval_before"], d["pipeline_evals"][1]["eval"]) << "before DPO is after SFT";
+  EXPECT_EQ(d["eval_after"], d["pipeline_evals"][2]["eval"]);
+  EXPECT_EQ(d["stages"][0]["eval_before"], d["pipeline_evals"][0]["eval"]);
+  auto g = nlohmann::json::parse(ReadFile(grpo + "/summary.json"));
+  EXPECT_EQ(g["stage"], "grpo");
+  EXPECT_EQ(g["stages"][0]["eval_after"]["prompts"], 4) << "SFT's own held-out accuracy";
+  EXPECT_FALSE(g["stages"][0].contains("eval_before")) << "nothing evaluated the starting model";
+  EXPECT_EQ(g["stages"][1]["eval_before"], g["eval_before"]);
+}
+
 TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
   // Two online steps each through the embedded rollout worker and scorer. Online DPO starts at the
   // reference (the starting policy), so its first loss is -log sigmoid(0) = log 2.

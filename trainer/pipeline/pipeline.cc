@@ -122,8 +122,59 @@ absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
 
 namespace {
 
-// summary.json of the pipeline: the evaluations in stage order, the first and the last; merged into the one
-// an online stage wrote.
+// <run>/stages.json: per stage ("<index>-<name>") its wall time and its evaluations before and after, kept
+// as stages end so that a resumed run reports the stages it did not run again.
+std::string StagesPath(const Pipeline& p) { return (fs::path(p.run_dir) / "stages.json").string(); }
+
+// The record of stage `index` just ended (rank 0): its evaluations are the pipeline's (eval.data.path, in
+// evals.json) where there are some, else the stage's own (the online step loop's held-out evaluations in the
+// summary.json it wrote during the stage, SFT's held-out accuracy); a stage without its own figure before
+// it takes the figure after the previous policy stage (the same policy).
+absl::Status RecordStage(Pipeline& p, int64_t index, const StageSpec& spec, double wall,
+                         fs::file_time_type started) {
+  json own_eval = std::move(p.stage_eval);
+  p.stage_eval = json();
+  if (!p.rank0()) return absl::OkStatus();
+  const std::string name = absl::StrCat(index, "-", spec.name);
+  json records = ReadJsonObject(StagesPath(p));
+  json evals = ReadJsonObject((fs::path(p.run_dir) / "evals.json").string());
+  json r = {{"index", index}, {"stage", spec.name}, {"wall_seconds", wall}};
+  json online;  // what the step loop wrote during this stage
+  const fs::path summary_path = fs::path(p.run_dir) / "summary.json";
+  std::error_code ec;
+  if (fs::exists(summary_path, ec) && fs::last_write_time(summary_path, ec) >= started && !ec) {
+    json sj = ReadJsonObject(summary_path.string());
+    if (sj.value("stage", std::string()) == spec.name) online = sj;
+  }
+  const std::string before_name = index == 0 ? "start" : absl::StrCat(index - 1, "-", p.train.stages[static_cast<size_t>(index - 1)]);
+  if (evals.contains(before_name)) {
+    r["eval_before"] = evals[before_name];
+  } else if (online.contains("eval_before")) {
+    r["eval_before"] = online["eval_before"];
+  } else if (index > 0 && records.contains(before_name) && records[before_name].contains("eval_after") &&
+             FindStage(p.train.stages[static_cast<size_t>(index - 1)])->makes_policy) {
+    r["eval_before"] = records[before_name]["eval_after"];
+  }
+  if (evals.contains(name)) {
+    r["eval_after"] = evals[name];
+  } else if (online.contains("eval_after")) {
+    r["eval_after"] = online["eval_after"];
+  } else if (!own_eval.is_null()) {
+    r["eval_after"] = own_eval;
+  }
+  // The previous policy stage without a figure after it: this stage's figure before it is of its policy.
+  if (index > 0 && r.contains("eval_before") && records.contains(before_name) &&
+      !records[before_name].contains("eval_after") && FindStage(p.train.stages[static_cast<size_t>(index - 1)])->makes_policy) {
+    records[before_name]["eval_after"] = r["eval_before"];
+  }
+  records[name] = r;
+  return WriteFileAtomic(StagesPath(p), records.dump(2) + "\n");
+}
+
+// summary.json of the pipeline, the same fields in every pipeline: `stages` (each stage's record in order:
+// wall time, evaluation before and after), `eval_before` / `eval_after` of the last stage that has both (the
+// stage a recipe is about: the RL or preference stage after SFT), the pipeline evaluations, and the whole
+// run's wall time; merged into the fields an online stage wrote (ledger, throughput, roles).
 absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& names, double wall) {
   if (!p.rank0()) return absl::OkStatus();
   const std::string evals_path = (fs::path(p.run_dir) / "evals.json").string();
@@ -136,13 +187,21 @@ absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& n
       if (evals.is_object() && evals.contains(n)) ordered.push_back({{"after", n}, {"eval", evals[n]}});
     }
     summary["pipeline_evals"] = ordered;
-    if (!ordered.empty() && !summary.contains("eval_before")) {
-      summary["eval_before"] = ordered.front()["eval"];
-      summary["eval_after"] = ordered.back()["eval"];
+  }
+  json records = ReadJsonObject(StagesPath(p)), stages = json::array();
+  for (size_t i = 1; i < names.size(); ++i) {
+    if (records.contains(names[i])) stages.push_back(records[names[i]]);
+  }
+  for (auto it = stages.rbegin(); it != stages.rend(); ++it) {
+    if (it->contains("eval_before") && it->contains("eval_after")) {
+      summary["eval_before"] = (*it)["eval_before"];
+      summary["eval_after"] = (*it)["eval_after"];
+      summary["evaluated_stage"] = (*it)["stage"];
+      break;
     }
   }
-  summary["stages"] = p.train.stages;
-  if (!summary.contains("wall_seconds")) summary["wall_seconds"] = wall;
+  summary["stages"] = stages;
+  summary["wall_seconds"] = wall;
   return WriteFileAtomic(path, summary.dump(2) + "\n");
 }
 
@@ -256,13 +315,26 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     if (index == 0 && !p.resume && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, "start"));
     if (p.rank0()) spdlog::info("stage {}/{}: {}", index + 1, p.train.stages.size(), stage);
     const StageSpec& spec = *FindStage(stage);
+    const auto stage_start = std::chrono::steady_clock::now();
+    const auto stage_started = fs::file_time_type::clock::now();
     RETURN_IF_ERROR(spec.run(p, index, stage));
     if (spec.makes_policy && !coordinate_only) RETURN_IF_ERROR(EvaluatePolicy(p, absl::StrCat(index, "-", stage)));
+    RETURN_IF_ERROR(RecordStage(p, index, spec,
+                                std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count(),
+                                stage_started));
   }
   std::vector<std::string> names = {"start"};
   for (size_t i = 0; i < p.train.stages.size(); ++i) names.push_back(absl::StrCat(i, "-", p.train.stages[i]));
-  RETURN_IF_ERROR(WritePipelineSummary(
-      p, names, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()));
+  // The whole run's wall time: this process's, and the stages a resumed run did not run again.
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (p.rank0()) {
+    const json records = ReadJsonObject(StagesPath(p));
+    for (int64_t i = 0; i < resume_stage; ++i) {
+      const std::string n = names[static_cast<size_t>(i + 1)];
+      if (records.contains(n)) wall += records[n].value("wall_seconds", 0.0);
+    }
+  }
+  RETURN_IF_ERROR(WritePipelineSummary(p, names, wall));
   if (p.rank0()) spdlog::info("training done: policy {}", p.policy);
   return absl::OkStatus();
 }

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "rollout/generator.h"
+#include "services/coordinator/eval.h"
 #include "services/scoring/scorer.h"
 #include "services/scoring/verifiers.h"
 #include "trainer/pipeline/stage.h"
@@ -130,7 +131,11 @@ absl::Status RunSft(Pipeline& p, int64_t index, const std::string& stage) {
         }));
       }
       ASSIGN_OR_RETURN(auto s, p.group->SumDoubles({correct}));
-      return s[0] / static_cast<double>(acc_prompts.size());
+      const auto n = static_cast<int64_t>(acc_prompts.size()), c = static_cast<int64_t>(s[0]);
+      const auto [lo, hi] = coordinator::WilsonInterval(c, n);
+      p.stage_eval = {{"prompts", n}, {"correct", c}, {"accuracy", s[0] / static_cast<double>(n)},
+                      {"accuracy_ci95", {lo, hi}}, {"step", learner.steps()}};
+      return s[0] / static_cast<double>(n);
     };
   }
   RETURN_IF_ERROR(RunOffline(p, learner, task));

@@ -48,6 +48,9 @@ struct Pipeline {
   std::string resume_dir;
   std::string serve_learner_address;  // `rlhf serve learner`: online stages serve rlhf.Learner here
   std::vector<std::string> other_processes;  // processes.json entries the step loop does not reach (JSON)
+  // The stage's own last held-out evaluation (e.g. SFT's greedy accuracy), set by a stage that makes one;
+  // the pipeline takes it into summary.json's stage record and clears it.
+  nlohmann::json stage_eval;
   bool rank0() const { return group->rank() == 0; }
 };
 
