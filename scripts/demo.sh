@@ -24,7 +24,7 @@ echo "== 2. rlhf train: sft -> grpo (online: rollout worker, scorer, learner, co
 start=$(date +%s)
 "$rlhf" train --config "$root/examples/grpo_arithmetic.yaml" --model "$work/m0" \
   --set sft.data.path="$work/data/sft.jsonl" --set rl.data.path="$work/data/prompts.jsonl" \
-  --run-dir "$work/runs/train" 2>&1 | grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval of|online,|held-out accuracy"
+  --run-dir "$work/runs/train" 2>&1 | grep --line-buffered -E " (sft|grpo) step|stage [0-9]|eval of|online,|held-out accuracy|ending at step|before the first step|CANNOT LEARN|NOT LEARNING|little to learn"
 echo "trained in $(( $(date +%s) - start )) s"
 
 echo "== 3. results (runs/train/summary.json)"
