@@ -15,6 +15,7 @@
 #include "services/coordinator/eval.h"
 #include "services/coordinator/roles.h"
 #include "services/scoring/scorer.h"
+#include "services/scoring/sources.h"
 
 namespace rlhf::cli {
 
@@ -51,10 +52,11 @@ Command EvalCommand() {
              {"out", "eval.out", "generations JSONL"}};
   c.body = [](const Context& ctx) -> absl::Status {
     const auto files = EvalFilesConfig::Spec().Read(ctx.config);
-    const auto ec = coordinator::EvalConfig::Spec().Read(ctx.config);
+    auto ec = coordinator::EvalConfig::Spec().Read(ctx.config);
     const auto dc = coordinator::EvalDataSection().Read(ctx.config);
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(ctx.config);
     const auto reward = scoring::RewardConfig::Spec().Read(ctx.config);
+    ec.judged_by = scoring::DescribeJudge(reward, ec.success_part, ec.success_threshold);
     if (files.model.empty()) return absl::InvalidArgumentError("give --model DIR");
     if (dc.path.empty()) return absl::InvalidArgumentError("give --data FILE.jsonl");
     ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, files.model, reward.answer_field));

@@ -48,6 +48,7 @@ nlohmann::json EvalResult::ToJson() const {
                       {"accuracy_ci95", {accuracy_low, accuracy_high}},
                       {"mean_reward", mean_reward},
                       {"errors", errors}};
+  if (!judged_by.empty()) j["judged_by"] = judged_by;
   if (k > 0) {
     j["k"] = k;
     j["pass_at_k"] = pass_at_k;
@@ -126,6 +127,7 @@ absl::StatusOr<EvalResult> Evaluate(RolloutPool& pool, ScorerClient& scorer, con
   if (prompts.empty()) return absl::InvalidArgumentError("eval: no prompts to evaluate");
   EvalResult r;
   r.prompts = static_cast<int64_t>(prompts.size());
+  r.judged_by = config.judged_by;
   SamplingParams greedy;
   greedy.set_temperature(0);
   greedy.set_top_p(1);
@@ -202,10 +204,11 @@ absl::StatusOr<nlohmann::json> EvaluateToFile(RolloutPool& pool, ScorerClient& s
     for (const auto& s : r.generations) RETURN_IF_ERROR(out.Write(SampleToJson(s) + "\n"));
     return absl::OkStatus();
   }));
-  spdlog::info("eval of {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}",
+  spdlog::info("eval of {}: accuracy {}/{} = {:.1f}% (95% CI {:.1f}-{:.1f}), mean reward {:.4f}{}{}",
                what.empty() ? absl::StrCat("policy version ", version) : what,
                r.correct, r.prompts, 100 * r.accuracy, 100 * r.accuracy_low, 100 * r.accuracy_high, r.mean_reward,
-               r.k > 0 ? absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k) : std::string());
+               r.k > 0 ? absl::StrFormat(", pass@%d %.1f%%", r.k, 100 * r.pass_at_k) : std::string(),
+               r.judged_by.empty() ? std::string() : absl::StrCat("; correct: ", r.judged_by));
   return r.ToJson();
 }
 

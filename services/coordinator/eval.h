@@ -28,6 +28,7 @@ struct EvalConfig {
   double temperature = 1.0;        // sampling temperature of the pass@k answers
   double top_p = 1.0;              // nucleus mass of the pass@k answers
   int64_t every = 0;               // during training: evaluate every N policy steps (plus before and after); 0 = before and after only
+  std::string judged_by;           // not a key: how answers are judged (scoring::DescribeJudge), shown with the figures
   static const config::Section<EvalConfig>& Spec();  // under "eval"
 };
 
@@ -42,6 +43,7 @@ struct EvalResult {
   double pass_at_k = 0;             // mean over prompts of the unbiased pass@k estimate
   double sampled_mean_reward = 0;   // of the sampled answers that were scored (pass@k on)
   double equal_reward_fraction = 0; // prompts whose sampled answers all got the same reward (pass@k on)
+  std::string judged_by;            // EvalConfig::judged_by
   std::vector<Sample> generations;  // greedy answers, then the sampled ones, with rewards where scored
   nlohmann::json ToJson() const;    // every figure above except the generations
 };

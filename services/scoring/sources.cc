@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/metrics.h"
 #include "services/scoring/scorer.h"
 
@@ -34,6 +35,25 @@ const std::vector<SourceSpec>& Sources() {
 std::string ExtraText(const std::string& json_text) {
   auto j = nlohmann::json::parse(json_text, nullptr, false);
   return (!j.is_discarded() && j.is_string()) ? j.get<std::string>() : json_text;
+}
+
+std::string DescribeJudge(const RewardConfig& config, const std::string& success_part, double threshold) {
+  std::vector<std::string> parts;
+  bool exact = success_part == "exact_match";
+  if (success_part.empty()) {
+    for (const auto& src : Sources()) {
+      const double w = config.*src.weight;
+      if (w == 0) continue;
+      parts.push_back(w == 1 ? src.name : absl::StrCat(src.name, " x", w));
+      exact = exact || src.name == "exact_match";
+    }
+  } else {
+    parts.push_back(success_part);
+  }
+  std::string out = parts.empty() ? std::string("reward") : absl::StrJoin(parts, " + ");
+  if (success_part.empty() && parts.size() > 1) out = absl::StrCat("reward (", out, ")");
+  if (exact) absl::StrAppend(&out, " (reward.extract ", ExtractModeName(config.extract), ")");
+  return absl::StrCat(out, " >= ", threshold);
 }
 
 }  // namespace rlhf::scoring

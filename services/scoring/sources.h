@@ -92,6 +92,11 @@ absl::StatusOr<std::unique_ptr<RewardSource>> MakeRewardModelSource(const Source
 absl::StatusOr<std::unique_ptr<RewardSource>> MakeJudgeSource(const SourceContext& c);
 absl::StatusOr<std::unique_ptr<RewardSource>> MakeProcessSource(const SourceContext& c);
 
+// How an evaluation judges an answer, for its log line and eval results: the reward source `success_part`
+// (or the sources the total reward sums, with their weights), the exact-match mode where exact_match takes
+// part, and the threshold, e.g. "exact_match (reward.extract flexible) >= 1".
+std::string DescribeJudge(const RewardConfig& config, const std::string& success_part, double threshold);
+
 // A pass-through value as text: a JSON string unquoted, anything else as written.
 std::string ExtraText(const std::string& json_text);
 

@@ -2,6 +2,8 @@
 // boxed answers, nested braces, unicode digits and minus signs, percentages, GSM8K markers.
 #include <gtest/gtest.h>
 
+#include "services/scoring/scorer.h"
+#include "services/scoring/sources.h"
 #include "services/scoring/verifiers.h"
 
 namespace rlhf::scoring {
@@ -153,6 +155,26 @@ TEST(Verifiers, ExplanationsSayWhatWasExtractedAndWhy) {
   EXPECT_FALSE(e.extracted);
   EXPECT_EQ(e.mode, "strict");
   for (const auto& [name, mode] : ExtractModes()) EXPECT_EQ(ExtractModeName(mode), name);
+}
+
+}  // namespace
+}  // namespace rlhf::scoring
+
+namespace rlhf::scoring {
+namespace {
+
+TEST(Verifiers, AnEvaluationSaysHowItJudges) {
+  RewardConfig r;
+  r.exact_match_weight = 1;
+  EXPECT_EQ(DescribeJudge(r, "", 1), "exact_match (reward.extract flexible) >= 1");
+  r.extract = ExtractMode::kNumbers;
+  r.format_weight = 0.5;
+  EXPECT_EQ(DescribeJudge(r, "", 1.2), "reward (exact_match + format x0.5) (reward.extract numbers) >= 1.2");
+  r.exact_match_weight = 0;
+  r.reward_model_weight = 1;
+  r.format_weight = 0;
+  EXPECT_EQ(DescribeJudge(r, "exact_match", 1), "exact_match (reward.extract numbers) >= 1");
+  EXPECT_EQ(DescribeJudge(r, "", 0.5), "reward_model >= 0.5");
 }
 
 }  // namespace

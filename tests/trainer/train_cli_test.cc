@@ -98,6 +98,19 @@ class TrainCli : public ::testing::Test {
     return out;
   }
 
+  // A task a tiny model learns in a few dozen steps: "a+b=" -> "7" (sevens.jsonl, SFT) and the same prompts
+  // with answers (sevens_prompts.jsonl).
+  static void WriteSevens() {
+    std::ofstream sft(dir_ + "/sevens.jsonl"), prompts(dir_ + "/sevens_prompts.jsonl");
+    for (int a = 0; a < 20; ++a) {
+      for (int b = 0; b < 10; ++b) {
+        const std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
+        sft << nlohmann::json{{"prompt", p}, {"completion", "7"}}.dump() << "\n";
+        prompts << nlohmann::json{{"prompt", p}, {"answer", "7"}}.dump() << "\n";
+      }
+    }
+  }
+
   static std::vector<double> Losses(const std::string& run) {
     std::vector<double> out;
     std::ifstream in(run + "/metrics.jsonl");
@@ -249,16 +262,7 @@ TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
   // A task a tiny model learns in a few dozen steps (every answer is "7"): with sft.target_accuracy the stage
   // ends as soon as the held-out greedy accuracy reaches it, long before max_steps, and that accuracy is the
   // one `rlhf eval` measures on the saved model and the same held-out prompts.
-  {
-    std::ofstream sft(dir_ + "/sevens.jsonl"), prompts(dir_ + "/sevens_prompts.jsonl");
-    for (int a = 0; a < 20; ++a) {
-      for (int b = 0; b < 10; ++b) {
-        const std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
-        sft << nlohmann::json{{"prompt", p}, {"completion", "7"}}.dump() << "\n";
-        prompts << nlohmann::json{{"prompt", p}, {"answer", "7"}}.dump() << "\n";
-      }
-    }
-  }
+  WriteSevens();
   const std::string base = " --model " + dir_ + "/m --stages sft --set run.log_level=info --set run.threads=1 "
                            "--set sft.data.path=" + dir_ + "/sevens.jsonl --set sft.data.heldout_fraction=0.2 "
                            "--set sft.batch_size=16 --set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 "
@@ -330,6 +334,9 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
   EXPECT_EQ(pre["pass_at_k"], 0.0);
   EXPECT_EQ(pre["equal_reward_fraction"], 1.0);
   EXPECT_EQ(summary["learnability"]["equal_reward_alarms"], 1);
+  // Every evaluation says how an answer is judged.
+  EXPECT_NE(r.out.find("; correct: exact_match (reward.extract flexible) >= 1"), std::string::npos) << r.out;
+  EXPECT_EQ(summary["eval_after"]["judged_by"], "exact_match (reward.extract flexible) >= 1");
   EXPECT_EQ(summary["duplicates"], 0);
   EXPECT_EQ(summary["missing"], 0);
   EXPECT_GT(summary["prompts_trained"].get<int>(), 8);
@@ -350,22 +357,13 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
   // A policy that answers every prompt right (every answer is "7", learnt by a short SFT): the check finds
   // pass@4 of 100% at a low sampling temperature and groups that are all equal (all 1): little to learn, and it
   // says to use harder prompts.
-  {
-    std::ofstream sft(dir_ + "/sevens2.jsonl"), prompts(dir_ + "/sevens2_prompts.jsonl");
-    for (int a = 0; a < 20; ++a) {
-      for (int b = 0; b < 10; ++b) {
-        const std::string p = std::to_string(a) + "+" + std::to_string(b) + "=";
-        sft << nlohmann::json{{"prompt", p}, {"completion", "7"}}.dump() << "\n";
-        prompts << nlohmann::json{{"prompt", p}, {"answer", "7"}}.dump() << "\n";
-      }
-    }
-  }
+  WriteSevens();
   const std::string solved = dir_ + "/runs/solved";
   r = RunCommand("timeout 300 " + kRlhf + " train --model " + dir_ + "/m --stages 'sft;grpo' --set run.threads=1 "
-                 "--set run.log_level=info --set sft.data.path=" + dir_ + "/sevens2.jsonl --set sft.batch_size=16 "
+                 "--set run.log_level=info --set sft.data.path=" + dir_ + "/sevens.jsonl --set sft.batch_size=16 "
                  "--set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 --set sft.epochs=20 --set sft.max_steps=300 "
                  "--set sft.eval_every=5 --set sft.accuracy_prompts=16 --set sft.target_accuracy=1 "
-                 "--set rl.data.path=" + dir_ + "/sevens2_prompts.jsonl --set rl.steps=1 --set rl.rollout_batch_size=4 "
+                 "--set rl.data.path=" + dir_ + "/sevens_prompts.jsonl --set rl.steps=1 --set rl.rollout_batch_size=4 "
                  "--set rl.group_size=4 --set rl.max_new_tokens=3 --set rl.micro_batch_size=4 --set rl.temperature=0.05 "
                  "--set reward.exact_match_weight=1 --set eval.max_new_tokens=3 --set eval.max_prompts=8 "
                  "--set rl.precheck_prompts=8 --run-dir " + solved);

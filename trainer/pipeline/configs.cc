@@ -54,8 +54,8 @@ const config::Section<SftConfig>& SftConfig::Spec() {
            "0 = no target",
            config::InRange(0, 1));
     s->Add("patience", &SftConfig::patience,
-           "end the stage early once the held-out greedy accuracy has not improved for this many evaluations "
-           "(needs accuracy_prompts and eval_every); 0 = off",
+           "end the stage early once neither the held-out greedy accuracy nor the held-out loss has improved for this many "
+           "evaluations (needs accuracy_prompts and eval_every); 0 = off",
            config::AtLeast(0));
     return s;
   }();

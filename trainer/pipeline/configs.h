@@ -47,7 +47,7 @@ struct SftConfig : OfflineConfig {
   // Train until the job is done: held-out greedy accuracy (the completion is the truth, compared as
   // reward.extract compares answers) measured every eval_every steps on this many held-out prompts (0 = not
   // measured); the stage ends at max_steps / epochs or earlier, when the accuracy reaches target_accuracy or
-  // has not improved for `patience` evaluations.
+  // when neither it nor the held-out loss has improved for `patience` evaluations.
   int64_t accuracy_prompts = 0;
   double target_accuracy = 0;  // 0 = no target
   int64_t patience = 0;        // evaluations without a new best accuracy; 0 = off

@@ -15,6 +15,7 @@
 #include "services/coordinator/roles.h"
 #include "services/coordinator/step_loop.h"
 #include "services/scoring/scorer.h"
+#include "services/scoring/sources.h"
 #include "trainer/pipeline/learner_service.h"
 #include "trainer/pipeline/stage.h"
 
@@ -108,6 +109,7 @@ absl::Status Coordinate(Pipeline& p, OnlineStage& s, coordinator::LearnerClient&
   o.max_staleness = sc.max_staleness;
   if (sc.sample_log) o.sample_log_path = (fs::path(p.run_dir) / "samples.jsonl").string();
   o.eval = coordinator::EvalConfig::Spec().Read(*p.config);
+  o.eval.judged_by = scoring::DescribeJudge(reward_cfg, o.eval.success_part, o.eval.success_threshold);
   o.learnability = coordinator::LearnabilityConfig::Spec().Read(*p.config);
   o.weight_chunk_bytes = roles_cfg.weight_chunk_bytes;
   o.weights = coordinator::WeightsConfig::Spec().Read(*p.config);

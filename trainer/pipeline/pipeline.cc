@@ -16,6 +16,7 @@
 #include "services/coordinator/learnability.h"
 #include "services/coordinator/roles.h"
 #include "services/scoring/scorer.h"
+#include "services/scoring/sources.h"
 #include "trainer/pipeline/stage.h"
 #include "trainer/pipeline/stages.h"
 
@@ -98,9 +99,10 @@ absl::Status EvaluatePolicy(Pipeline& p, const std::string& name) {
   const auto dc = coordinator::EvalDataSection().Read(*p.config);
   if (dc.path.empty()) return absl::OkStatus();
   if (p.rank0()) {
-    const auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
+    auto ec = coordinator::EvalConfig::Spec().Read(*p.config);
     const auto roles_cfg = coordinator::RolesConfig::Spec().Read(*p.config);
     const auto reward_cfg = PipelineReward(p);
+    ec.judged_by = scoring::DescribeJudge(reward_cfg, ec.success_part, ec.success_threshold);
     ASSIGN_OR_RETURN(auto prompts, coordinator::LoadEvalPrompts(dc, ec.split, p.tokenizer_dir, reward_cfg.answer_field));
     coordinator::RolesConfig embedded = roles_cfg;
     embedded.rollout_addresses.clear();  // the worker must hold this policy

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -111,7 +112,7 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
   }
   int64_t step = 0;
   // The early stop's state: best accuracy, evaluations since it, and whether the stage has ended early.
-  nlohmann::json early = {{"best", -1.0}, {"since_best", 0}, {"stopped", false}};
+  nlohmann::json early = {{"best", -1.0}, {"best_loss", std::numeric_limits<double>::max()}, {"since_best", 0}, {"stopped", false}};
   if (p.resume) {
     step = p.resume->step;
     RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
@@ -149,9 +150,15 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
       if (task.accuracy) {
         ASSIGN_OR_RETURN(const double acc, task.accuracy());
         m["eval/accuracy"] = acc;
-        const double best = early["best"].get<double>();
-        if (acc > best) {
-          early["best"] = acc, early["since_best"] = 0;
+        // Progress is a new best accuracy or a held-out loss 0.1% under its best: the loss is the smoother of
+        // the two (an accuracy on a few hundred prompts moves by a few points from noise alone).
+        const double best = early["best"].get<double>(), best_loss = early.value("best_loss", std::numeric_limits<double>::max());
+        const auto loss = ev.find("loss");
+        const bool loss_better = loss != ev.end() && loss->second < best_loss * (1 - 1e-3);
+        if (loss_better) early["best_loss"] = loss->second;
+        if (acc > best) early["best"] = acc;
+        if (acc > best || loss_better) {
+          early["since_best"] = 0;
         } else {
           early["since_best"] = early["since_best"].get<int64_t>() + 1;
         }
@@ -160,8 +167,9 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
           why = absl::StrFormat("held-out accuracy %.1f%% reached %s.target_accuracy %.1f%%", 100 * acc, task.stage,
                                 100 * task.target_accuracy);
         } else if (task.patience > 0 && early["since_best"].get<int64_t>() >= task.patience) {
-          why = absl::StrFormat("held-out accuracy %.1f%% has not improved on its best %.1f%% for %d evaluations (%s.patience)",
-                                100 * acc, 100 * early["best"].get<double>(), task.patience, task.stage);
+          why = absl::StrFormat("neither the held-out accuracy (%.1f%%, best %.1f%%) nor the held-out loss has improved for "
+                                "%d evaluations (%s.patience)", 100 * acc, 100 * early["best"].get<double>(), task.patience,
+                                task.stage);
         }
         if (!why.empty() && !last) {
           if (p.rank0()) spdlog::info("{}: ending at step {} of {}: {}", task.stage, step + 1, total, why);
