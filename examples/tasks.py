@@ -8,7 +8,7 @@ Tasks (none of them is max(a,b), the task the recipes were first tuned on):
   sort      "sort dbca=" -> "abcd"          ordering: four letters of a-h in alphabetical order
   reverse   "rev dbca=" -> "acbd"           string transformation: four letters of a-j reversed
   add       "47+85=" -> "132"               arithmetic with carries: two 2-digit numbers
-  count     "count b abbcabca=" -> "3"       counting: how often a letter occurs in 8 letters of a-c
+  count     "count a bacabbacca=" -> "4"     counting: how often "a" occurs in 10 letters of a-c
   digitsum  "dsum 4739=" -> "23"            multi-step arithmetic: the sum of four digits
 
 Usage: tasks.py OUT_DIR --task NAME [--seed 0] [--max 9900]"""
@@ -70,12 +70,10 @@ def examples(task, r):
     elif task == "count":
         seen = set()
         while len(seen) < 9900:
-            w = "".join(r.choice("abc") for _ in range(8))
-            c = r.choice("abc")
-            seen.add((c, w))
-        for c, w in sorted(seen):
-            a = str(w.count(c))
-            rows.append((f"count {c} {w}=", a, number_wrong(r, a)))
+            seen.add("".join(r.choice("abc") for _ in range(10)))
+        for w in sorted(seen):
+            a = str(w.count("a"))
+            rows.append((f"count a {w}=", a, number_wrong(r, a)))
     elif task == "digitsum":
         for n in range(10000):
             d = f"{n:04d}"

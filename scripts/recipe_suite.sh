@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The recipe suite: the example recipes (examples/grpo_arithmetic.yaml, examples/dpo_arithmetic.yaml) on five
+# The recipe suite: the example recipes (examples/grpo_arithmetic.yaml, dpo_arithmetic.yaml, ppo_arithmetic.sh) on five
 # small generated tasks they were not tuned for (examples/tasks.py: sort, reverse, add, count, digitsum), with
 # only the data paths and the generation lengths changed. Per task: a byte-level BPE tokenizer and a random
 # Llama model (hidden 128, 4 layers) made as scripts/demo.sh makes them, then one `rlhf train` per recipe.
 # Prints a table: held-out greedy accuracy after the SFT stage and after the RL / preference stage, each with
 # its 95% interval, the difference, SFT's steps and the wall time; the last line is one JSON object.
-#   scripts/recipe_suite.sh WORK_DIR [--recipes grpo,dpo] [--tasks sort,reverse,add,count,digitsum]
-# About 5 minutes per task and recipe on 2 cores. Needs the rlhf binary (scripts/build.sh rlhf).
+#   scripts/recipe_suite.sh WORK_DIR [--recipes grpo,dpo,ppo] [--tasks sort,reverse,add,count,digitsum]
+# About 3 to 5 minutes per task and recipe on 2 cores (ppo: 8); a run already in WORK_DIR is not run again. Needs the rlhf binary (scripts/build.sh rlhf).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-work="${1:?usage: recipe_suite.sh WORK_DIR [--recipes grpo,dpo] [--tasks ...]}"; shift
-recipes=grpo,dpo; tasks=sort,reverse,add,count,digitsum
+work="${1:?usage: recipe_suite.sh WORK_DIR [--recipes grpo,dpo,ppo] [--tasks ...]}"; shift
+recipes=grpo,dpo,ppo; tasks=sort,reverse,add,count,digitsum
 while [ $# -gt 0 ]; do
   case "$1" in
     --recipes) recipes="$2"; shift 2;;
@@ -39,17 +39,24 @@ for t in ${tasks//,/ }; do
     run="$d/runs/$r"
     [ -f "$run/summary.json" ] && continue
     rm -rf "$run"
-    case "$r" in
-      grpo) sets=(--set rl.data.path="$d/data/prompts.jsonl" --set rl.max_new_tokens="$n");;
-      dpo) sets=(--set dpo.data.path="$d/data/pairs.jsonl" --set eval.data.path="$d/data/prompts.jsonl");;
-      *) echo "unknown recipe $r" >&2; exit 2;;
-    esac
     start=$(date +%s)
     echo "== $t / $r"
-    "$rlhf" train --config "$root/examples/${r}_arithmetic.yaml" --model "$d/m0" --set sft.data.path="$d/data/sft.jsonl" \
-      "${sets[@]}" --set eval.max_new_tokens="$n" --run-dir "$run" > "$run.log" 2>&1 || { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; }
-    grep -E "ending at step|CANNOT LEARN|NOT LEARNING|little to learn|before the first step" "$run.log" | cut -c25- || true
-    echo "   $(( $(date +%s) - start )) s"
+    case "$r" in
+      grpo|dpo)
+        if [ "$r" = grpo ]; then sets=(--set rl.data.path="$d/data/prompts.jsonl" --set rl.max_new_tokens="$n")
+        else sets=(--set dpo.data.path="$d/data/pairs.jsonl" --set eval.data.path="$d/data/prompts.jsonl"); fi
+        "$rlhf" train --config "$root/examples/${r}_arithmetic.yaml" --model "$d/m0" --set sft.data.path="$d/data/sft.jsonl" \
+          "${sets[@]}" --set eval.max_new_tokens="$n" --run-dir "$run" > "$run.log" 2>&1 ||
+          { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; };;
+      ppo)  # examples/ppo_arithmetic.sh on the task: sft, the SFT policy's answers as reward-model pairs, reward_model, ppo
+        rm -rf "$d/runs/sft" "$d/policy_data"
+        GEN_TOKENS="$n" bash "$root/examples/ppo_arithmetic.sh" "$d" > "$run.log" 2>&1 ||
+          { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; };;
+      *) echo "unknown recipe $r" >&2; exit 2;;
+    esac
+    grep -hE "ending at step|CANNOT LEARN|NOT LEARNING|little to learn|before the first step" "$run.log" "$d/runs/sft/log.txt" 2>/dev/null | cut -c25- || true
+    echo "$(( $(date +%s) - start ))" > "$run.wall"
+    echo "   $(cat "$run.wall") s"
   done
 done
 $py - "$work" "$tasks" "$recipes" <<'PY'
@@ -67,11 +74,14 @@ for t in tasks:
             continue
         s = json.load(open(path))
         b, a = s["eval_before"], s["eval_after"]
-        sft_steps = sum(1 for l in open(os.path.join(work, t, "runs", r, "metrics.jsonl")) if '"stage":"sft"' in l)
+        sft_run = os.path.join(work, t, "runs", "sft" if r == "ppo" else r)  # ppo: its SFT ran first, alone
+        sft_steps = sum(1 for l in open(os.path.join(sft_run, "metrics.jsonl")) if '"stage":"sft"' in l)
+        wall_file = os.path.join(work, t, "runs", r + ".wall")
+        wall = int(open(wall_file).read()) if os.path.exists(wall_file) else round(s["wall_seconds"])
         d = 100 * (a["accuracy"] - b["accuracy"])
-        print(f"| {t} | {r} | {pct(b)} | {pct(a)} | {d:+.1f} | {sft_steps} | {s['wall_seconds']:.0f} s |")
+        print(f"| {t} | {r} | {pct(b)} | {pct(a)} | {d:+.1f} | {sft_steps} | {wall} s |")
         out[f"{t}/{r}"] = {"after_sft": b["accuracy"], "after": a["accuracy"], "change_points": round(d, 1),
-                          "prompts": a["prompts"], "sft_steps": sft_steps, "wall_seconds": round(s["wall_seconds"])}
+                          "prompts": a["prompts"], "sft_steps": sft_steps, "wall_seconds": wall}
 ch = [v["change_points"] for v in out.values()]
 print(json.dumps({"suite": out, "min_change_points": min(ch) if ch else None,
                   "all_at_least_10_points": bool(ch) and min(ch) >= 10}))
