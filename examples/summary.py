@@ -11,7 +11,11 @@ s = json.load(open(f"{run}/summary.json"))
 b, a = s["eval_before"], s["eval_after"]
 ci = lambda e: f"95% CI {100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}"
 print(f"held-out greedy accuracy: {100 * b['accuracy']:.1f}% ({ci(b)}) after SFT -> {100 * a['accuracy']:.1f}% ({ci(a)}) "
-      f"after {s['steps']} GRPO steps, on {a['prompts']} held-out prompts")
+      f"after {s['steps']} GRPO steps, on {a['prompts']} held-out prompts; correct: {a.get('judged_by', 'reward >= 1')}")
+for st in s.get("stages", []):
+    e = st.get("eval_after")
+    print(f"  stage {st['index']} {st['stage']}: {st['wall_seconds']:.0f} s" +
+          (f", held-out accuracy after it {100 * e['accuracy']:.1f}% ({ci(e)}) on {e['prompts']} prompts" if e else ""))
 print(f"prompt ledger: {s['prompts_trained']} trained, {s['prompts_filtered']} filtered, {s['prompts_dropped']} dropped, "
       f"{s['prompts_released']} released, {s['duplicates']} duplicates, {s['missing']} missing")
 t = s["throughput"]

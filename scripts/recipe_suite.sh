@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe suite: the example recipes (examples/grpo_arithmetic.yaml, dpo_arithmetic.yaml, ppo_arithmetic.sh) on five
+# The recipe suite: the example recipes (examples/grpo_arithmetic.yaml, dpo_arithmetic.sh, ppo_arithmetic.sh) on five
 # small generated tasks they were not tuned for (examples/tasks.py: sort, reverse, add, count, digitsum), with
 # only the data paths and the generation lengths changed. Per task: a byte-level BPE tokenizer and a random
 # Llama model (hidden 128, 4 layers) made as scripts/demo.sh makes them, then one `rlhf train` per recipe.
@@ -42,15 +42,14 @@ for t in ${tasks//,/ }; do
     start=$(date +%s)
     echo "== $t / $r"
     case "$r" in
-      grpo|dpo)
-        if [ "$r" = grpo ]; then sets=(--set rl.data.path="$d/data/prompts.jsonl" --set rl.max_new_tokens="$n")
-        else sets=(--set dpo.data.path="$d/data/pairs.jsonl" --set eval.data.path="$d/data/prompts.jsonl"); fi
-        "$rlhf" train --config "$root/examples/${r}_arithmetic.yaml" --model "$d/m0" --set sft.data.path="$d/data/sft.jsonl" \
-          "${sets[@]}" --set eval.max_new_tokens="$n" --run-dir "$run" > "$run.log" 2>&1 ||
-          { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; };;
-      ppo)  # examples/ppo_arithmetic.sh on the task: sft, the SFT policy's answers as reward-model pairs, reward_model, ppo
+      grpo)
+        "$rlhf" train --config "$root/examples/grpo_arithmetic.yaml" --model "$d/m0" --set sft.data.path="$d/data/sft.jsonl" \
+          --set rl.data.path="$d/data/prompts.jsonl" --set rl.max_new_tokens="$n" --set eval.max_new_tokens="$n" \
+          --run-dir "$run" > "$run.log" 2>&1 || { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; };;
+      dpo|ppo)  # examples/{dpo,ppo}_arithmetic.sh on the task: sft, the SFT policy's own answers as pairs, then dpo
+                # on them, or a reward model on them and ppo
         rm -rf "$d/runs/sft" "$d/policy_data"
-        GEN_TOKENS="$n" bash "$root/examples/ppo_arithmetic.sh" "$d" > "$run.log" 2>&1 ||
+        GEN_TOKENS="$n" bash "$root/examples/${r}_arithmetic.sh" "$d" > "$run.log" 2>&1 ||
           { echo "$t / $r failed: $run.log"; tail -5 "$run.log"; };;
       *) echo "unknown recipe $r" >&2; exit 2;;
     esac
@@ -74,7 +73,7 @@ for t in tasks:
             continue
         s = json.load(open(path))
         b, a = s["eval_before"], s["eval_after"]
-        sft_run = os.path.join(work, t, "runs", "sft" if r == "ppo" else r)  # ppo: its SFT ran first, alone
+        sft_run = os.path.join(work, t, "runs", "sft" if r != "grpo" else r)  # dpo, ppo: their SFT ran first, alone
         sft_steps = sum(1 for l in open(os.path.join(sft_run, "metrics.jsonl")) if '"stage":"sft"' in l)
         wall_file = os.path.join(work, t, "runs", r + ".wall")
         wall = int(open(wall_file).read()) if os.path.exists(wall_file) else round(s["wall_seconds"])

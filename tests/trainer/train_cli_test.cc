@@ -268,7 +268,7 @@ TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
                            "--set sft.batch_size=16 --set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 "
                            "--set sft.epochs=20 --set sft.max_steps=200 --set sft.eval_every=5 --set sft.accuracy_prompts=32";
   const std::string run = dir_ + "/runs/sft-target";
-  auto r = RunCommand("timeout 300 " + kRlhf + " train" + base + " --set sft.target_accuracy=0.9 --run-dir " + run);
+  auto r = RunCommand("RLHF_LOG_LEVEL=info timeout 300 " + kRlhf + " train" + base + " --set sft.target_accuracy=0.9 --run-dir " + run);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("reached sft.target_accuracy 90.0%"), std::string::npos) << r.out;
   std::vector<nlohmann::json> rows;
@@ -285,7 +285,7 @@ TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
     if (rows[i].contains("eval/accuracy")) EXPECT_LT(rows[i]["eval/accuracy"].get<double>(), 0.9) << "step " << i + 1;
   }
   ASSERT_TRUE(fs::exists(run + "/0-sft/model/config.json"));
-  r = RunCommand("timeout 120 " + kRlhf + " eval --model " + run + "/0-sft/model --data " + dir_ +
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " eval --model " + run + "/0-sft/model --data " + dir_ +
                  "/sevens_prompts.jsonl --set eval.data.heldout_fraction=0.2 --set eval.max_prompts=32 "
                  "--set eval.max_new_tokens=2 --set reward.exact_match_weight=1 --set run.log_level=warn "
                  "--set run.threads=1 --run-dir " + run + "-eval");
@@ -296,18 +296,18 @@ TEST_F(TrainCli, SftEndsWhenItHasDoneItsJob) {
   // checkpoint and resumed trains nothing more.
   const std::string pat = dir_ + "/runs/sft-patience";
   const std::string args = base + " --set sft.optim.lr=1e-9 --set sft.patience=2 --set sft.eval_every=2";
-  r = RunCommand("RLHF_FAULT_KILL_AFTER_CHECKPOINT=6 timeout 120 " + kRlhf + " train" + args + " --run-dir " + pat);
+  r = RunCommand("RLHF_LOG_LEVEL=info RLHF_FAULT_KILL_AFTER_CHECKPOINT=6 timeout 120 " + kRlhf + " train" + args + " --run-dir " + pat);
   ASSERT_NE(r.code, 0) << "the fault injection did not kill the run:\n" << r.out;
   EXPECT_NE(r.out.find("ending at step 6 of "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("sft.patience"), std::string::npos) << r.out;
-  r = RunCommand("timeout 120 " + kRlhf + " train" + args + " --resume --run-dir " + pat);
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + args + " --resume --run-dir " + pat);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("ended early at step 6"), std::string::npos) << r.out;
   EXPECT_EQ(Losses(pat).size(), 6u);
   EXPECT_TRUE(fs::exists(pat + "/0-sft/model/config.json"));
 
   // A target without the accuracy it needs is refused with the keys named.
-  r = RunCommand("timeout 60 " + kRlhf + " train" + base + " --set sft.accuracy_prompts=0 --set sft.target_accuracy=0.5"
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 60 " + kRlhf + " train" + base + " --set sft.accuracy_prompts=0 --set sft.target_accuracy=0.5"
                  " --run-dir " + dir_ + "/runs/sft-target-bad");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("sft.accuracy_prompts > 0"), std::string::npos) << r.out;
@@ -322,7 +322,7 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
                              " --set rl.micro_batch_size=4 --set reward.exact_match_weight=1 --set eval.max_new_tokens=4"
                              " --set rl.precheck_prompts=8 --set rl.equal_reward_steps=2 --set run.log_level=info --set rl.samples=";
   const std::string run = dir_ + "/runs/cannot-learn";
-  auto r = RunCommand("timeout 120 " + kRlhf + " train" + Args("grpo") + online + " --set rl.steps=3 --run-dir " + run);
+  auto r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + Args("grpo") + online + " --set rl.steps=3 --run-dir " + run);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("grpo CANNOT LEARN from this policy: pass@4 0.0% on 8 training prompts"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("sft.target_accuracy"), std::string::npos) << "the line says what to do:\n" << r.out;
@@ -347,7 +347,7 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
   }
   EXPECT_EQ(steps, 3);
   // rl.precheck_stop: the stage ends before its first step, with the same line.
-  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("grpo") + online +
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + Args("grpo") + online +
                  " --set rl.steps=3 --set rl.precheck_stop=true --run-dir " + run + "-stop");
   EXPECT_NE(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("CANNOT LEARN"), std::string::npos) << r.out;
@@ -359,7 +359,7 @@ TEST_F(TrainCli, AnOnlineRunSaysWhenItCannotLearn) {
   // says to use harder prompts.
   WriteSevens();
   const std::string solved = dir_ + "/runs/solved";
-  r = RunCommand("timeout 300 " + kRlhf + " train --model " + dir_ + "/m --stages 'sft;grpo' --set run.threads=1 "
+  r = RunCommand("RLHF_LOG_LEVEL=info timeout 300 " + kRlhf + " train --model " + dir_ + "/m --stages 'sft;grpo' --set run.threads=1 "
                  "--set run.log_level=info --set sft.data.path=" + dir_ + "/sevens.jsonl --set sft.batch_size=16 "
                  "--set sft.micro_batch_size=16 --set sft.optim.lr=3e-3 --set sft.epochs=20 --set sft.max_steps=300 "
                  "--set sft.eval_every=5 --set sft.accuracy_prompts=16 --set sft.target_accuracy=1 "
