@@ -79,6 +79,7 @@ torch::Tensor PairObjective::Loss(const MicroBatch& mb, const std::vector<double
     case PairLoss::kDpo:
       out = algo::DpoLossFn(seq_c, seq_r, mb.field("ref_chosen"), mb.field("ref_rejected"), c.dpo, len.slice(0, 0, p),
                             len.slice(0, p));
+      if (c.rpo_alpha > 0) out.loss = out.loss + c.rpo_alpha * nll_c.mean();  // RPO
       break;
     case PairLoss::kOrpo:
       out = algo::OrpoLossFn(avg_c, avg_r, nll_c, c.beta);

@@ -65,6 +65,7 @@ struct PairLossConfig {
   double beta = 0.1;           // orpo, simpo, cpo
   double gamma = 0.5;          // simpo target margin
   double alpha = 1.0;          // cpo NLL weight
+  double rpo_alpha = 0;        // dpo: weight of the NLL of chosen added to the DPO loss (RPO); 0 = plain DPO
   double label_smoothing = 0;  // simpo, cpo
   double sft_weight = 1.0;     // rrhf
 };

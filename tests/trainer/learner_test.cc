@@ -193,6 +193,15 @@ TEST(PairObjective, EachLossEqualsItsDefinitionOnDirectSequenceLogProbs) {
     const double got = obj.Loss(mb, obj.Normalizers(mb), m).item<double>();
     EXPECT_NEAR(got, value, 1e-4 * std::max(1.0, std::fabs(value))) << static_cast<int>(kind);
   }
+  // DPO with the NLL of chosen (RPO, dpo.alpha): the DPO loss plus alpha times the mean per-token NLL.
+  PairLossConfig c;
+  c.loss = PairLoss::kDpo;
+  c.rpo_alpha = 0.5;
+  PairObjective obj(net, c);
+  StepMetrics m;
+  torch::NoGradGuard ng;
+  const double want_rpo = dpo / 4 + 0.5 * orpo_nll / 4;
+  EXPECT_NEAR(obj.Loss(mb, obj.Normalizers(mb), m).item<double>(), want_rpo, 1e-4 * std::max(1.0, want_rpo));
 }
 
 TEST(Kto, MismatchedPairsTakeTheCompletionOfAnotherExample) {

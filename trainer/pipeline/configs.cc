@@ -87,7 +87,13 @@ config::Section<PreferenceConfig> PreferenceConfig::Spec(const std::string& stag
     s.Add("reference_cache", &O::reference_cache,
           "keep the reference log-probs of the data in the stage directory and reuse them (resume, reruns)");
   }
-  if (stage == "dpo") s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label (cDPO, robust)", config::InRange(0, 0.5));
+  if (stage == "dpo") {
+    s.Add("label_smoothing", &O::label_smoothing, "probability of a flipped label (cDPO, robust)", config::InRange(0, 0.5));
+    s.Add("alpha", &O::alpha,
+          "weight of the NLL of chosen (per-token mean) added to the loss (RPO: keeps the chosen answers likely); 0 = off",
+          config::AtLeast(0))
+        .Default(0.0);
+  }
   if (stage == "kto") {
     s.Add("desirable_weight", &O::desirable_weight, "lambda_D: weight of desirable completions", config::AtLeast(0));
     s.Add("undesirable_weight", &O::undesirable_weight, "lambda_U: weight of undesirable completions", config::AtLeast(0));

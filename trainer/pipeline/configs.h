@@ -68,7 +68,7 @@ struct PreferenceConfig : OfflineConfig {
   double label_smoothing = 0;         // dpo, simpo, cpo: probability of a flipped label
   bool ipo_length_normalize = true;   // dpo ipo: per-token means (TRL) instead of sums (OpenRLHF)
   double gamma = 0.5;                 // simpo: target reward margin
-  double alpha = 1.0;                 // cpo: weight of the NLL of chosen
+  double alpha = 1.0;                 // cpo (default 1), dpo (default 0, RPO): weight of the NLL of chosen
   double desirable_weight = 1.0;      // kto: lambda_D
   double undesirable_weight = 1.0;    // kto: lambda_U
   double sft_weight = 1.0;            // rrhf: weight of the NLL of the best response

@@ -126,6 +126,7 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
     c.beta = cfg.beta;
     c.gamma = cfg.gamma;
     c.alpha = cfg.alpha;
+    if (stage == "dpo") c.rpo_alpha = cfg.alpha;
     c.label_smoothing = cfg.label_smoothing;
     c.sft_weight = cfg.sft_weight;
     objective = std::make_unique<PairObjective>(net, c);
