@@ -56,6 +56,8 @@ def lines(run):
     return [{k: v for k, v in json.loads(l).items() if not any(t in k for t in TIMING)} for l in open(f"{d}/{run}/metrics.jsonl")]
 def summary(run):
     s = json.load(open(f"{d}/{run}/summary.json"))
+    for st in s.get("stages", []):
+        st.pop("wall_seconds", None)
     return {k: v for k, v in s.items() if k not in ("wall_seconds", "throughput", "roles")}
 for name, steps in (("ppo", 5), ("online_dpo", 4)):
     a, b = lines(f"{name}-embedded"), lines(f"{name}-processes")

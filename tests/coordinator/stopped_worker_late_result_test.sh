@@ -3,7 +3,8 @@
 # (SIGCONT): its lease goes to the other worker when the deadline passes, the weight sync drops the stopped
 # worker, and the result it sends once it runs again is refused and counted (summary.json events
 # late_refused), never trained: the run completes with 0 duplicates and 0 missing. The worker's 2nd Generate
-# call (its first of the first step: the evaluation before it takes one lease per worker) marks a file and
+# call (its first of the first step: the evaluation before it takes one lease per worker; the learnability
+# check is off) marks a file and
 # waits 3 s (RLHF_FAULT_STALL_GENERATE), so that the stop lands inside a lease.
 # Bounded: every process has a timeout and is stopped by pid.
 #   stopped_worker_late_result_test.sh RLHF PYTHON3
@@ -20,7 +21,7 @@ serve_rollout "$rlhf" "$d" 1 "${ports[1]}" RLHF_FAULT_STALL_GENERATE="2:$d/mark:
 w1=$served
 serve_scorer "$rlhf" "$d" "${ports[2]}"
 timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 --set run.threads=1 --run-dir "$d/run" \
-  --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=5 \
+  --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=5 --set rl.precheck_prompts=0 \
   --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4 --set rl.micro_batch_size=8 \
   --set rl.kl_coef=0 --set eval.max_new_tokens=4 --set eval.max_prompts=2 --set rollout.capacity=64 \
   --set "roles.rollout_addresses=[127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}]" \

@@ -2,7 +2,7 @@
 # A rollout worker killed (-9) in the middle of a step, while it holds prompts: its Generate stream breaks, its
 # prompts move to the other worker, the next weight sync drops it, and the run completes with an exact ledger
 # (0 duplicates, 0 missing, nothing dropped). The worker's 2nd Generate call (the first step's, after the
-# evaluation's) stalls through a fault seam (RLHF_FAULT_STALL_GENERATE) so that the kill lands at a known
+# evaluation's; the learnability check is off) stalls through a fault seam (RLHF_FAULT_STALL_GENERATE) so that the kill lands at a known
 # point. Bounded: every process has a timeout and is stopped by pid.
 #   worker_killed_mid_step_test.sh RLHF PYTHON3
 set -euo pipefail
@@ -18,7 +18,7 @@ serve_rollout "$rlhf" "$d" 1 "${ports[1]}" RLHF_FAULT_STALL_GENERATE="2:$d/mark"
 w1=$served
 serve_scorer "$rlhf" "$d" "${ports[2]}"
 timeout -k 10 300 "$rlhf" train --model "$d/m" --stages grpo --seed 7 --set run.threads=1 --run-dir "$d/run" \
-  --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=4 \
+  --set rl.data.path="$d/prompts.jsonl" --set rl.data.heldout_fraction=0.2 --set rl.steps=4 --set rl.precheck_prompts=0 \
   --set rl.rollout_batch_size=4 --set rl.group_size=4 --set rl.max_new_tokens=4 --set rl.micro_batch_size=8 \
   --set rl.kl_coef=0 --set eval.max_new_tokens=4 --set rollout.capacity=64 \
   --set "roles.rollout_addresses=[127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}]" \
