@@ -19,6 +19,7 @@
 #include "trainer/algo/masked.h"
 #include "trainer/batching.h"
 #include "trainer/learner.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/objectives.h"
 #include "trainer/optim.h"
 #include "trainer/rl_update.h"
@@ -202,6 +203,36 @@ TEST(PairObjective, EachLossEqualsItsDefinitionOnDirectSequenceLogProbs) {
   torch::NoGradGuard ng;
   const double want_rpo = dpo / 4 + 0.5 * orpo_nll / 4;
   EXPECT_NEAR(obj.Loss(mb, obj.Normalizers(mb), m).item<double>(), want_rpo, 1e-4 * std::max(1.0, want_rpo));
+}
+
+TEST(MemoryEstimate, ParametersAreThoseOfTheModelBuiltFromTheConfig) {
+  // Every architecture (Qwen2's q/k/v biases, Qwen3's q/k norms, tied or untied embeddings): the count from
+  // config.json equals the parameters of the model built from it.
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    for (bool tied : {false, true}) {
+      auto cfg = model::testing::Tiny(arch);
+      cfg.tie_word_embeddings = tied;
+      model::Transformer net(cfg);
+      int64_t n = 0;
+      for (const auto& prm : net->parameters()) n += prm.numel();
+      EXPECT_EQ(ParameterCount(cfg), n) << arch << " tied " << tied;
+    }
+  }
+  // The Qwen3-0.6B shape: 596,049,920 parameters (440M outside the tied embedding).
+  auto q = model::testing::Tiny("qwen3");
+  q.vocab_size = 151936, q.hidden_size = 1024, q.num_hidden_layers = 28, q.num_attention_heads = 16;
+  q.num_key_value_heads = 8, q.head_dim = 128, q.intermediate_size = 3072, q.tie_word_embeddings = true;
+  EXPECT_EQ(ParameterCount(q), 596049920);
+  MemoryPlan plan;
+  plan.frozen_models = 1;
+  plan.micro_batch_rows = 4;
+  plan.tokens_per_row = 256;
+  const auto e = EstimateMemory(q, plan);
+  EXPECT_DOUBLE_EQ(e.weights, 4.0 * 596049920);
+  EXPECT_DOUBLE_EQ(e.optimizer, 2 * e.weights);
+  EXPECT_DOUBLE_EQ(e.frozen, e.weights);
+  EXPECT_DOUBLE_EQ(e.logits, 4.0 * 4 * 256 * 3 * 151936);
+  EXPECT_NE(e.Describe().find("for 596M parameters"), std::string::npos) << e.Describe();
 }
 
 TEST(Kto, MismatchedPairsTakeTheCompletionOfAnotherExample) {

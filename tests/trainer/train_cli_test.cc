@@ -423,6 +423,23 @@ TEST_F(TrainCli, SummaryHasTheSameFieldsInEveryPipeline) {
   EXPECT_EQ(g["stages"][1]["eval_before"], g["eval_before"]);
 }
 
+TEST_F(TrainCli, MemoryIsEstimatedBeforeAndMeasuredAfter) {
+  // A line with the estimate at the start of each stage and the peak at the end; a stage whose estimate is
+  // above train.memory_limit_gb is refused before it loads its model.
+  const std::string run = dir_ + "/runs/memory";
+  auto r = RunCommand("RLHF_LOG_LEVEL=info timeout 120 " + kRlhf + " train" + Args("sft") + " --set sft.max_steps=2 --run-dir " + run);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("sft: estimated memory per process"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("peak resident memory"), std::string::npos) << r.out;
+  r = RunCommand("timeout 120 " + kRlhf + " train" + Args("sft") + " --set sft.max_steps=2 --set train.memory_limit_gb=0.0001"
+                 " --run-dir " + run + "-refused");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("estimated memory"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("is above train.memory_limit_gb 0.00 GB"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sft.micro_batch_size"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(run + "-refused/checkpoints")) << "nothing was trained";
+}
+
 TEST_F(TrainCli, OnlineDpoAndRejectionSamplingRunFromConfig) {
   // Two online steps each through the embedded rollout worker and scorer. Online DPO starts at the
   // reference (the starting policy), so its first loss is -log sigmoid(0) = log 2.

@@ -16,6 +16,10 @@ const config::Section<TrainConfig>& TrainConfig::Spec() {
     s->Add("keep_checkpoints", &T::keep_checkpoints, "newest checkpoints kept; 0 = all", config::AtLeast(0));
     s->Add("resume", &T::resume, "continue the run directory from its newest checkpoint that verifies");
     s->Add("log_every", &T::log_every, "print a progress line every N steps", config::AtLeast(1));
+    s->Add("memory_limit_gb", &T::memory_limit_gb,
+           "refuse a stage whose estimated memory (logged at its start) is above this, before it loads its models; "
+           "0 = the machine's physical memory",
+           config::AtLeast(0));
     return s;
   }();
   return *s;

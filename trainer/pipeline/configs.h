@@ -28,6 +28,7 @@ struct TrainConfig {
   int64_t keep_checkpoints = 2;               // newest checkpoints kept; 0 = all
   bool resume = false;                        // continue the run directory from its newest good checkpoint
   int64_t log_every = 1;                      // print a progress line every N steps
+  double memory_limit_gb = 0;                 // refuse a stage estimated to need more; 0 = the machine's memory
   static const config::Section<TrainConfig>& Spec();  // under "train"
 };
 

@@ -337,7 +337,10 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
     }
   }
   RETURN_IF_ERROR(WritePipelineSummary(p, names, wall));
-  if (p.rank0()) spdlog::info("training done: policy {}", p.policy);
+  if (p.rank0()) {
+    spdlog::info("training done: policy {}; peak resident memory {:.2f} GB (estimated at most {:.2f} GB)", p.policy,
+                 static_cast<double>(PeakResidentBytes()) / 1e9, p.peak_estimate / 1e9);
+  }
   return absl::OkStatus();
 }
 

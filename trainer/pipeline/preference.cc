@@ -29,6 +29,13 @@ absl::Status RunPreference(Pipeline& p, int64_t index, const std::string& stage)
   const auto dc = DataSection(stage).Read(*p.config);
   const auto oc = OptimSection(stage + ".optim").Read(*p.config);
   const std::string start = cfg.model.empty() ? p.policy : cfg.model;
+  {
+    MemoryPlan plan;
+    plan.frozen_models = stage == "dpo" || stage == "kto" ? 1 : 0;  // the reference, while its log-probs are computed
+    plan.micro_batch_rows = rm || stage != "kto" ? 2 * cfg.micro_batch_size : cfg.micro_batch_size;
+    plan.tokens_per_row = cfg.max_length;
+    RETURN_IF_ERROR(CheckMemory(p, stage, start, plan));
+  }
   ASSIGN_OR_RETURN(auto net, LoadForTraining(start, rm ? std::optional<model::Head>(model::Head::kSequenceClassification)
                                                        : std::nullopt,
                                              p.seed));

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "common/sample_json.h"
+#include "services/coordinator/roles.h"
 #include "trainer/pipeline/stage.h"
 #include "trainer/rl_update.h"
 
@@ -70,6 +71,30 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
     }
   }
 
+  bool all_ref = online ? sc.scorer_reference : true;
+  for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();
+  const bool with_reference = !all_ref && rc.kl_placement != KlPlacement::kNone && rc.kl_coef > 0;
+  {
+    MemoryPlan plan;
+    plan.trainable_models = with_critic ? 2 : 1;
+    plan.frozen_models = with_reference ? 1 : 0;
+    // Online with the embedded rollout worker: its copy of the policy (f32 at most).
+    plan.rollout_copies = online && coordinator::RolesConfig::Spec().Read(*p.config).rollout_addresses.empty() ? 1 : 0;
+    plan.micro_batch_rows = rc.micro_batch_size;
+    // The longest row: prompt + completion (online: the longest of the first 2000 prompts + rl.max_new_tokens).
+    int64_t longest = 0;
+    if (online) {
+      for (size_t i = 0; i < ds->examples().size() && i < 2000; ++i) {
+        auto ids = tools.EncodePrompt(ds->examples()[i].prompt);
+        if (ids.ok()) longest = std::max(longest, static_cast<int64_t>(ids->size()));
+      }
+      longest += sc.max_new_tokens;
+    } else {
+      for (const auto& smp : samples) longest = std::max<int64_t>(longest, smp.prompt_ids_size() + smp.completion_ids_size());
+    }
+    plan.tokens_per_row = std::max<int64_t>(longest, 1);
+    RETURN_IF_ERROR(CheckMemory(p, stage, start, plan));
+  }
   ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
   model::Transformer critic{nullptr};
   model::Transformer reference{nullptr};
@@ -78,9 +103,7 @@ absl::Status RunRl(Pipeline& p, int64_t index, const std::string& stage) {
     ASSIGN_OR_RETURN(critic, LoadForTraining(from, model::Head::kTokenClassification, p.seed + 1));
     if (p.rank0()) spdlog::info("{}: critic starts from {} (value head)", stage, from);
   }
-  bool all_ref = online ? sc.scorer_reference : true;
-  for (const auto& s : samples) all_ref = all_ref && s.ref_logprobs_size() == s.completion_ids_size();
-  if (!all_ref && rc.kl_placement != KlPlacement::kNone && rc.kl_coef > 0) {
+  if (with_reference) {
     ASSIGN_OR_RETURN(reference, LoadFrozen(sc.reference.empty() ? start : sc.reference));
   }
   Learner learner(p.group, p.bucket_bytes);

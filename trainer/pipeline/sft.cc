@@ -21,6 +21,12 @@ absl::Status RunSft(Pipeline& p, int64_t index, const std::string& stage) {
   const auto dc = DataSection(stage).Read(*p.config);
   const auto oc = OptimSection(stage + ".optim").Read(*p.config);
   const std::string start = cfg.model.empty() ? p.policy : cfg.model;
+  {
+    MemoryPlan plan;
+    plan.micro_batch_rows = cfg.micro_batch_size;
+    plan.tokens_per_row = cfg.max_length;
+    RETURN_IF_ERROR(CheckMemory(p, stage, start, plan));
+  }
   ASSIGN_OR_RETURN(auto policy, LoadForTraining(start, std::nullopt, p.seed));
   ASSIGN_OR_RETURN(auto tools, text::ModelText::Load(p.tokenizer_dir));
   ASSIGN_OR_RETURN(auto ds, LoadData(dc, stage, {data::Kind::kPromptCompletion, data::Kind::kMessages}));

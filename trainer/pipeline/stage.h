@@ -21,6 +21,7 @@
 #include "rlhf/sample.pb.h"
 #include "trainer/batching.h"
 #include "trainer/learner.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/objectives.h"
 #include "trainer/pipeline/configs.h"
 #include "trainer/pipeline/metrics_log.h"
@@ -51,6 +52,7 @@ struct Pipeline {
   // The stage's own last held-out evaluation (e.g. SFT's greedy accuracy), set by a stage that makes one;
   // the pipeline takes it into summary.json's stage record and clears it.
   nlohmann::json stage_eval;
+  double peak_estimate = 0;  // the largest memory estimate of a stage so far (CheckMemory), bytes
   bool rank0() const { return group->rank() == 0; }
 };
 
@@ -70,6 +72,12 @@ void MaybePauseBeforeSync(int64_t version);
 void MaybeSlowTrain();
 // A checkpoint of every model of `learner` with `state` (a collective: every rank calls it).
 absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state);
+
+// ---- memory ---------------------------------------------------------------------------------------------------
+// Before a stage loads its models: one line with the memory it will need (trainer/memory_estimate.h) for the
+// model in `model_dir`; RESOURCE_EXHAUSTED naming the parts and the keys to lower when the estimate is above
+// train.memory_limit_gb (0: the machine's physical memory), a warning when above the memory available now.
+absl::Status CheckMemory(Pipeline& p, const std::string& stage, const std::string& model_dir, const MemoryPlan& plan);
 
 // ---- models -------------------------------------------------------------------------------------------------
 // A model to train: f32 master weights, `head` replaced when given (initialised from `seed`).

@@ -68,6 +68,30 @@ absl::Status Checkpoint(Pipeline& p, Learner& learner, TrainState state) {
   return absl::OkStatus();
 }
 
+absl::Status CheckMemory(Pipeline& p, const std::string& stage, const std::string& model_dir, const MemoryPlan& plan) {
+  ASSIGN_OR_RETURN(auto config, model::LoadHfConfig(model_dir));
+  const MemoryEstimate e = EstimateMemory(config, plan);
+  p.peak_estimate = std::max(p.peak_estimate, e.total());
+  const double limit = p.train.memory_limit_gb > 0 ? p.train.memory_limit_gb * 1e9
+                                                  : static_cast<double>(MachineMemoryBytes(/*available=*/false));
+  if (limit > 0 && e.total() > limit) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: estimated memory %s is above %s %.2f GB: lower %s.micro_batch_size or the sequence length (%d rows of %d "
+        "tokens), or use a machine with more memory", stage, e.Describe(),
+        p.train.memory_limit_gb > 0 ? "train.memory_limit_gb" : "this machine's memory", limit / 1e9, stage,
+        plan.micro_batch_rows, plan.tokens_per_row));
+  }
+  if (p.rank0()) {
+    const double available = static_cast<double>(MachineMemoryBytes(/*available=*/true));
+    if (available > 0 && e.total() > available) {
+      spdlog::warn("{}: estimated memory {} is above the {:.2f} GB available now", stage, e.Describe(), available / 1e9);
+    } else {
+      spdlog::info("{}: estimated memory per process {}", stage, e.Describe());
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<model::Transformer> LoadForTraining(const std::string& dir, std::optional<model::Head> head,
                                                    uint64_t seed) {
   model::LoadOptions lo;
