@@ -12,26 +12,12 @@
 # holds data/ and m0/ (a task of scripts/recipe_suite.sh) is trained as it is, with GEN_TOKENS (default 4) as
 # the longest answer.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$root/scripts/build.sh" rlhf
-rlhf="${BUILD_DIR:-$root/build}/cli/rlhf"
-py=/usr/bin/python3
-if [ -n "${1:-}" ]; then work="$1"; mkdir -p "$work"; else work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; fi
-cfg="$root/examples/dpo_arithmetic.yaml"
-
-bash "$root/examples/policy_data.sh" "$rlhf" "$cfg" "$work"
-sft="$work/runs/sft/0-sft/model"
+source "$(dirname "$0")/recipe_lib.sh"
+recipe_start "$root/examples/dpo_arithmetic.yaml" "${1:-}"
 
 echo "== 4. dpo on the SFT policy's own pairs ($(wc -l < "$work/policy_data/pairs.jsonl") pairs)"
 "$rlhf" train --config "$cfg" --model "$sft" --stages dpo --set dpo.data.path="$work/policy_data/pairs.jsonl" \
   --set eval.data.path="$work/data/prompts.jsonl" --set eval.max_new_tokens="${GEN_TOKENS:-4}" \
   --run-dir "$work/runs/dpo" 2>&1 | grep --line-buffered -E "dpo step [0-9]+/[0-9]+: .*eval|eval of|warn"
 
-$py - "$work/runs/dpo" <<'PY'
-import json, sys
-s = json.load(open(f"{sys.argv[1]}/summary.json"))
-b, a = s["eval_before"], s["eval_after"]
-ci = lambda e: f"95% CI {100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}"
-print(f"held-out greedy accuracy: {100 * b['accuracy']:.1f}% ({ci(b)}) after SFT -> {100 * a['accuracy']:.1f}% ({ci(a)}) "
-      f"after DPO, on {a['prompts']} held-out prompts")
-PY
+recipe_result "$work/runs/dpo" DPO

@@ -10,15 +10,8 @@
 # temporary folder, removed at the end). A WORK_DIR that holds data/ and m0/ (a task of scripts/recipe_suite.sh)
 # is trained as it is, with GEN_TOKENS (default 4) as the longest answer.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$root/scripts/build.sh" rlhf
-rlhf="${BUILD_DIR:-$root/build}/cli/rlhf"
-py=/usr/bin/python3
-if [ -n "${1:-}" ]; then work="$1"; mkdir -p "$work"; else work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; fi
-cfg="$root/examples/ppo_arithmetic.yaml"
-
-bash "$root/examples/policy_data.sh" "$rlhf" "$cfg" "$work"
-sft="$work/runs/sft/0-sft/model"
+source "$(dirname "$0")/recipe_lib.sh"
+recipe_start "$root/examples/ppo_arithmetic.yaml" "${1:-}"
 cat "$work/data/pairs.jsonl" "$work/policy_data/pairs.jsonl" > "$work/rm_pairs.jsonl"
 
 echo "== 4. reward_model (the generated pairs and the policy's), then ppo from the SFT policy"
@@ -27,12 +20,4 @@ echo "== 4. reward_model (the generated pairs and the policy's), then ppo from t
   --set rl.max_new_tokens="${GEN_TOKENS:-4}" --set eval.max_new_tokens="${GEN_TOKENS:-4}" \
   --run-dir "$work/runs/ppo" 2>&1 | grep --line-buffered -E "reward_model step [0-9]+/[0-9]+: .*eval|ppo step|eval of|held-out accuracy"
 
-$py - "$work/runs/ppo" <<'PY'
-import json, sys
-run = sys.argv[1]
-s = json.load(open(f"{run}/summary.json"))
-kl = [m["kl_ref"] for m in map(json.loads, open(f"{run}/metrics.jsonl")) if "kl_ref" in m]
-b, a = s["eval_before"], s["eval_after"]
-print(f"held-out greedy accuracy {100 * b['accuracy']:.1f}% -> {100 * a['accuracy']:.1f}% after {s['steps']} PPO steps "
-      f"({a['prompts']} prompts); KL to the SFT policy per token: mean {sum(kl) / len(kl):.3f}, max {max(kl):.3f}")
-PY
+recipe_result "$work/runs/ppo" PPO
