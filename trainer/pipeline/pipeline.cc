@@ -177,7 +177,8 @@ absl::Status RecordStage(Pipeline& p, int64_t index, const StageSpec& spec, doub
 // wall time, evaluation before and after), `eval_before` / `eval_after` of the last stage that has both (the
 // stage a recipe is about: the RL or preference stage after SFT), the pipeline evaluations, and the whole
 // run's wall time; merged into the fields an online stage wrote (ledger, throughput, roles).
-absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& names, double wall) {
+// `wall`: this process's; the stages before `resume_stage` ran in an earlier process and add their own.
+absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& names, double wall, int64_t resume_stage) {
   if (!p.rank0()) return absl::OkStatus();
   const std::string evals_path = (fs::path(p.run_dir) / "evals.json").string();
   const std::string path = (fs::path(p.run_dir) / "summary.json").string();
@@ -192,7 +193,9 @@ absl::Status WritePipelineSummary(Pipeline& p, const std::vector<std::string>& n
   }
   json records = ReadJsonObject(StagesPath(p)), stages = json::array();
   for (size_t i = 1; i < names.size(); ++i) {
-    if (records.contains(names[i])) stages.push_back(records[names[i]]);
+    if (!records.contains(names[i])) continue;
+    stages.push_back(records[names[i]]);
+    if (static_cast<int64_t>(i) <= resume_stage) wall += records[names[i]].value("wall_seconds", 0.0);
   }
   for (auto it = stages.rbegin(); it != stages.rend(); ++it) {
     if (it->contains("eval_before") && it->contains("eval_after")) {
@@ -327,16 +330,8 @@ absl::Status RunTraining(const config::Config& config, const std::string& run_di
   }
   std::vector<std::string> names = {"start"};
   for (size_t i = 0; i < p.train.stages.size(); ++i) names.push_back(absl::StrCat(i, "-", p.train.stages[i]));
-  // The whole run's wall time: this process's, and the stages a resumed run did not run again.
-  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  if (p.rank0()) {
-    const json records = ReadJsonObject(StagesPath(p));
-    for (int64_t i = 0; i < resume_stage; ++i) {
-      const std::string n = names[static_cast<size_t>(i + 1)];
-      if (records.contains(n)) wall += records[n].value("wall_seconds", 0.0);
-    }
-  }
-  RETURN_IF_ERROR(WritePipelineSummary(p, names, wall));
+  RETURN_IF_ERROR(WritePipelineSummary(
+      p, names, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(), resume_stage));
   if (p.rank0()) {
     spdlog::info("training done: policy {}; peak resident memory {:.2f} GB (estimated at most {:.2f} GB)", p.policy,
                  static_cast<double>(PeakResidentBytes()) / 1e9, p.peak_estimate / 1e9);

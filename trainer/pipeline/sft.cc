@@ -108,11 +108,11 @@ absl::Status RunSft(Pipeline& p, int64_t index, const std::string& stage) {
       return absl::InvalidArgumentError(absl::StrCat(stage, ".accuracy_prompts: the held-out split has no example with "
                                                      "a text completion to compare with"));
     }
+    const scoring::ExtractMode mode = PipelineReward(p).extract;
     if (p.rank0()) {
       spdlog::info("{}: held-out greedy accuracy on {} prompts (up to {} new tokens, {} answers) every {} steps", stage,
-                   acc_prompts.size(), acc_new_tokens, scoring::ExtractModeName(PipelineReward(p).extract), cfg.eval_every);
+                   acc_prompts.size(), acc_new_tokens, scoring::ExtractModeName(mode), cfg.eval_every);
     }
-    const scoring::ExtractMode mode = PipelineReward(p).extract;
     task.accuracy = [&, mode]() -> absl::StatusOr<double> {
       double correct = 0;
       if (p.rank0()) {

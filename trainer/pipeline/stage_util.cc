@@ -113,6 +113,33 @@ absl::StatusOr<model::Transformer> LoadFrozen(const std::string& dir) {
 }
 
 
+namespace {
+// The early stop's state (OfflineTask::target_accuracy / patience), kept in the checkpoint's extra.
+struct EarlyStop {
+  double best = -1;                                      // best held-out accuracy so far
+  double best_loss = std::numeric_limits<double>::max(); // best held-out loss so far
+  int64_t since_best = 0;                                // evaluations since either improved
+  bool stopped = false;                                  // the stage has ended early
+
+  json ToJson() const { return {{"best", best}, {"best_loss", best_loss}, {"since_best", since_best}, {"stopped", stopped}}; }
+  // The state in `extra` ("early_stop"), or a fresh one when it is missing or malformed.
+  static EarlyStop From(const json& extra) {
+    EarlyStop e;
+    if (!extra.contains("early_stop") || !extra["early_stop"].is_object()) return e;
+    const json& j = extra["early_stop"];
+    if (!j.value("best", json()).is_number() || !j.value("since_best", json()).is_number_integer() ||
+        !j.value("stopped", json()).is_boolean()) {
+      return e;
+    }
+    e.best = j["best"].get<double>();
+    if (j.value("best_loss", json()).is_number()) e.best_loss = j["best_loss"].get<double>();
+    e.since_best = j["since_best"].get<int64_t>();
+    e.stopped = j["stopped"].get<bool>();
+    return e;
+  }
+};
+}  // namespace
+
 absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
   const auto& c = task.cfg;
   const int64_t per_epoch = task.n_train / c.batch_size;
@@ -135,20 +162,15 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
                                                    task.stage, ".accuracy_prompts > 0 and ", task.stage, ".eval_every > 0"));
   }
   int64_t step = 0;
-  // The early stop's state: best accuracy, evaluations since it, and whether the stage has ended early.
-  nlohmann::json early = {{"best", -1.0}, {"best_loss", std::numeric_limits<double>::max()}, {"since_best", 0}, {"stopped", false}};
+  EarlyStop early;
   if (p.resume) {
     step = p.resume->step;
     RETURN_IF_ERROR(LoadTrainCheckpoint(p.resume_dir, learner, *p.resume));
     if (p.rank0()) spdlog::info("{}: resumed at step {} from {}", task.stage, step, p.resume_dir);
-    const auto& e = p.resume->extra;
-    if (e.contains("early_stop") && e["early_stop"].is_object() && e["early_stop"].value("best", json()).is_number() &&
-        e["early_stop"].value("since_best", json()).is_number_integer() && e["early_stop"].value("stopped", json()).is_boolean()) {
-      early = e["early_stop"];
-    }
+    early = EarlyStop::From(p.resume->extra);
     p.resume.reset();
   }
-  if (early["stopped"].get<bool>()) {
+  if (early.stopped) {
     if (p.rank0()) spdlog::info("{}: ended early at step {} before the resume; nothing left to train", task.stage, step);
     return absl::OkStatus();
   }
@@ -176,28 +198,23 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
         m["eval/accuracy"] = acc;
         // Progress is a new best accuracy or a held-out loss 0.1% under its best: the loss is the smoother of
         // the two (an accuracy on a few hundred prompts moves by a few points from noise alone).
-        const double best = early["best"].get<double>(), best_loss = early.value("best_loss", std::numeric_limits<double>::max());
         const auto loss = ev.find("loss");
-        const bool loss_better = loss != ev.end() && loss->second < best_loss * (1 - 1e-3);
-        if (loss_better) early["best_loss"] = loss->second;
-        if (acc > best) early["best"] = acc;
-        if (acc > best || loss_better) {
-          early["since_best"] = 0;
-        } else {
-          early["since_best"] = early["since_best"].get<int64_t>() + 1;
-        }
+        const bool loss_better = loss != ev.end() && loss->second < early.best_loss * (1 - 1e-3);
+        const bool acc_better = acc > early.best;
+        if (loss_better) early.best_loss = loss->second;
+        if (acc_better) early.best = acc;
+        early.since_best = acc_better || loss_better ? 0 : early.since_best + 1;
         std::string why;
         if (task.target_accuracy > 0 && acc >= task.target_accuracy) {
           why = absl::StrFormat("held-out accuracy %.1f%% reached %s.target_accuracy %.1f%%", 100 * acc, task.stage,
                                 100 * task.target_accuracy);
-        } else if (task.patience > 0 && early["since_best"].get<int64_t>() >= task.patience) {
+        } else if (task.patience > 0 && early.since_best >= task.patience) {
           why = absl::StrFormat("neither the held-out accuracy (%.1f%%, best %.1f%%) nor the held-out loss has improved for "
-                                "%d evaluations (%s.patience)", 100 * acc, 100 * early["best"].get<double>(), task.patience,
-                                task.stage);
+                                "%d evaluations (%s.patience)", 100 * acc, 100 * early.best, task.patience, task.stage);
         }
         if (!why.empty() && !last) {
           if (p.rank0()) spdlog::info("{}: ending at step {} of {}: {}", task.stage, step + 1, total, why);
-          early["stopped"] = true;
+          early.stopped = true;
           last = true;
         }
       }
@@ -217,7 +234,7 @@ absl::Status RunOffline(Pipeline& p, Learner& learner, OfflineTask& task) {
       st.stage = task.stage;
       st.stage_index = task.stage_index;
       st.step = step + 1;
-      if (task.accuracy) st.extra["early_stop"] = early;
+      if (task.accuracy) st.extra["early_stop"] = early.ToJson();
       RETURN_IF_ERROR(Checkpoint(p, learner, st));
     }
     if (last) break;
