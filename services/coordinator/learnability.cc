@@ -94,7 +94,6 @@ bool EqualRewardAlarm::Observe(int64_t step, int64_t groups, int64_t equal_group
     return false;
   }
   if (++run_ % config_.equal_reward_steps != 0) return false;
-  ++alarms_;
   spdlog::warn("{}: NOT LEARNING: {} steps in a row (to step {}) with at least {:.0f}% of the groups' rewards all equal "
                "({:.0f}% at this step, mean reward {:.3f}): those groups give the update no signal. {}.",
                stage_, run_, step, 100 * config_.equal_reward_alarm, 100 * share, mean_reward,

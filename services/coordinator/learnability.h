@@ -49,14 +49,11 @@ class EqualRewardAlarm {
   EqualRewardAlarm(LearnabilityConfig config, std::string stage) : config_(config), stage_(std::move(stage)) {}
   // One step's groups: scored whole, and of them with all rewards equal. True when this step raised the alarm.
   bool Observe(int64_t step, int64_t groups, int64_t equal_groups, double mean_reward);
-  int64_t alarms() const { return alarms_; }
-  int64_t run() const { return run_; }
 
  private:
   LearnabilityConfig config_;
   std::string stage_;
-  int64_t run_ = 0;     // steps in a row at or above the alarm share
-  int64_t alarms_ = 0;  // lines said
+  int64_t run_ = 0;  // steps in a row at or above the alarm share
 };
 
 }  // namespace rlhf::coordinator
